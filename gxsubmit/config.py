@@ -1,0 +1,379 @@
+"""The one configuration object, built once from flags and environment.
+
+Precedence, highest first: command-line flag, ``GXSUBMIT_*`` variable, the original
+worker's variable name (``DATABASE_URL``, ``POLL_INTERVAL`` ...), built-in default.
+No other module reads ``os.environ``: workers get their configuration from the
+supervisor through :meth:`Config.to_env`, so every process sees the same values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_config_arguments", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+# --- value parsers: each takes the raw text and returns the value or raises ValueError(expected form)
+
+
+def _str(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("a non-empty string")
+    return raw.strip()
+
+
+def _opt_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("a file or directory path")
+    return Path(raw.strip())
+
+
+def _opt_path(raw: str) -> Path | None:
+    return Path(raw.strip()) if raw.strip() else None
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("one of true/false/1/0/yes/no")
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"an integer from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _seconds(lo: float = 0.0, hi: float = 86400.0, *, positive: bool = True) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        text = raw.strip().lower()
+        scale = 1.0
+        if text.endswith("ms"):
+            text, scale = text[:-2], 0.001
+        elif text.endswith("s"):
+            text = text[:-1]
+        try:
+            value = float(text) * scale
+        except ValueError:
+            raise ValueError(f"a number of seconds from {lo:g} to {hi:g} (e.g. 2.5, 250ms)") from None
+        if value != value or not lo <= value <= hi or (positive and value <= 0):
+            raise ValueError(f"a number of seconds from {lo:g} to {hi:g} (e.g. 2.5, 250ms)")
+        return value
+
+    return parse
+
+
+def _millis_as_seconds(inner: Callable[[str], float]) -> Callable[[str], float]:
+    """The original worker's intervals were integers in milliseconds."""
+
+    def parse(raw: str) -> float:
+        try:
+            ms = float(raw.strip())
+        except ValueError:
+            raise ValueError("an integer number of milliseconds") from None
+        return inner(repr(ms / 1000.0))
+
+    return parse
+
+
+def _host_port(raw: str) -> str:
+    text = raw.strip()
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})", text)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError("HOST:PORT (e.g. peer0.org1.example.com:7051)")
+    return text
+
+
+def _identifier(raw: str) -> str:
+    text = raw.strip()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", text):
+        raise ValueError("a lower-case SQL identifier (letters, digits, underscore)")
+    return text
+
+
+def _name_list(raw: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in raw.split(",") if x.strip())
+    if not items:
+        raise ValueError("a comma-separated list of names")
+    return items
+
+
+def _opt_name_list(raw: str) -> tuple[str, ...] | None:
+    return _name_list(raw) if raw.strip() else None
+
+
+def _log_level(raw: str) -> str:
+    low = raw.strip().lower()
+    if low not in ("debug", "info", "warning", "error"):
+        raise ValueError("one of debug, info, warning, error")
+    return low
+
+
+def _database_url(raw: str) -> str:
+    text = raw.strip()
+    if not text:
+        return ""
+    if not (text.startswith(("postgresql://", "postgres://")) or "=" in text):
+        raise ValueError("a libpq URL (postgresql://user@host:5432/db) or key=value string")
+    return text
+
+
+def _default_runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"gxsubmit-{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its flag, environment names and parser."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Callable[[], Any]
+    help: str
+    legacy_env: tuple[tuple[str, Callable[[str], Any]], ...] = ()
+    flag_is_switch: bool = False
+
+    @property
+    def env(self) -> str:
+        return "GXSUBMIT_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _const(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+_S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    _S("database_url", _database_url, _const(""), "PostgreSQL URL (libpq; several hosts and "
+       "target_session_attrs=read-write are fine)", (("DATABASE_URL", _database_url),)),
+    _S("schema", _identifier, _const("public"), "schema holding outbox_commands"),
+    _S("gateway", _host_port, _const("localhost:7051"), "Fabric Gateway peer HOST:PORT",
+       (("FABRIC_PEER_ENDPOINT", _host_port),)),
+    _S("wallet", _path, _const(Path("./fabric-wallet")), "wallet directory (ca-cert, <identity>-cert/-key, "
+       "tlsca-cert)", (("FABRIC_WALLET_PATH", _path),)),
+    _S("catalog", _opt_path, _const(None), "command catalogue TOML file (default: the GX catalogue)"),
+    _S("identities", _opt_name_list, _const(None), "comma-separated identities to run (default: all in "
+       "the catalogue)"),
+    _S("tls_ca", _opt_path, _const(None), "TLS CA bundle for the gateway (default: <wallet>/tlsca-cert)",
+       (("FABRIC_PEER_TLS_CA_CERT_PATH", _opt_path),)),
+    _S("server_name", _opt_str, _const(None), "TLS server-name override",
+       (("FABRIC_TLS_SERVER_NAME_OVERRIDE", _opt_str),)),
+    _S("client_cert", _opt_path, _const(None), "client TLS certificate (mutual TLS)"),
+    _S("client_key", _opt_path, _const(None), "client TLS key (mutual TLS)"),
+    _S("insecure", _bool, _const(False), "plaintext gRPC (local work only)", flag_is_switch=True),
+    _S("msp_id", _str, _const("Org1MSP"), "MSP id of the identities", (("FABRIC_MSP_ID", _str),)),
+    _S("endorsing_orgs", _name_list, _const(("Org1MSP", "Org2MSP")), "comma-separated endorsing MSP ids"),
+    _S("channel", _opt_str, _const(None), "override the catalogue's channel",
+       (("FABRIC_CHANNEL_NAME", _opt_str),)),
+    _S("chaincode", _opt_str, _const(None), "override the catalogue's chaincode",
+       (("FABRIC_CHAINCODE_NAME", _opt_str),)),
+    _S("metrics_host", _str, _const("0.0.0.0"), "address for /metrics, /healthz, /readyz, /status"),
+    _S("metrics_port", _int_range(1, 65535), _const(9090), "port for /metrics, /healthz, /readyz, /status",
+       (("METRICS_PORT", _int_range(1, 65535)),)),
+    _S("worker_id", _str, socket.gethostname, "this replica's name in locked_by (default: host name)",
+       (("WORKER_ID", _str),)),
+    _S("batch_size", _int_range(1, 10000), _const(256), "most rows claimed per statement",
+       (("BATCH_SIZE", _int_range(1, 10000)),)),
+    _S("max_in_flight", _int_range(1, 100000), _const(256), "most commands in flight per identity"),
+    _S("poll_interval", _seconds(0.01, 3600), _const(5.0), "fallback poll when no NOTIFY arrives",
+       (("POLL_INTERVAL", _millis_as_seconds(_seconds(0.01, 3600))),)),
+    _S("max_attempts", _int_range(1, 1000), _const(10), "attempts before a retryable failure is final",
+       (("MAX_RETRIES", _int_range(1, 1000)),)),
+    _S("lease_seconds", _seconds(1, 3600), _const(30.0), "claim lease, renewed while a command is worked on",
+       (("LOCK_TIMEOUT", _millis_as_seconds(_seconds(1, 3600))),)),
+    _S("backoff_base", _seconds(0.01, 3600), _const(1.0), "first retry delay"),
+    _S("backoff_cap", _seconds(0.1, 86400), _const(300.0), "longest retry delay"),
+    _S("evaluate_timeout", _seconds(0.1, 600), _const(5.0), "Evaluate deadline"),
+    _S("endorse_timeout", _seconds(0.1, 600), _const(15.0), "Endorse deadline"),
+    _S("submit_timeout", _seconds(0.1, 600), _const(5.0), "Submit deadline"),
+    _S("commit_timeout", _seconds(0.1, 3600), _const(60.0), "CommitStatus deadline"),
+    _S("connect_timeout", _seconds(0.1, 600), _const(5.0), "database and gateway connect deadline"),
+    _S("drain_timeout", _seconds(0, 3600, positive=False), _const(25.0),
+       "graceful shutdown: time to finish or hand back in-flight work"),
+    _S("heartbeat_interval", _seconds(0.05, 60), _const(1.0), "worker status-file refresh"),
+    _S("heartbeat_timeout", _seconds(1, 3600), _const(30.0), "a worker silent this long is killed"),
+    _S("breaker_threshold", _int_range(1, 10000), _const(5), "consecutive gateway failures that open the breaker"),
+    _S("breaker_cooldown", _seconds(0.1, 3600), _const(10.0), "breaker open time before a probe"),
+    _S("keepalive", _seconds(1, 3600), _const(60.0), "gRPC keepalive ping interval"),
+    _S("log_level", _log_level, _const("info"), "debug, info, warning or error", (("LOG_LEVEL", _log_level),)),
+    _S("runtime_dir", _path, _default_runtime_dir, "worker status files"),
+    _S("multiproc_dir", _opt_path, _const(None), "Prometheus multiprocess directory (default: "
+       "$PROMETHEUS_MULTIPROC_DIR or <runtime_dir>/metrics)", (("PROMETHEUS_MULTIPROC_DIR", _opt_path),)),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective settings of one process (see ``SETTINGS`` for meaning and defaults)."""
+
+    database_url: str = ""
+    schema: str = "public"
+    gateway: str = "localhost:7051"
+    wallet: Path = Path("./fabric-wallet")
+    catalog: Path | None = None
+    identities: tuple[str, ...] | None = None
+    tls_ca: Path | None = None
+    server_name: str | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    insecure: bool = False
+    msp_id: str = "Org1MSP"
+    endorsing_orgs: tuple[str, ...] = ("Org1MSP", "Org2MSP")
+    channel: str | None = None
+    chaincode: str | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    worker_id: str = field(default_factory=socket.gethostname)
+    batch_size: int = 256
+    max_in_flight: int = 256
+    poll_interval: float = 5.0
+    max_attempts: int = 10
+    lease_seconds: float = 30.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    evaluate_timeout: float = 5.0
+    endorse_timeout: float = 15.0
+    submit_timeout: float = 5.0
+    commit_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    drain_timeout: float = 25.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 30.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 10.0
+    keepalive: float = 60.0
+    log_level: str = "info"
+    runtime_dir: Path = field(default_factory=_default_runtime_dir)
+    multiproc_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.backoff_cap < self.backoff_base:
+            raise ConfigError(
+                f"invalid setting GXSUBMIT_BACKOFF_CAP (--backoff-cap)={self.backoff_cap:g}: "
+                f"expected at least GXSUBMIT_BACKOFF_BASE ({self.backoff_base:g})"
+            )
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ConfigError("GXSUBMIT_CLIENT_CERT and GXSUBMIT_CLIENT_KEY must be given together (mutual TLS)")
+
+    @property
+    def tls_ca_path(self) -> Path:
+        """The TLS CA file actually used: explicit, else the wallet's ``tlsca-cert``."""
+        return self.tls_ca if self.tls_ca is not None else self.wallet / "tlsca-cert"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.multiproc_dir if self.multiproc_dir is not None else self.runtime_dir / "metrics"
+
+    def require(self, *names: str) -> None:
+        """Fail with one line if a setting a command needs was not given."""
+        for name in names:
+            if not getattr(self, name):
+                s = _BY_NAME[name]
+                legacy = "".join(f" or {env}" for env, _ in s.legacy_env)
+                raise ConfigError(f"missing setting {s.env}{legacy} ({s.flag}): {s.help}")
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as ``GXSUBMIT_*`` variables, for child processes."""
+        out: dict[str, str] = {}
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if value is None:
+                out[s.env] = ""
+            elif isinstance(value, bool):
+                out[s.env] = "true" if value else "false"
+            elif isinstance(value, tuple):
+                out[s.env] = ",".join(value)
+            elif isinstance(value, float):
+                out[s.env] = repr(value)
+            else:
+                out[s.env] = str(value)
+        return out
+
+    def describe(self) -> dict[str, str]:
+        """Effective values for ``--print-config`` with credentials in the URL masked."""
+        env = self.to_env()
+        shown = {s.name: env[s.env] for s in SETTINGS}
+        shown["database_url"] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", shown["database_url"])
+        shown["database_url"] = re.sub(r"(password=)\S+", r"\1***", shown["database_url"])
+        return shown
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """Add one flag per setting (or the named subset); each flag's help names its variable."""
+    group = parser.add_argument_group("configuration (flag, else environment variable)")
+    for s in SETTINGS:
+        if only is not None and s.name not in only:
+            continue
+        envs = s.env + "".join(f", {env}" for env, _ in s.legacy_env)
+        if s.flag_is_switch:
+            group.add_argument(s.flag, dest=s.name, action="store_const", const="true", default=None,
+                               help=f"{s.help} [{envs}]")
+        else:
+            group.add_argument(s.flag, dest=s.name, default=None, metavar=s.name.upper(),
+                               help=f"{s.help} [{envs}]")
+
+
+def _parse(s: Setting, raw: str, source: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        shown = raw if len(raw) <= 60 else raw[:57] + "..."
+        raise ConfigError(f"invalid setting {source}={shown!r}: expected {exc}") from None
+
+
+def load_config(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Config:
+    """Build the frozen :class:`Config`; raise :class:`ConfigError` with one line on a bad value."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw_flag = getattr(args, s.name, None) if args is not None else None
+        if s.name in overrides:
+            values[s.name] = overrides[s.name]
+        elif raw_flag is not None:
+            values[s.name] = _parse(s, str(raw_flag), f"{s.flag}", s.parse)
+        elif s.env in env:
+            values[s.name] = _parse(s, env[s.env], s.env, s.parse)
+        else:
+            for legacy, parse in s.legacy_env:
+                if legacy in env:
+                    values[s.name] = _parse(s, env[legacy], legacy, parse)
+                    break
+            else:
+                values[s.name] = s.default()
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return Config(**values)

