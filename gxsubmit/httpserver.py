@@ -51,7 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/readyz":
                 self._readyz()
             elif path == "/status":
-                body = orjson.dumps(self.server.probe.status(), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+                opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+                body = orjson.dumps(self.server.probe.status(), option=opts)
                 self._send(HTTPStatus.OK, body + b"\n", "application/json")
             else:
                 self._send(HTTPStatus.NOT_FOUND, b"not found: try /metrics /healthz /readyz /status\n")

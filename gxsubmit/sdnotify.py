@@ -7,7 +7,9 @@ must not die because systemd went away or the socket filled up.
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Mapping
 
 __all__ = ["Notifier"]
 
@@ -30,6 +32,15 @@ class Notifier:
             # systemd's advice: ping at half the timeout.
             self.watchdog_interval = watchdog_usec / 2_000_000
         self._sock: socket.socket | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Notifier:
+        """Build from systemd's variables (its protocol, not gxsubmit configuration)."""
+        usec = environ.get("WATCHDOG_USEC", "")
+        pid = environ.get("WATCHDOG_PID", "")
+        # WATCHDOG_PID, when set, names the process systemd expects pings from.
+        watchdog = int(usec) if usec.isdigit() and (not pid or pid == str(os.getpid())) else None
+        return cls(environ.get("NOTIFY_SOCKET"), watchdog)
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,246 @@
+"""gxsubmit benchmark harness: ``python bench/run.py SCENARIO|all [--quick] [--json FILE]``.
+
+Starts everything it needs (a database of its own, a dev wallet, emulator and supervisor subprocesses),
+prints one progress line per second on stderr, then a results table and PASS/MISS per target on stdout.
+See bench/README.md for what each scenario measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402 - after the sys.path fix for `python bench/run.py`
+    BenchDB,
+    Context,
+    fmt_num,
+    make_workdir,
+    remove_workdir,
+    render_results,
+    say,
+    versions,
+)
+
+#: Scenario name -> (module, one-line description). Order is the order of `all`.
+SCENARIOS: dict[str, tuple[str, str]] = {
+    "saturation": ("bench.scenarios.saturation", "no added latency, 3 identities, 1 and 2 supervisors"),
+    "realistic": ("bench.scenarios.realistic", "2 s blocks, 20-50 ms endorse, in-flight limit sweep"),
+    "original": ("bench.scenarios.original", "the original worker's algorithm on the realistic emulator"),
+    "official_client": ("bench.scenarios.official_client", "official Node fabric-gateway client vs gxsubmit CPU"),
+    "queue": ("bench.scenarios.queue", "outbox claim+complete vs procrastinate, pgqueuer, graphile-worker"),
+    "idle": ("bench.scenarios.idle", "idle queries/s per replica and INSERT->claim pickup delay"),
+    "startup": ("bench.scenarios.startup", "start to /readyz 200, peak RSS at full in-flight"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    epilog = "scenarios:\n" + "\n".join(f"  {k:16s} {d}" for k, (_, d) in SCENARIOS.items())
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0],
+                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", nargs="+", choices=[*SCENARIOS, "all"], metavar="SCENARIO",
+                   help="one or more scenarios, or 'all'")
+    p.add_argument("--quick", action="store_true", help="short windows and fewer configurations (all < 2 min)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write machine-readable results (and a PNG plot "
+                   "next to it)")
+    p.add_argument("--db", choices=("auto", "machine", "embedded"), default="auto",
+                   help="auto: GXSUBMIT_BENCH_DATABASE_URL, else 127.0.0.1:5432/test if it answers, else embedded")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers) afterwards")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _get(results: dict[str, Any], scen: str, pick: str = "first") -> dict[str, Any] | None:
+    s = results.get(scen)
+    if not s or s.get("skipped"):
+        return None
+    cfgs = [c for c in s.get("configs", []) if not c.get("skipped")]
+    if not cfgs:
+        return None
+    if pick == "best":
+        return max(cfgs, key=lambda c: c.get("commands_per_s") or 0.0)
+    return cfgs[0]
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """PASS/MISS per target (never an assertion: the numbers are for people)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, ok: bool | None, measured: str, target: str) -> None:
+        out.append({"name": name, "verdict": _verdict(ok), "measured": measured, "target": target})
+
+    sat = _get(results, "saturation")
+    if sat:
+        rate, cpu = sat.get("commands_per_s"), sat.get("gxsubmit_cpu_ms_per_command")
+        add("saturation throughput, 1 supervisor", None if rate is None else rate >= 1000,
+            f"{fmt_num(rate)} cmd/s", ">= 1,000 cmd/s")
+        add("saturation gxsubmit CPU per command", None if cpu is None else cpu <= 0.5,
+            f"{fmt_num(cpu)} ms", "<= 0.5 ms")
+    real = _get(results, "realistic", "best")
+    if real:
+        rate, p99 = real.get("commands_per_s"), real.get("p99_ms")
+        block_ms = 2000.0
+        add(f"realistic throughput ({real.get('config')})", None if rate is None else rate >= 500,
+            f"{fmt_num(rate)} cmd/s", ">= 500 cmd/s at 2 s blocks")
+        add(f"realistic p99 latency ({real.get('config')})", None if p99 is None else p99 <= 2 * block_ms,
+            f"{fmt_num(p99)} ms", "<= 2 x block time (4,000 ms)")
+    orig = _get(results, "original")
+    if real and orig:
+        r, o = real.get("commands_per_s"), orig.get("commands_per_s")
+        ratio = (r / o) if r and o else None
+        add("speed-up over the original algorithm", None if ratio is None else ratio >= 1000,
+            f"{fmt_num(ratio)} x", ">= 1,000 x")
+    oc = results.get("official_client")
+    if oc and not oc.get("skipped"):
+        cfgs = {c.get("client"): c for c in oc.get("configs", []) if not c.get("skipped")}
+        node, gx = cfgs.get("node"), cfgs.get("gxsubmit")
+        if node and gx:
+            a, b = gx.get("gxsubmit_cpu_ms_per_command"), node.get("client_cpu_ms_per_tx")
+            add("CPU per transaction vs official Node client", None if a is None or b is None else a <= b,
+                f"{fmt_num(a)} vs {fmt_num(b)} ms", "gxsubmit <= Node")
+    q = results.get("queue")
+    if q and not q.get("skipped"):
+        rates = {c.get("system"): c.get("jobs_per_s") for c in q.get("configs", []) if not c.get("skipped")}
+        mine = rates.pop("gxsubmit-outbox", None)
+        peers = {k: v for k, v in rates.items() if v}
+        if mine and peers:
+            best_name, best = max(peers.items(), key=lambda kv: kv[1])
+            add("queue mechanics vs best peer", mine >= 1.5 * best,
+                f"{fmt_num(mine / best)} x ({best_name})", ">= 1.5 x best peer")
+    idle = results.get("idle")
+    if idle and not idle.get("skipped"):
+        cfg = {c.get("config"): c for c in idle.get("configs", [])}
+        qi = cfg.get("idle", {}).get("db_queries_per_s_per_replica")
+        add("idle database queries per replica", None if qi is None else qi <= 1.0, f"{fmt_num(qi)} /s",
+            "<= 1 query/s")
+        p50 = cfg.get("pickup", {}).get("p50_ms")
+        add("pickup delay p50 (INSERT commit -> claim)", None if p50 is None else p50 <= 10.0,
+            f"{fmt_num(p50)} ms", "<= 10 ms")
+    st = results.get("startup")
+    if st and not st.get("skipped"):
+        cfg = {c.get("config"): c for c in st.get("configs", [])}
+        ready = cfg.get("startup", {}).get("ready_s_max")
+        add("start to /readyz 200 (3 identities)", None if ready is None else ready <= 1.5,
+            f"{fmt_num(ready)} s", "<= 1.5 s")
+        rss = cfg.get("memory", {}).get("peak_rss_mb")
+        add("total peak RSS at full in-flight", None if rss is None else rss <= 300, f"{fmt_num(rss)} MB",
+            "<= 300 MB")
+    return out
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def write_plot(results: dict[str, Any], path: Path) -> Path | None:
+    """Throughput against in-flight limit, and latency percentiles per limit (realistic scenario)."""
+    real = results.get("realistic")
+    if not real or real.get("skipped"):
+        return None
+    cfgs = [c for c in real.get("configs", []) if not c.get("skipped") and c.get("commands_per_s")]
+    if not cfgs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    limits = [c["max_in_flight"] for c in cfgs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.plot(limits, [c["commands_per_s"] for c in cfgs], "o-", label="gxsubmit")
+    orig = _get(results, "original")
+    if orig and orig.get("commands_per_s"):
+        ax1.axhline(orig["commands_per_s"], color="grey", ls="--", label="original algorithm")
+    ax1.axhline(500, color="red", ls=":", label="target 500/s")
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("in-flight limit per identity")
+    ax1.set_ylabel("committed commands/s")
+    ax1.set_title("Throughput (2 s blocks, 20-50 ms endorse)")
+    ax1.legend(fontsize=8)
+    for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
+        ax2.plot(limits, [c.get(key) or float("nan") for c in cfgs], style, label=key.replace("_ms", ""))
+    ax2.axhline(4000, color="red", ls=":", label="target p99 4 s")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("in-flight limit per identity")
+    ax2.set_ylabel("created -> committed, ms")
+    ax2.set_title("Latency distribution")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = list(SCENARIOS) if "all" in args.scenario else list(dict.fromkeys(args.scenario))
+    t_start = time.monotonic()
+    workdir = make_workdir(args.keep)
+    say(f"bench: work directory {workdir}")
+    db = BenchDB(workdir, args.db)
+    results: dict[str, Any] = {}
+    meta: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
+                            "scenarios": names}
+    ctx: Context | None = None
+    try:
+        db.open()
+        from gxsubmit.devwallet import make_dev_wallet
+
+        wallet = workdir / "wallet"
+        make_dev_wallet(wallet)
+        ctx = Context(workdir=workdir, quick=args.quick, db=db, wallet=wallet)
+        meta.update({"database": db.server, "postgres": db.server_version,
+                     "db_queries_method": db.counter_method, "versions": versions()})
+        say(f"bench: PostgreSQL {db.server_version} ({db.server}), database {db.dbname}; "
+            f"queries counted by {db.counter_method}")
+        for name in names:
+            module, _ = SCENARIOS[name]
+            t0 = time.monotonic()
+            say(f"bench: === {name} ===")
+            try:
+                results[name] = importlib.import_module(module).run(ctx)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                say(traceback.format_exc())
+                results[name] = {"skipped": f"error: {type(exc).__name__}: {exc}"[:300]}
+            results[name]["elapsed_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        if ctx is not None:
+            ctx.close()
+        db.close()
+        if not args.keep:
+            remove_workdir(workdir)
+    meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    targets = evaluate_targets(results)
+    print(render_results(results, targets))
+    print(f"\n(total {meta['elapsed_s']} s; PostgreSQL {meta.get('postgres')} via {meta.get('database')}; "
+          f"db q/cmd = {meta.get('db_queries_method')})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"meta": meta, "results": results, "targets": targets}
+        args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        plot = write_plot(results, args.json.with_suffix(".png"))
+        say(f"bench: wrote {args.json}" + (f" and {plot}" if plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

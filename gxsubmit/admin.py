@@ -1,0 +1,244 @@
+"""Bodies of the operator commands ``migrate``, ``enqueue``, ``status`` and ``requeue``.
+
+Every failure an operator can act on (database down, schema not migrated, bad JSON) is one line on
+stderr and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from gxsubmit.config import Config
+from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
+from gxsubmit.outbox import (
+    STATUSES,
+    OutboxStore,
+    QueueStats,
+    SchemaNotMigrated,
+    enqueue,
+    migrate,
+    schema_version,
+)
+
+__all__ = [
+    "add_enqueue_arguments",
+    "add_migrate_arguments",
+    "add_requeue_arguments",
+    "add_status_arguments",
+    "run_enqueue",
+    "run_migrate",
+    "run_requeue",
+    "run_status",
+]
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
+
+
+def _not_migrated(cfg: Config) -> _Fail:
+    return _Fail(RET_FAIL, f"schema {cfg.schema!r} has no outbox table; run 'gxsubmit migrate' first")
+
+
+async def _connect(cfg: Config) -> psycopg.AsyncConnection[Any]:
+    if not cfg.database_url:
+        raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
+    return await psycopg.AsyncConnection.connect(
+        cfg.database_url,
+        autocommit=True,
+        connect_timeout=max(2, round(cfg.connect_timeout)),
+        application_name="gxsubmit:admin",
+    )
+
+
+async def _open_store(cfg: Config) -> OutboxStore:
+    if not cfg.database_url:
+        raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
+    return await OutboxStore.connect(
+        cfg.database_url, schema=cfg.schema, worker_id="admin", connect_timeout=cfg.connect_timeout
+    )
+
+
+def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]]) -> int:
+    """Run ``body`` and turn the expected failures into one line on stderr."""
+    prefix = f"gxsubmit {command}:"
+    try:
+        return asyncio.run(asyncio.wait_for(body(), timeout=max(30.0, 4 * cfg.connect_timeout)))
+    except _Fail as exc:
+        print(f"{prefix} {exc}", file=sys.stderr)
+        return exc.code
+    except (SchemaNotMigrated, psycopg.errors.UndefinedTable):
+        print(f"{prefix} {_not_migrated(cfg)}", file=sys.stderr)
+        return RET_FAIL
+    except TimeoutError:
+        print(f"{prefix} database unavailable: no answer in time", file=sys.stderr)
+        return RET_UNAVAILABLE
+    except psycopg.OperationalError as exc:
+        print(f"{prefix} database unavailable: {_first_line(exc)}", file=sys.stderr)
+        return RET_UNAVAILABLE
+    except psycopg.Error as exc:
+        print(f"{prefix} database error: {_first_line(exc)}", file=sys.stderr)
+        return RET_FAIL
+
+
+# -- migrate ----------------------------------------------------------------------------------------
+
+
+def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    """``migrate`` takes only the database settings."""
+
+
+def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    async def body() -> int:
+        async with await _connect(cfg) as conn:
+            before = await schema_version(conn, cfg.schema)
+            version = await migrate(conn, cfg.schema)
+        change = "already at" if before == version else f"migrated from {before or 0} to"
+        print(f"schema {cfg.schema}: {change} version {version}")
+        return RET_OK
+
+    return _run("migrate", cfg, body)
+
+
+# -- enqueue ----------------------------------------------------------------------------------------
+
+
+def add_enqueue_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("type", metavar="TYPE", help="command type, e.g. CREATE_USER")
+    parser.add_argument("--payload", required=True, metavar="JSON", help="the command's JSON payload")
+    parser.add_argument("--request-id", metavar="ID", help="idempotency key (default: the new row id)")
+    parser.add_argument("--tenant", default="default", help="tenant id (default: %(default)s)")
+    parser.add_argument("--service", default="cli", help="producing service name (default: %(default)s)")
+
+
+def run_enqueue(cfg: Config, args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        print(f"gxsubmit enqueue: --payload is not valid JSON: {exc}", file=sys.stderr)
+        return RET_USAGE
+
+    async def body() -> int:
+        async with await _connect(cfg) as conn:
+            if await schema_version(conn, cfg.schema) is None:
+                raise _not_migrated(cfg)
+            row_id, created = await enqueue(
+                conn,
+                command_type=args.type,
+                payload=payload,
+                request_id=args.request_id,
+                tenant_id=args.tenant,
+                service=args.service,
+                schema=cfg.schema,
+            )
+        print(f"{row_id} {'created' if created else 'exists (same tenant and request id)'}")
+        return RET_OK
+
+    return _run("enqueue", cfg, body)
+
+
+# -- status -----------------------------------------------------------------------------------------
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def _stats_json(stats: QueueStats) -> dict[str, Any]:
+    by_type: dict[str, dict[str, int]] = {}
+    for (status, ctype), n in sorted(stats.by_status_type.items()):
+        by_type.setdefault(ctype, {})[status] = n
+    return {
+        "by_status": stats.by_status,
+        "by_type": by_type,
+        "oldest_pending_age_s": stats.oldest_pending_age_s,
+        "failed_by_code": stats.failed_by_code,
+    }
+
+
+def format_status(stats: QueueStats) -> str:
+    """A fixed-width table: one row per command type, one column per status."""
+    types = sorted({ctype for _, ctype in stats.by_status_type})
+    head = ["TYPE", *STATUSES]
+    rows = [[t, *(str(stats.by_status_type.get((s, t), 0)) for s in STATUSES)] for t in types]
+    rows.append(["TOTAL", *(str(stats.by_status.get(s, 0)) for s in STATUSES)])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    out = [line(head), *(line(r) for r in rows), ""]
+    age = stats.oldest_pending_age_s
+    out.append("oldest pending: " + ("none" if age is None else f"{age:.1f} s"))
+    if stats.failed_by_code:
+        out.append("failed by error code:")
+        for code, n in sorted(stats.failed_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
+            out.append(f"  {code or '(none)'}: {n}")
+    return "\n".join(out)
+
+
+def run_status(cfg: Config, args: argparse.Namespace) -> int:
+    async def body() -> int:
+        store = await _open_store(cfg)
+        try:
+            stats = await store.stats()
+        finally:
+            await store.close()
+        if args.json:
+            print(json.dumps(_stats_json(stats), sort_keys=True))
+        else:
+            print(format_status(stats))
+        return RET_OK
+
+    return _run("status", cfg, body)
+
+
+# -- requeue ----------------------------------------------------------------------------------------
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def add_requeue_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--id", dest="ids", action="append", type=_uuid, metavar="ID", help="a FAILED row's id (repeatable)"
+    )
+    which.add_argument("--error-code", metavar="CODE", help="every FAILED row with this error code")
+    which.add_argument("--all-failed", action="store_true", help="every FAILED row")
+
+
+def run_requeue(cfg: Config, args: argparse.Namespace) -> int:
+    async def body() -> int:
+        store = await _open_store(cfg)
+        try:
+            n = await store.requeue(
+                ids=args.ids or (), error_code=args.error_code, all_failed=bool(args.all_failed)
+            )
+        finally:
+            await store.close()
+        print(f"requeued {n} FAILED row{'s' if n != 1 else ''} (PENDING now, attempts reset)")
+        return RET_OK
+
+    return _run("requeue", cfg, body)

@@ -1,0 +1,249 @@
+"""The worker's database link: one store connection that survives outages, plus batched writes.
+
+Why a link and not the store directly: the original died (and restart-stormed) on every
+PostgreSQL blip. Here a lost connection only pauses the work that needs the database: the
+link reconnects with jittered backoff, callers that must not lose a write (record_tx, completions)
+wait for it and retry — safe because every completion is fenced by the lease token and the tx id
+is fixed by the stored nonce — and callers that can skip a beat (claim, renew) just fail fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import psycopg
+
+from gxsubmit.backoff import Backoff
+from gxsubmit.outbox import OutboxStore
+
+__all__ = ["Batcher", "DbLink", "DbUnavailable", "is_connection_error"]
+
+T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - item type of a batch
+
+log = logging.getLogger("gxsubmit.worker")
+
+
+class DbUnavailable(Exception):
+    """The database could not be reached before the caller's deadline (or shutdown)."""
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True for failures that mean "this connection is gone", not "this statement is wrong"."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+class DbLink:
+    """Holds the current :class:`OutboxStore`, swaps in a new one after a connection loss."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[OutboxStore]],
+        *,
+        base_delay: float = 0.2,
+        max_delay: float = 10.0,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._base = base_delay
+        self._max = max_delay
+        self._on_reconnect = on_reconnect
+        self._store: OutboxStore | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+        self.reconnects = 0
+
+    @property
+    def ok(self) -> bool:
+        return self._ready.is_set()
+
+    async def open(self, stop: asyncio.Event) -> bool:
+        """Connect, retrying with backoff until connected (True) or ``stop`` is set (False)."""
+        await self._reconnect_loop(stop=stop, first=True)
+        return self.ok
+
+    async def _reconnect_loop(self, *, stop: asyncio.Event | None = None, first: bool = False) -> None:
+        # Jittered: replicas that lost the primary together must not reconnect in lock-step.
+        pacer = Backoff(self._base, self._max)
+        failures = 0
+        while not self._closed and not (stop is not None and stop.is_set()):
+            try:
+                store = await self._connect()
+            except Exception as exc:
+                failures += 1
+                self.last_error = f"database connect failed: {type(exc).__name__}: {exc}"
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("Database unavailable, retrying", extra={"error": self.last_error,
+                                                                         "failures": failures})
+                await pacer.sleep(stop)
+                continue
+            self._store = store
+            self._ready.set()
+            if not first:
+                self.reconnects += 1
+                log.info("Database reconnected", extra={"failures": failures})
+                if self._on_reconnect is not None:
+                    self._on_reconnect()
+            return
+
+    def broken(self, store: OutboxStore | None, exc: BaseException) -> None:
+        """Report that ``store`` failed with a connection error; start reconnecting once."""
+        if store is not self._store or not self._ready.is_set():
+            return
+        self._ready.clear()
+        self.last_error = f"database connection lost: {type(exc).__name__}: {exc}"
+        log.warning("Database connection lost; pausing claims and reconnecting",
+                    extra={"error": self.last_error})
+        old, self._store = self._store, None
+        self._reconnecting = asyncio.get_running_loop().create_task(self._swap(old))
+
+    async def _swap(self, old: OutboxStore | None) -> None:
+        if old is not None:
+            try:
+                await asyncio.wait_for(old.close(), 2.0)
+            except Exception:
+                pass
+        await self._reconnect_loop()
+
+    async def wait_ready(self, timeout: float | None) -> bool:  # noqa: ASYNC109 - plain bounded wait
+        if self._ready.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def once(self, fn: Callable[[OutboxStore], Awaitable[T]]) -> T:
+        """Run ``fn`` once; a connection error starts a reconnect and raises :class:`DbUnavailable`.
+
+        The statement itself is shielded: a caller cancelled at shutdown must not interrupt a
+        query half-way on the shared connection.
+        """
+        store = self._store
+        if store is None or not self._ready.is_set():
+            raise DbUnavailable(self.last_error or "database not connected")
+        try:
+            return await asyncio.shield(fn(store))
+        except Exception as exc:
+            if is_connection_error(exc):
+                self.broken(store, exc)
+                raise DbUnavailable(str(exc)) from None
+            raise
+
+    async def call(
+        self, fn: Callable[[OutboxStore], Awaitable[T]], *, timeout: float | None = None  # noqa: ASYNC109
+    ) -> T:
+        """Run ``fn``, waiting through outages and retrying after a reconnect (for idempotent,
+        fenced writes). ``timeout`` bounds the total wait; None = until the database is back."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await self.wait_ready(remaining):
+                raise DbUnavailable(self.last_error or "database not connected")
+            try:
+                return await self.once(fn)
+            except DbUnavailable:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reconnecting is not None and not self._reconnecting.done():
+            self._reconnecting.cancel()
+        store, self._store = self._store, None
+        self._ready.clear()
+        if store is not None:
+            try:
+                await asyncio.wait_for(store.close(), 5.0)
+            except Exception:
+                pass
+
+
+class Batcher(Generic[I]):
+    """Coalesces single fenced writes (mark_submitted / mark_committed) into one statement.
+
+    No added latency when idle: the first item flushes at once; items that arrive while a flush
+    runs go out together in the next one. ``put`` returns True if the row's lease still held.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        flush: Callable[[list[I]], Awaitable[set[uuid.UUID]]],
+        key: Callable[[I], uuid.UUID],
+        *,
+        max_items: int = 500,
+    ) -> None:
+        self.name = name
+        self._flush = flush
+        self._key = key
+        self._max = max_items
+        self._items: list[tuple[I, asyncio.Future[bool]]] = []
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
+
+    async def put(self, item: I) -> bool:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._items.append((item, fut))
+        self._idle.clear()
+        self._kick.set()
+        # Shield: a caller cancelled at shutdown must not drop a write already queued.
+        return await asyncio.shield(fut)
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    async def _run(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            await asyncio.sleep(0)  # let items of the same loop tick join
+            while self._items:
+                chunk, self._items = self._items[: self._max], self._items[self._max :]
+                await self._write(chunk)
+            self._idle.set()
+
+    async def _write(self, chunk: Sequence[tuple[I, asyncio.Future[bool]]]) -> None:
+        try:
+            held = await self._flush([item for item, _ in chunk])
+        except Exception as exc:
+            log.warning("Batched %s write failed; rows will be retried after their lease", self.name,
+                        extra={"error": f"{type(exc).__name__}: {exc}", "rows": len(chunk)})
+            held = set()
+        for item, fut in chunk:
+            if not fut.done():
+                fut.set_result(self._key(item) in held)
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - bounded shutdown wait
+        """Wait until every queued item was written (or ``timeout``)."""
+        if self._items:
+            self._kick.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for _, fut in self._items:
+            if not fut.done():
+                fut.set_result(False)
+        self._items.clear()

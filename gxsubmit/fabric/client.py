@@ -1,0 +1,245 @@
+"""Async Fabric Gateway client on one grpc.aio channel.
+
+Every RPC has a deadline; every failure leaves this module as a classified :class:`FabricError`.
+The client never retries by itself: the worker decides from the error class (reference §0.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import grpc
+from fabric_protos.gateway import gateway_pb2_grpc
+
+from gxsubmit.fabric.codes import code_name
+from gxsubmit.fabric.errors import ErrorClass, FabricError, from_rpc_error
+from gxsubmit.fabric.identity import SigningIdentity
+from gxsubmit.fabric.proposal import (
+    Prepared,
+    PreparedMismatch,
+    Proposal,
+    chaincode_events_request,
+    commit_status_request,
+    endorse_request,
+    evaluate_request,
+    parse_prepared,
+    sign_envelope,
+    submit_request,
+)
+
+__all__ = ["ChaincodeEvent", "CommitResult", "Deadlines", "EventBlock", "GatewayClient", "channel_options"]
+
+#: Fabric's default maximum message size (peer.grpc maxRecvMsgSize / maxSendMsgSize).
+MAX_MESSAGE_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Per-RPC deadlines in seconds (the fabric-samples conventions; the official clients have none)."""
+
+    evaluate: float = 5.0
+    endorse: float = 15.0
+    submit: float = 5.0
+    commit_status: float = 60.0
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    tx_id: str
+    block_number: int
+    code: int
+    code_name: str
+
+    @property
+    def valid(self) -> bool:
+        return self.code == 0
+
+
+@dataclass(frozen=True)
+class ChaincodeEvent:
+    block_number: int
+    tx_id: str
+    chaincode_id: str
+    event_name: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class EventBlock:
+    block_number: int
+    events: tuple[ChaincodeEvent, ...]
+
+
+def channel_options(*, server_name: str | None, keepalive_s: float) -> list[tuple[str, int | str]]:
+    """gRPC channel arguments: keepalive while calls are active, Fabric's message limits, TLS name."""
+    opts: list[tuple[str, int | str]] = [
+        ("grpc.keepalive_time_ms", max(1000, int(keepalive_s * 1000))),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # Pings only while RPCs are in flight (commit waits, event streams): servers with the default
+        # enforcement policy answer idle pings with GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 0),  # retries are the worker's decision, by error class
+    ]
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+        opts.append(("grpc.default_authority", server_name))
+    return opts
+
+
+class GatewayClient:
+    """One channel to one gateway peer. Plaintext only when ``tls_root`` is None (caller's --insecure)."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        tls_root: bytes | None,
+        server_name: str | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        deadlines: Deadlines | None = None,
+        keepalive_s: float = 60.0,
+    ) -> None:
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("client_cert and client_key must be given together")
+        if tls_root is None and client_cert is not None:
+            raise ValueError("a client TLS certificate needs TLS (tls_root)")
+        self.target = target
+        self.deadlines = deadlines or Deadlines()
+        self.tls = tls_root is not None
+        options = channel_options(server_name=server_name, keepalive_s=keepalive_s)
+        if tls_root is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls_root, private_key=client_key, certificate_chain=client_cert
+            )
+            self._channel = grpc.aio.secure_channel(target, creds, options=options)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 - contract name
+        """Connect now; FabricError(stage="connect", TRANSIENT) if not ready within ``timeout``."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError:
+            state = self._channel.get_state(try_to_connect=False)
+            raise FabricError(
+                stage="connect",
+                error_class=ErrorClass.TRANSIENT,
+                error_code="GATEWAY_UNAVAILABLE",
+                message=f"gateway {self.target} not ready within {timeout:g}s (channel {state.name})",
+            ) from None
+
+    def connectivity(self) -> str:
+        return str(self._channel.get_state(try_to_connect=False).name)
+
+    async def evaluate(self, p: Proposal) -> bytes:
+        """Run the transaction on one peer without ordering it; returns the chaincode's result."""
+        try:
+            resp = await self._stub.Evaluate(evaluate_request(p), timeout=self.deadlines.evaluate)
+        except grpc.RpcError as err:
+            raise from_rpc_error("evaluate", err, tx_id=p.tx_id) from None
+        return bytes(resp.result.payload)
+
+    async def endorse(self, p: Proposal) -> Prepared:
+        """Collect endorsements; returns the unsigned envelope after checking it is our transaction."""
+        try:
+            resp = await self._stub.Endorse(endorse_request(p), timeout=self.deadlines.endorse)
+        except grpc.RpcError as err:
+            raise from_rpc_error("endorse", err, tx_id=p.tx_id) from None
+        if not resp.HasField("prepared_transaction"):
+            raise _bad_response("endorse", p.tx_id, "gateway returned no prepared transaction")
+        try:
+            return parse_prepared(resp.prepared_transaction, expected=p)
+        except PreparedMismatch as exc:
+            raise _bad_response("endorse", p.tx_id, str(exc), code="PREPARED_MISMATCH") from None
+
+    async def submit(self, identity: SigningIdentity, prepared: Prepared) -> None:
+        """Sign the envelope and hand it to the orderers. A transport failure here is IN_DOUBT."""
+        request = submit_request(prepared, sign_envelope(identity, prepared.envelope))
+        try:
+            await self._stub.Submit(request, timeout=self.deadlines.submit)
+        except grpc.RpcError as err:
+            raise from_rpc_error("submit", err, tx_id=prepared.tx_id) from None
+
+    async def commit_status(
+        self,
+        identity: SigningIdentity,
+        *,
+        channel: str,
+        tx_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
+    ) -> CommitResult:
+        """Wait (up to the deadline) for the commit of ``tx_id``; the first copy's code for duplicates."""
+        request = commit_status_request(identity, channel=channel, tx_id=tx_id)
+        try:
+            resp = await self._stub.CommitStatus(
+                request, timeout=timeout if timeout is not None else self.deadlines.commit_status
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error("commit_status", err, tx_id=tx_id) from None
+        code = int(resp.result)
+        return CommitResult(
+            tx_id=tx_id, block_number=int(resp.block_number), code=code, code_name=code_name(code)
+        )
+
+    async def chaincode_events(
+        self,
+        identity: SigningIdentity,
+        *,
+        channel: str,
+        chaincode: str,
+        start_block: int | None = None,
+        after_tx_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - becomes the gRPC deadline
+    ) -> AsyncGenerator[EventBlock, None]:
+        """Events of VALID transactions, one item per block; the stream does not end by itself.
+
+        Resume after a checkpoint with ``start_block`` plus ``after_tx_id``. ``timeout`` bounds the whole
+        stream (None = until cancelled; keepalive detects a dead peer).
+        """
+        request = chaincode_events_request(
+            identity, channel=channel, chaincode=chaincode, start_block=start_block, after_tx_id=after_tx_id
+        )
+        call = self._stub.ChaincodeEvents(request, timeout=timeout)
+        try:
+            async for resp in call:
+                block = int(resp.block_number)
+                yield EventBlock(
+                    block_number=block,
+                    events=tuple(
+                        ChaincodeEvent(
+                            block_number=block,
+                            tx_id=e.tx_id,
+                            chaincode_id=e.chaincode_id,
+                            event_name=e.event_name,
+                            payload=bytes(e.payload),
+                        )
+                        for e in resp.events
+                    ),
+                )
+        except grpc.RpcError as err:
+            raise from_rpc_error("events", err) from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _bad_response(stage: str, tx_id: str, message: str, *, code: str = "BAD_RESPONSE") -> FabricError:
+    # Nothing was signed or submitted: the same proposal can be endorsed again.
+    return FabricError(
+        stage=stage, error_class=ErrorClass.PERMANENT, error_code=code, message=message, tx_id=tx_id
+    )

@@ -1,0 +1,84 @@
+"""Signing identity: the creator bytes Fabric expects and low-S ECDSA P-256 signatures."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from fabric_protos.msp import identities_pb2
+
+from gxsubmit.wallet import WalletIdentity
+
+__all__ = ["P256_ORDER", "SigningIdentity", "serialize_identity"]
+
+#: Order n of the P-256 group; Fabric rejects signatures with S > n/2.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def serialize_identity(msp_id: str, cert_pem: bytes) -> bytes:
+    """msp.SerializedIdentity with the PEM bytes verbatim (as the official clients do)."""
+    data: bytes = identities_pb2.SerializedIdentity(mspid=msp_id, id_bytes=cert_pem).SerializeToString(
+        deterministic=True
+    )
+    return data
+
+
+class SigningIdentity:
+    """An MSP identity that signs with its private key.
+
+    ``deterministic=True`` uses RFC 6979 nonces (byte-identical to the Node client's signer; used by the
+    interoperability test). Random nonces are equally valid for Fabric.
+    """
+
+    __slots__ = ("_deterministic", "_key", "cert_pem", "creator", "fingerprint", "msp_id", "name")
+
+    def __init__(
+        self,
+        *,
+        msp_id: str,
+        cert_pem: bytes,
+        private_key: ec.EllipticCurvePrivateKey,
+        name: str = "",
+        deterministic: bool = False,
+    ) -> None:
+        if not isinstance(private_key.curve, ec.SECP256R1):
+            raise ValueError("only EC P-256 keys are supported")
+        self.msp_id = msp_id
+        self.cert_pem = cert_pem
+        self.name = name
+        self.creator = serialize_identity(msp_id, cert_pem)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        self.fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        self._key = private_key
+        self._deterministic = deterministic
+
+    @classmethod
+    def from_wallet(cls, identity: WalletIdentity, *, deterministic: bool = False) -> SigningIdentity:
+        return cls(
+            msp_id=identity.msp_id,
+            cert_pem=identity.cert_pem,
+            private_key=identity.private_key,
+            name=identity.name,
+            deterministic=deterministic,
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        """DER ECDSA signature over SHA-256(data), S normalised to the lower half."""
+        return self.sign_digest(hashlib.sha256(data).digest())
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        algo = ec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=self._deterministic)
+        r, s = decode_dss_signature(self._key.sign(digest, algo))
+        if s > P256_ORDER // 2:
+            s = P256_ORDER - s
+        return encode_dss_signature(r, s)
+
+    def __repr__(self) -> str:
+        return f"SigningIdentity(name={self.name!r}, msp_id={self.msp_id!r}, cert={self.fingerprint[:16]})"

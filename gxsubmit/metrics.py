@@ -1,0 +1,225 @@
+"""Every Prometheus metric gxsubmit exposes, in one place (names and labels: DESIGN §8).
+
+The service runs prometheus-client in multiprocess mode: the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` (and wipes it) *before* any process imports this module, each
+worker writes its own mmap files, and the supervisor serves the aggregate with
+:func:`render_latest` and calls :func:`mark_process_dead` for every child that exits.
+prometheus-client decides single- or multi-process mode when it is first imported, so the
+supervisor must set the variable before importing anything that imports this module.
+
+Label values are bounded: ``identity`` (a handful), ``command_type`` (the catalogue),
+``error_code`` (our short codes and TxValidationCode names), ``stage``/``reason`` (fixed sets).
+Never put ids, tx ids or messages in a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+__all__ = [
+    "BREAKER_OPEN",
+    "CERT_EXPIRY",
+    "COMMANDS_CLAIMED",
+    "COMMANDS_COMMITTED",
+    "COMMANDS_FAILED",
+    "COMMAND_LATENCY",
+    "COMMAND_RETRIES",
+    "DB_RECONNECTS",
+    "GATEWAY_RECONNECTS",
+    "IN_FLIGHT",
+    "OLDEST_PENDING_AGE",
+    "OUTBOX_ROWS",
+    "STAGE_DURATION",
+    "WALLET_RELOADS",
+    "WORKER_RESTARTS",
+    "WORKER_UP",
+    "WorkerMetrics",
+    "exposed_metric_names",
+    "mark_process_dead",
+    "render_latest",
+]
+
+# _created samples add a series per child and are not aggregated in multiprocess mode anyway.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+#: Fabric latencies: milliseconds (endorse on a quiet peer) to a minute (commit-status deadline).
+_FABRIC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
+
+# --- written by workers -------------------------------------------------------------------
+COMMANDS_CLAIMED = Counter(
+    "gxsubmit_commands_claimed", "Commands claimed from the outbox", ["identity", "command_type"]
+)
+COMMANDS_COMMITTED = Counter(
+    "gxsubmit_commands_committed", "Commands committed VALID on the ledger", ["identity", "command_type"]
+)
+COMMANDS_FAILED = Counter(
+    "gxsubmit_commands_failed",
+    "Commands moved to FAILED (dead letter)",
+    ["identity", "command_type", "error_code"],
+)
+COMMAND_RETRIES = Counter(
+    "gxsubmit_command_retries",
+    "Commands sent back to PENDING for a later try",
+    ["identity", "reason"],
+)
+STAGE_DURATION = Histogram(
+    "gxsubmit_stage_duration_seconds",
+    "Duration of one Fabric stage of a command (endorse, submit, commit)",
+    ["identity", "stage"],
+    buckets=_FABRIC_BUCKETS,
+)
+COMMAND_LATENCY = Histogram(
+    "gxsubmit_command_latency_seconds",
+    "Time from outbox insert (created_at) to VALID commit",
+    ["identity"],
+    buckets=_LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "gxsubmit_in_flight", "Commands held by a worker right now", ["identity"], multiprocess_mode="livesum"
+)
+BREAKER_OPEN = Gauge(
+    "gxsubmit_breaker_open",
+    "1 while the identity's gateway circuit breaker is open (claiming paused)",
+    ["identity"],
+    multiprocess_mode="livemax",
+)
+DB_RECONNECTS = Counter("gxsubmit_db_reconnects", "Database reconnections by a worker", ["identity"])
+GATEWAY_RECONNECTS = Counter(
+    "gxsubmit_gateway_reconnects", "Gateway channel re-established after an outage", ["identity"]
+)
+WALLET_RELOADS = Counter(
+    "gxsubmit_wallet_reloads", "Rotated wallet files picked up without restart", ["identity", "result"]
+)
+CERT_EXPIRY = Gauge(
+    "gxsubmit_identity_cert_expiry_timestamp_seconds",
+    "notAfter of the identity's certificate (Unix time)",
+    ["identity"],
+    multiprocess_mode="mostrecent",
+)
+
+# --- written by the supervisor --------------------------------------------------------------
+WORKER_UP = Gauge(
+    "gxsubmit_worker_up", "1 if the identity's worker is running and ready", ["identity"],
+    multiprocess_mode="mostrecent",
+)
+WORKER_RESTARTS = Counter("gxsubmit_worker_restarts", "Worker restarts by the supervisor", ["identity"])
+OUTBOX_ROWS = Gauge(
+    "gxsubmit_outbox_rows", "Outbox rows by status", ["status"], multiprocess_mode="mostrecent"
+)
+OLDEST_PENDING_AGE = Gauge(
+    "gxsubmit_oldest_pending_age_seconds",
+    "Age of the oldest PENDING row (0 when none)",
+    multiprocess_mode="mostrecent",
+)
+
+_ALL: tuple[Counter | Gauge | Histogram, ...] = (
+    COMMANDS_CLAIMED,
+    COMMANDS_COMMITTED,
+    COMMANDS_FAILED,
+    COMMAND_RETRIES,
+    STAGE_DURATION,
+    COMMAND_LATENCY,
+    IN_FLIGHT,
+    BREAKER_OPEN,
+    DB_RECONNECTS,
+    GATEWAY_RECONNECTS,
+    WALLET_RELOADS,
+    CERT_EXPIRY,
+    WORKER_UP,
+    WORKER_RESTARTS,
+    OUTBOX_ROWS,
+    OLDEST_PENDING_AGE,
+)
+
+
+def exposed_metric_names() -> set[str]:
+    """Every sample name the service can expose (for alert rules and dashboards checks)."""
+    names: set[str] = set()
+    for m in _ALL:
+        base = m._name
+        if isinstance(m, Counter):
+            names.add(base + "_total")
+        elif isinstance(m, Histogram):
+            names.update({base + "_bucket", base + "_sum", base + "_count"})
+        else:
+            names.add(base)
+    return names
+
+
+def render_latest(path: str | None = None) -> bytes:
+    """The aggregate of every process's metrics, in the text exposition format.
+
+    ``path`` defaults to ``PROMETHEUS_MULTIPROC_DIR`` (read by prometheus-client); outside
+    multiprocess mode this falls back to this process's own registry.
+    """
+    registry = CollectorRegistry()
+    try:
+        _mp.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    except ValueError:  # no multiprocess directory configured
+        return bytes(generate_latest(REGISTRY))
+    return bytes(generate_latest(registry))
+
+
+def mark_process_dead(pid: int, path: str | None = None) -> None:
+    """Drop a dead process's live gauges (in-flight, breaker) from the aggregate."""
+    _mp.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+class WorkerMetrics:
+    """Label children bound to one identity, cached: ``.labels()`` is too slow per command."""
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self._claimed: dict[str, Counter] = {}
+        self._committed: dict[str, Counter] = {}
+        self._failed: dict[tuple[str, str], Counter] = {}
+        self._retries: dict[str, Counter] = {}
+        self.endorse = STAGE_DURATION.labels(identity=identity, stage="endorse")
+        self.submit = STAGE_DURATION.labels(identity=identity, stage="submit")
+        self.commit = STAGE_DURATION.labels(identity=identity, stage="commit")
+        self.latency = COMMAND_LATENCY.labels(identity=identity)
+        self.in_flight = IN_FLIGHT.labels(identity=identity)
+        self.breaker_open = BREAKER_OPEN.labels(identity=identity)
+        self.db_reconnects = DB_RECONNECTS.labels(identity=identity)
+        self.gateway_reconnects = GATEWAY_RECONNECTS.labels(identity=identity)
+        self.cert_expiry = CERT_EXPIRY.labels(identity=identity)
+        self.in_flight.set(0)
+        self.breaker_open.set(0)
+
+    def claimed(self, command_type: str, n: int = 1) -> None:
+        c = self._claimed.get(command_type)
+        if c is None:
+            c = self._claimed[command_type] = COMMANDS_CLAIMED.labels(self.identity, command_type)
+        c.inc(n)
+
+    def committed(self, command_type: str) -> None:
+        c = self._committed.get(command_type)
+        if c is None:
+            c = self._committed[command_type] = COMMANDS_COMMITTED.labels(self.identity, command_type)
+        c.inc()
+
+    def failed(self, command_type: str, error_code: str) -> None:
+        key = (command_type, error_code)
+        c = self._failed.get(key)
+        if c is None:
+            c = self._failed[key] = COMMANDS_FAILED.labels(self.identity, command_type, error_code)
+        c.inc()
+
+    def retried(self, reason: str) -> None:
+        c = self._retries.get(reason)
+        if c is None:
+            c = self._retries[reason] = COMMAND_RETRIES.labels(self.identity, reason)
+        c.inc()
+
+    def wallet_reload(self, result: str) -> None:
+        WALLET_RELOADS.labels(self.identity, result).inc()

@@ -1,0 +1,503 @@
+"""The outbox store: schema migrations, producer enqueue, and every state change of a command row.
+
+This module is the only writer of ``outbox_commands`` besides producers' INSERTs. All SQL lives in
+``gxsubmit/sql``: ``NNNN_<name>.sql`` are the migrations, ``queries.sql`` holds the named statements.
+Every completion is fenced by the row's lease token, so a worker that lost its lease cannot overwrite
+a row another worker now holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+__all__ = [
+    "CHANNEL",
+    "ERROR_MAX_BYTES",
+    "STATUSES",
+    "ClaimedCommand",
+    "Committed",
+    "Notifier",
+    "OutboxStore",
+    "QueueStats",
+    "SchemaNotMigrated",
+    "enqueue",
+    "latest_version",
+    "migrate",
+    "schema_version",
+    "truncate_error",
+]
+
+CHANNEL = "gxsubmit"  # also spelled out in sql/0001_init.sql and queries.sql
+STATUSES = ("PENDING", "CLAIMED", "SUBMITTED", "COMMITTED", "FAILED")
+ERROR_MAX_BYTES = 2000
+ERROR_CODE_MAX_BYTES = 64
+MAX_CLAIM = 1000  # rows per claim statement; the claim's LIMIT is a literal, so few distinct plans
+
+_MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+class SchemaNotMigrated(RuntimeError):
+    """The outbox table does not exist in the configured schema: run ``gxsubmit migrate``."""
+
+
+# -- SQL loading ------------------------------------------------------------------------------------
+
+
+def _sql_text(name: str) -> str:
+    return resources.files("gxsubmit").joinpath("sql", name).read_text(encoding="utf-8")
+
+
+@cache
+def _queries() -> dict[str, str]:
+    text = _sql_text("queries.sql")
+    parts = _NAME_RE.split(text)
+    # parts = [header, name1, body1, name2, body2, ...]
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+
+
+@cache
+def _migrations() -> tuple[tuple[int, str, str], ...]:
+    found = []
+    for entry in resources.files("gxsubmit").joinpath("sql").iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"migration files must be numbered 0001.. without gaps, found {versions}")
+    return tuple(found)
+
+
+def latest_version() -> int:
+    """The schema version this code ships."""
+    return len(_migrations())
+
+
+def _compose(name: str, schema: str, **literals: int) -> sql.Composed:
+    subs: dict[str, sql.Composable] = {"schema": sql.Identifier(schema)}
+    subs.update({k: sql.Literal(v) for k, v in literals.items()})
+    return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
+
+
+def _lock_key(schema: str) -> int:
+    """A stable signed 64-bit advisory lock key per schema (Python's hash() is salted per process)."""
+    digest = hashlib.sha256(f"gxsubmit.migrate:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+# -- migrations -------------------------------------------------------------------------------------
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> int:
+    """Apply missing migrations in one transaction under an advisory lock; return the schema version.
+
+    Safe to run from several replicas at once: the second waits on the lock, then finds nothing to do.
+    """
+    async with conn.transaction():
+        await conn.execute(_compose("lock_migrations", schema), {"key": _lock_key(schema)})
+        cur = await conn.execute(_compose("schema_exists", schema), {"schema": schema})
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            await conn.execute(_compose("create_schema", schema))
+        await conn.execute(_compose("create_version_table", schema))
+        cur = await conn.execute(_compose("applied_versions", schema))
+        applied = {r[0] for r in await cur.fetchall()}
+        for version, name, text in _migrations():
+            if version in applied:
+                continue
+            body = sql.SQL(text).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+            await conn.execute(body)
+            await conn.execute(_compose("record_version", schema), {"version": version, "name": name})
+            applied.add(version)
+        return int(max(applied))
+
+
+async def schema_version(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> int | None:
+    """The applied version, or None when the schema has never been migrated."""
+    cur = await conn.execute(
+        _compose("table_exists", schema), {"schema": schema, "table": "gxsubmit_schema_version"}
+    )
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        return None
+    cur = await conn.execute(_compose("current_version", schema))
+    row = await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+# -- values -----------------------------------------------------------------------------------------
+
+
+def truncate_error(text: str, max_bytes: int = ERROR_MAX_BYTES) -> str:
+    """Make ``text`` storable: at most ``max_bytes`` of UTF-8, never cut inside a character.
+
+    PostgreSQL text cannot hold NUL or lone surrogates, so those are replaced rather than failing the
+    very update that records an error.
+    """
+    text = text.replace("\x00", "\ufffd")
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return data.decode("utf-8")
+    marker = "…".encode()
+    cut = data[: max(0, max_bytes - len(marker))]
+    return cut.decode("utf-8", "ignore") + marker.decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedCommand:
+    """A row leased to this worker. ``attempts`` already counts this claim."""
+
+    id: uuid.UUID
+    seq: int
+    tenant_id: str
+    service: str
+    command_type: str
+    request_id: str
+    payload: Any
+    attempts: int
+    lease_token: uuid.UUID
+    tx_nonce: bytes | None
+    fabric_tx_id: str | None
+    creator_fingerprint: str | None
+    submitted_before: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A commit outcome to record (VALID, or another code the worker chose to record as COMMITTED)."""
+
+    id: uuid.UUID
+    token: uuid.UUID
+    tx_id: str | None
+    block: int | None
+    validation_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_status_type: dict[tuple[str, str], int] = field(default_factory=dict)
+    oldest_pending_age_s: float | None = None
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+
+
+# -- producer side ----------------------------------------------------------------------------------
+
+
+async def enqueue(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    command_type: str,
+    payload: Any,
+    request_id: str | None = None,
+    tenant_id: str = "default",
+    service: str = "cli",
+    schema: str = "public",
+    id: uuid.UUID | None = None,
+) -> tuple[uuid.UUID, bool]:
+    """Insert a command unless (tenant_id, request_id) exists; return (id, created).
+
+    Runs in whatever transaction ``conn`` is in, so a producer can enqueue atomically with its own
+    business change: if that transaction rolls back, no row remains. A missing ``request_id``
+    defaults to the row id (no de-duplication).
+    """
+    row_id = id if id is not None else uuid.uuid4()
+    params = {
+        "id": row_id,
+        "tenant_id": tenant_id,
+        "service": service,
+        "command_type": command_type,
+        "request_id": request_id if request_id is not None else str(row_id),
+        "payload": Jsonb(payload),
+    }
+    for _ in range(3):
+        cur = await conn.execute(_compose("enqueue", schema), params)
+        row = await cur.fetchone()
+        if row is not None:
+            return row[0], True
+        cur = await conn.execute(_compose("find_request", schema), params)
+        row = await cur.fetchone()
+        if row is not None:
+            return row[0], False
+        # The conflicting row vanished between the two statements (its inserter rolled back): retry.
+    raise RuntimeError(f"enqueue of request {params['request_id']!r} kept conflicting; giving up")
+
+
+# -- worker side ------------------------------------------------------------------------------------
+
+
+def _pairs(items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> dict[str, list[uuid.UUID]]:
+    return {"ids": [i for i, _ in items], "tokens": [t for _, t in items]}
+
+
+class OutboxStore:
+    """One autocommit connection used by one worker process. Methods are safe to call concurrently
+    from several tasks (psycopg serialises them on the connection). A broken connection is replaced
+    on the next call; the call that saw it break raises ``psycopg.OperationalError``.
+    """
+
+    def __init__(self, url: str, *, schema: str, worker_id: str, connect_timeout: float) -> None:
+        self._url = url
+        self.schema = schema
+        self.worker_id = worker_id
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._reconnect_lock = asyncio.Lock()
+        self._q: dict[str, bytes] = {}
+        self._claim_q: dict[int, bytes] = {}
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, schema: str, worker_id: str, connect_timeout: float = 5.0
+    ) -> OutboxStore:
+        """Open the connection and check the schema is migrated (raises SchemaNotMigrated if not)."""
+        store = cls(url, schema=schema, worker_id=worker_id, connect_timeout=connect_timeout)
+        conn = await store._get()
+        version = await schema_version(conn, schema)
+        if version is None:
+            await store.close()
+            raise SchemaNotMigrated(f"schema {schema!r} has no outbox table; run 'gxsubmit migrate'")
+        return store
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def _open(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(
+            self._url,
+            autocommit=True,
+            connect_timeout=max(2, round(self._connect_timeout)),
+            application_name=f"gxsubmit:{self.worker_id}"[:63],
+        )
+        try:
+            await conn.execute(_compose("session_setup", self.schema))
+        except BaseException:
+            await conn.close()
+            raise
+        if not self._q:
+            self._q = {
+                name: _compose(name, self.schema).as_bytes(conn) for name in _queries() if name != "claim"
+            }
+        return conn
+
+    async def _get(self) -> psycopg.AsyncConnection[Any]:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        async with self._reconnect_lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    await conn.close()
+                self._conn = None
+                conn = self._conn = await self._open()
+            return conn
+
+    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        conn = await self._get()
+        cur = await conn.execute(self._q[name], params)
+        return await cur.fetchall()
+
+    async def _ids(self, name: str, params: dict[str, Any]) -> set[uuid.UUID]:
+        return {r[0] for r in await self._rows(name, params)}
+
+    def _claim_query(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> bytes:
+        q = self._claim_q.get(limit)
+        if q is None:
+            q = self._claim_q[limit] = _compose("claim", self.schema, limit=limit).as_bytes(conn)
+        return q
+
+    async def claim(self, types: Sequence[str], limit: int, lease_s: float) -> list[ClaimedCommand]:
+        """Lease up to ``limit`` due rows of ``types`` (expired leases first, then FIFO by seq)."""
+        if not types or limit <= 0:
+            return []
+        limit = min(limit, MAX_CLAIM)
+        conn = await self._get()
+        cur = await conn.execute(
+            self._claim_query(limit, conn),
+            {"types": list(types), "worker_id": self.worker_id, "lease_s": float(lease_s)},
+        )
+        rows = await cur.fetchall()
+        out = [ClaimedCommand(*r) for r in rows]
+        out.sort(key=lambda c: c.seq)
+        return out
+
+    async def renew(self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_s: float) -> set[uuid.UUID]:
+        """Extend the leases still held; return their ids (the others were lost)."""
+        if not leases:
+            return set()
+        return await self._ids("renew", {**_pairs(leases), "lease_s": float(lease_s)})
+
+    async def record_tx(
+        self, id: uuid.UUID, token: uuid.UUID, *, nonce: bytes, tx_id: str, creator_fingerprint: str
+    ) -> bool:
+        """Durably store the attempt's nonce and tx id. Must succeed before the first Endorse."""
+        params = {
+            "id": id,
+            "token": token,
+            "nonce": nonce,
+            "tx_id": tx_id,
+            "creator_fingerprint": creator_fingerprint,
+        }
+        return bool(await self._rows("record_tx", params))
+
+    async def mark_submitted(self, items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
+        if not items:
+            return set()
+        return await self._ids("mark_submitted", _pairs(items))
+
+    async def mark_committed(self, items: Sequence[Committed]) -> set[uuid.UUID]:
+        if not items:
+            return set()
+        params = {
+            "ids": [c.id for c in items],
+            "tokens": [c.token for c in items],
+            "tx_ids": [c.tx_id for c in items],
+            "blocks": [c.block for c in items],
+            "codes": [c.validation_code for c in items],
+        }
+        return await self._ids("mark_committed", params)
+
+    async def retry_later(
+        self,
+        id: uuid.UUID,
+        token: uuid.UUID,
+        *,
+        error_code: str,
+        error: str,
+        delay_s: float,
+        burn_nonce: bool = False,
+    ) -> bool:
+        """Back to PENDING after ``delay_s``. Keeps the nonce (same tx id next time) unless burnt."""
+        params = {
+            "id": id,
+            "token": token,
+            "error_code": truncate_error(error_code, ERROR_CODE_MAX_BYTES),
+            "error": truncate_error(error),
+            "delay_s": max(0.0, float(delay_s)),
+            "burn": burn_nonce,
+        }
+        return bool(await self._rows("retry_later", params))
+
+    async def mark_failed(
+        self,
+        id: uuid.UUID,
+        token: uuid.UUID,
+        *,
+        error_code: str,
+        error: str,
+        tx_id: str | None = None,
+        validation_code: str | None = None,
+    ) -> bool:
+        """Terminal failure (dead letter). ``validation_code`` only for a definite commit outcome."""
+        params = {
+            "id": id,
+            "token": token,
+            "error_code": truncate_error(error_code, ERROR_CODE_MAX_BYTES),
+            "error": truncate_error(error),
+            "tx_id": tx_id,
+            "validation_code": validation_code,
+        }
+        return bool(await self._rows("mark_failed", params))
+
+    async def release(self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> int:
+        """Hand rows back at shutdown: claimable at once, and the attempt is not counted."""
+        if not leases:
+            return 0
+        rows = await self._rows("release", _pairs(leases))
+        return int(rows[0][0])
+
+    async def fail_unroutable(self, routed_types: Sequence[str]) -> int:
+        """Dead-letter PENDING rows whose type no catalogue route serves (pass every routed type)."""
+        rows = await self._rows("fail_unroutable", {"types": list(routed_types)})
+        return int(rows[0][0])
+
+    async def stats(self) -> QueueStats:
+        by_status_type: dict[tuple[str, str], int] = {}
+        by_status: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        for status, ctype, n in await self._rows("stats_by_status_type", {}):
+            by_status_type[(status, ctype)] = int(n)
+            by_status[status] = by_status.get(status, 0) + int(n)
+        oldest = await self._rows("stats_oldest_pending", {})
+        failed = await self._rows("stats_failed_by_code", {})
+        return QueueStats(
+            by_status=by_status,
+            by_status_type=by_status_type,
+            oldest_pending_age_s=float(oldest[0][0]) if oldest else None,
+            failed_by_code={str(code): int(n) for code, n in failed},
+        )
+
+    async def requeue(
+        self, *, ids: Sequence[uuid.UUID] = (), error_code: str | None = None, all_failed: bool = False
+    ) -> int:
+        """Re-drive FAILED rows: PENDING now, attempts 0, error cleared.
+
+        The nonce is kept unless the row's tx id committed INVALID (see queries.sql ``requeue``).
+        """
+        if not ids and error_code is None and not all_failed:
+            return 0
+        params = {"ids": list(ids), "error_code": error_code, "all_failed": all_failed}
+        rows = await self._rows("requeue", params)
+        return int(rows[0][0])
+
+
+# -- wake-ups ---------------------------------------------------------------------------------------
+
+
+class Notifier:
+    """LISTEN on a dedicated autocommit connection; ``wait`` returns early when a row is inserted."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def connect(cls, url: str, *, connect_timeout: float = 5.0) -> Notifier:
+        conn = await psycopg.AsyncConnection.connect(
+            url,
+            autocommit=True,
+            connect_timeout=max(2, round(connect_timeout)),
+            application_name="gxsubmit:listen",
+        )
+        try:
+            await conn.execute(_compose("listen", "public"))
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn)
+
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - the contract's signature
+        """Wait up to ``timeout`` s; True if a NOTIFY arrived. Drains queued ones so a burst of
+        inserts wakes the worker once. Raises ``psycopg.OperationalError`` if the connection died.
+        """
+        got = False
+        async for _ in self._conn.notifies(timeout=max(0.0, timeout), stop_after=1):
+            got = True
+        if got:
+            async for _ in self._conn.notifies(timeout=0.0):
+                pass
+        return got
+
+    @property
+    def broken(self) -> bool:
+        return self._conn.closed or self._conn.broken
+
+    async def close(self) -> None:
+        await self._conn.close()

@@ -1,0 +1,572 @@
+"""One command's way through Fabric, with the exactly-once protocol of DESIGN §2 on every path.
+
+Per claimed row (first try, retry, takeover of an expired lease, restart — all the same code):
+
+1. route + arguments (catalogue); a bad payload or an unknown type fails at once.
+2. nonce: reuse the row's nonce when it belongs to a certificate we still hold (same tx id);
+   otherwise (rotation) resolve the old tx id by CommitStatus first; else draw a new nonce and
+   ``record_tx`` it durably *before* the first Endorse.
+3. Endorse (a "duplicate transaction" answer means a copy is already committed: go to 5).
+4. ``mark_submitted`` (write-ahead: the row says "a copy may be on the ledger" *before* the
+   envelope leaves, so a crash between Submit and the status write can never make us believe
+   the row was not submitted), then Submit.
+5. CommitStatus, then ``mark_committed`` (batched) with block and validation code.
+
+Outcomes by error class: TRANSIENT and IN_DOUBT retry later with the same nonce; CONFLICT burns
+the nonce; PERMANENT fails the row — unless a copy may already be on the ledger, in which case
+the row is never failed without a definite answer for its tx id. Gateway-unavailable failures
+(and anything refused by an open breaker) never exhaust ``max_attempts``: an outage must not
+dead-letter the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from gxsubmit.breaker import CircuitBreaker
+from gxsubmit.catalog import Catalog, PayloadError, Route
+from gxsubmit.dblink import Batcher, DbLink, DbUnavailable
+from gxsubmit.fabric import (
+    CommitResult,
+    ErrorClass,
+    FabricError,
+    GatewayClient,
+    Proposal,
+    SigningIdentity,
+    build_proposal,
+    classify_validation_code,
+    compute_tx_id,
+    new_nonce,
+)
+from gxsubmit.fabric.codes import BOUNDED_RETRY_CODES
+from gxsubmit.metrics import WorkerMetrics
+from gxsubmit.outbox import ClaimedCommand, Committed
+
+__all__ = [
+    "INFRA_ERROR_CODES",
+    "IdentityRing",
+    "Job",
+    "NoncePlan",
+    "Pipeline",
+    "PipelineSettings",
+    "Stage",
+    "commit_action",
+    "error_action",
+    "plan_nonce",
+]
+
+log = logging.getLogger("gxsubmit.worker")
+
+#: Error codes that say "the gateway is not there", not "this command is in trouble": they feed the
+#: breaker and never count towards ``max_attempts``.
+INFRA_ERROR_CODES = frozenset({"GATEWAY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED", "BREAKER_OPEN"})
+
+#: How many times a bounded-retry commit code (ENDORSEMENT_POLICY_FAILURE) gets a new nonce.
+_BOUNDED_RETRIES = 3
+#: Proposal reuse window: Fabric 3 peers reject proposals older than 15 minutes.
+_PROPOSAL_TTL_S = 300.0
+
+
+class Stage(enum.IntEnum):
+    """How far a job got; shutdown releases jobs before SUBMITTING and waits for the others."""
+
+    QUEUED = 0
+    PREPARING = 1
+    ENDORSING = 2
+    SUBMITTING = 3
+    COMMIT_WAIT = 4
+    FINISHING = 5
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A claimed command inside this worker."""
+
+    cmd: ClaimedCommand
+    claimed_at: float
+    stage: Stage = Stage.QUEUED
+    tx_id: str | None = None
+    may_be_on_ledger: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def lease(self) -> tuple[uuid.UUID, uuid.UUID]:
+        return (self.cmd.id, self.cmd.lease_token)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    identity: str
+    max_attempts: int = 10
+    resolve_timeout: float = 5.0  # CommitStatus deadline when resolving an old tx id
+    conflict_delay: float = 0.05  # first re-try after an MVCC conflict (jittered by backoff)
+    endorsing_orgs: tuple[str, ...] = ()
+    channel: str | None = None  # overrides of the catalogue's channel/chaincode
+    chaincode: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# pure decisions (unit-tested without I/O)
+
+NoncePlan = Literal["reuse", "new", "resolve"]
+
+
+def plan_nonce(
+    tx_nonce: bytes | None, creator_fingerprint: str | None, held: Callable[[str], bool]
+) -> NoncePlan:
+    """Reuse the stored nonce if we can still sign as its creator; resolve if it was another cert."""
+    if tx_nonce is None:
+        return "new"
+    if creator_fingerprint is not None and held(creator_fingerprint):
+        return "reuse"
+    return "resolve"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What to do with the row: commit, fail, retry (same or new nonce), or resolve its tx id."""
+
+    kind: Literal["commit", "fail", "retry", "resolve"]
+    error_code: str = ""
+    burn_nonce: bool = False
+    counts: bool = True  # counts against max_attempts
+    on_ledger: bool = False  # a copy may be on the ledger: never FAILED without a definite answer
+    reason: str = ""  # metric label for retries (bounded set)
+
+
+def commit_action(code: int, code_name: str, attempts: int) -> Action:
+    """Decision for a CommitStatus answer about our tx id."""
+    cls = classify_validation_code(code)
+    if cls is None:
+        return Action("commit")
+    if cls is ErrorClass.CONFLICT:
+        return Action("retry", code_name, burn_nonce=True, reason="conflict")
+    if cls is ErrorClass.DUPLICATE or cls is ErrorClass.TRANSIENT:
+        # CommitStatus reports the first copy; a DUPLICATE_TXID/NOT_VALIDATED answer is not final.
+        return Action("retry", code_name, counts=False, on_ledger=True, reason="in_doubt")
+    if code in BOUNDED_RETRY_CODES and attempts < _BOUNDED_RETRIES:
+        return Action("retry", code_name, burn_nonce=True, reason="conflict")
+    return Action("fail", code_name)
+
+
+def error_action(err: FabricError, *, may_be_on_ledger: bool) -> Action:
+    """Decision for a failed RPC (the error class was decided once, in gxsubmit.fabric.errors)."""
+    cls = err.error_class
+    infra = err.error_code in INFRA_ERROR_CODES or err.stage == "connect"
+    if cls is ErrorClass.DUPLICATE:
+        return Action("resolve", err.error_code, on_ledger=True)
+    if cls is ErrorClass.TRANSIENT:
+        return Action("retry", err.error_code, counts=not infra, on_ledger=may_be_on_ledger,
+                      reason="gateway_unavailable" if infra else "transient")
+    if cls is ErrorClass.IN_DOUBT:
+        return Action("retry", err.error_code, counts=False, on_ledger=True, reason="in_doubt")
+    if cls is ErrorClass.CONFLICT:
+        if may_be_on_ledger and err.stage != "endorse":
+            return Action("retry", err.error_code, counts=False, on_ledger=True, reason="in_doubt")
+        return Action("retry", err.error_code, burn_nonce=True, reason="conflict")
+    # PERMANENT
+    if may_be_on_ledger:
+        # An earlier copy may still commit (or has): ask the ledger before dead-lettering.
+        return Action("resolve", err.error_code, on_ledger=True)
+    return Action("fail", err.error_code)
+
+
+# --------------------------------------------------------------------------------------------------
+# identities
+
+
+class IdentityRing:
+    """The identity new attempts sign with, plus earlier ones still valid (after a rotation), so a
+    row whose nonce was recorded under the old certificate keeps its tx id."""
+
+    def __init__(self, current: SigningIdentity, not_after: datetime) -> None:
+        self._current = current
+        self._all: OrderedDict[str, tuple[SigningIdentity, datetime]] = OrderedDict()
+        self._all[current.fingerprint] = (current, not_after)
+
+    @property
+    def current(self) -> SigningIdentity:
+        return self._current
+
+    def rotate(self, new: SigningIdentity, not_after: datetime) -> None:
+        self._current = new
+        self._all[new.fingerprint] = (new, not_after)
+        self._all.move_to_end(new.fingerprint)
+        while len(self._all) > 4:
+            self._all.popitem(last=False)
+
+    def get(self, fingerprint: str, now: datetime | None = None) -> SigningIdentity | None:
+        entry = self._all.get(fingerprint)
+        if entry is None:
+            return None
+        if entry[1] <= (now or datetime.now(UTC)):
+            return None  # expired: the peer would refuse its signature
+        return entry[0]
+
+    def holds(self, fingerprint: str) -> bool:
+        return self.get(fingerprint) is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# the pipeline
+
+
+class _Gone(Exception):
+    """The lease was lost (another worker took the row over): stop touching it."""
+
+
+class Pipeline:
+    """Runs jobs. Owns nothing long-lived except a small proposal cache; the worker owns the loops."""
+
+    def __init__(
+        self,
+        *,
+        settings: PipelineSettings,
+        catalog: Catalog,
+        db: DbLink,
+        gateway: GatewayClient,
+        ring: IdentityRing,
+        breaker: CircuitBreaker,
+        metrics: WorkerMetrics,
+        backoff: Callable[[int], float],
+        backoff_cap: float,
+        submitted: Batcher[tuple[uuid.UUID, uuid.UUID]],
+        committed: Batcher[Committed],
+        lease_s: float,
+    ) -> None:
+        self.s = settings
+        self.catalog = catalog
+        self.db = db
+        self.gateway = gateway
+        self.ring = ring
+        self.breaker = breaker
+        self.m = metrics
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.submitted = submitted
+        self.committed = committed
+        self.lease_s = lease_s
+        self._proposals: OrderedDict[str, tuple[Proposal, float]] = OrderedDict()
+        self._proposal_cap = 4096
+        self.n_committed = 0
+        self.n_failed = 0
+        self.last_error: str | None = None
+        self.gateway_ok = True
+        self._info = log.isEnabledFor(logging.INFO)
+
+    # -- entry -------------------------------------------------------------------------------------
+
+    async def run(self, job: Job) -> None:
+        """Process one job to a row outcome. Never raises except CancelledError."""
+        try:
+            await self._process(job)
+        except (_Gone, DbUnavailable):
+            pass  # lease lost / db gone at shutdown: the row is someone else's (or retried after expiry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("Unexpected error processing command", extra={
+                "command_id": str(job.cmd.id), "tx_id": job.tx_id})
+            self.last_error = f"internal: {type(exc).__name__}: {exc}"
+            try:
+                await self._retry(job, Action("retry", "INTERNAL_ERROR", on_ledger=job.may_be_on_ledger,
+                                              reason="internal"), f"{type(exc).__name__}: {exc}")
+            except (_Gone, DbUnavailable):
+                pass
+
+    async def _process(self, job: Job) -> None:
+        cmd = job.cmd
+        job.stage = Stage.PREPARING
+        route = self.catalog.route(cmd.command_type)
+        if route is None:
+            await self._fail(job, "UNROUTABLE", f"no catalogue route for command type {cmd.command_type!r}")
+            return
+        if route.identity != self.s.identity:
+            # Catalogue changed under a running worker: hand the row back to whoever serves it now.
+            await self.db.call(lambda st: st.release([job.lease]))
+            return
+        try:
+            args = route.build_args(cmd.payload)
+        except PayloadError as exc:
+            await self._fail(job, "PAYLOAD_INVALID", str(exc))
+            return
+
+        chosen = await self._choose_nonce(job)
+        if chosen is None:
+            return
+        nonce, tx_id, signer = chosen
+        job.tx_id = tx_id
+        if self._info:
+            log.info("Processing command", extra={
+                "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": tx_id,
+                "attempt": cmd.attempts})
+
+        if not self.breaker.allow():
+            await self._retry(job, Action("retry", "BREAKER_OPEN", counts=False,
+                                          on_ledger=job.may_be_on_ledger, reason="breaker_open"),
+                              "gateway circuit breaker open", delay=self.breaker.remaining() + 0.5)
+            return
+
+        proposal = self._proposal(route, signer, args, nonce, tx_id)
+        job.stage = Stage.ENDORSING
+        t0 = time.perf_counter()
+        try:
+            prepared = await self.gateway.endorse(proposal)
+        except FabricError as err:
+            self._note_gateway(err)
+            if err.error_class is ErrorClass.DUPLICATE:
+                await self._wait_commit(job, signer, proposal.channel, tx_id)
+                return
+            await self._on_error(job, err, signer, proposal.channel)
+            return
+        self._gateway_up()
+        self.m.endorse.observe(time.perf_counter() - t0)
+
+        # Write-ahead: from here on a copy may exist on the ledger.
+        job.stage = Stage.SUBMITTING
+        job.may_be_on_ledger = True
+        if not await self.submitted.put(job.lease):
+            raise _Gone
+        t0 = time.perf_counter()
+        try:
+            await self.gateway.submit(signer, prepared)
+        except FabricError as err:
+            self._note_gateway(err)
+            await self._on_error(job, err, signer, proposal.channel)
+            return
+        self.m.submit.observe(time.perf_counter() - t0)
+        self._proposals.pop(tx_id, None)
+        await self._wait_commit(job, signer, proposal.channel, tx_id)
+
+    # -- nonce -------------------------------------------------------------------------------------
+
+    async def _choose_nonce(self, job: Job) -> tuple[bytes, str, SigningIdentity] | None:
+        cmd = job.cmd
+        job.may_be_on_ledger = cmd.submitted_before
+        plan = plan_nonce(cmd.tx_nonce, cmd.creator_fingerprint, self.ring.holds)
+        if plan == "reuse":
+            assert cmd.tx_nonce is not None and cmd.creator_fingerprint is not None
+            signer = self.ring.get(cmd.creator_fingerprint)
+            assert signer is not None
+            return cmd.tx_nonce, cmd.fabric_tx_id or compute_tx_id(cmd.tx_nonce, signer.creator), signer
+        if plan == "resolve" and cmd.fabric_tx_id:
+            # The certificate changed since the nonce was recorded: the same nonce would now give a
+            # different tx id, so first find out what became of the old one.
+            outcome = await self._resolve_old(job, cmd.fabric_tx_id)
+            if outcome is None:
+                return None  # committed, or parked until the old tx id can be resolved
+        signer = self.ring.current
+        nonce = new_nonce()
+        tx_id = compute_tx_id(nonce, signer.creator)
+        ok = await self.db.call(lambda st: st.record_tx(
+            cmd.id, cmd.lease_token, nonce=nonce, tx_id=tx_id, creator_fingerprint=signer.fingerprint))
+        if not ok:
+            raise _Gone
+        job.may_be_on_ledger = False  # a fresh tx id has never been anywhere
+        return nonce, tx_id, signer
+
+    async def _resolve_old(self, job: Job, old_tx_id: str) -> bool | None:
+        """True = the old tx id is definitely not VALID on the ledger (draw a new nonce);
+        None = handled here (committed, or retried later)."""
+        job.tx_id = old_tx_id
+        try:
+            result = await self.gateway.commit_status(
+                self.ring.current, channel=self._channel_for(job), tx_id=old_tx_id,
+                timeout=self.s.resolve_timeout)
+        except FabricError as err:
+            if not job.cmd.submitted_before:
+                return True  # write-ahead: never handed to the orderer, so it cannot be on the ledger
+            # WINDOW: the row was submitted under a certificate this process no longer holds and
+            # the ledger does not know that tx id (yet). It stays PENDING, re-checked at the capped
+            # backoff, never re-submitted under a new tx id and never dead-lettered.
+            await self._retry(job, Action("retry", "ROTATION_UNRESOLVED", counts=False, on_ledger=True,
+                                          reason="in_doubt"),
+                              f"tx {old_tx_id} (previous certificate) unresolved: {err}")
+            return None
+        if result.valid:
+            await self._committed(job, result)
+            return None
+        cls = classify_validation_code(result.code)
+        if cls in (ErrorClass.DUPLICATE, ErrorClass.TRANSIENT):
+            await self._retry(job, Action("retry", "ROTATION_UNRESOLVED", counts=False, on_ledger=True,
+                                          reason="in_doubt"),
+                              f"tx {old_tx_id} (previous certificate) status {result.code_name}")
+            return None
+        return True  # definitely invalid: a new tx is the only way to get the effect
+
+    def _channel_for(self, job: Job) -> str:
+        route = self.catalog.route(job.cmd.command_type)
+        return self.s.channel or (route.channel if route else "")
+
+    def _proposal(self, route: Route, signer: SigningIdentity, args: Sequence[str], nonce: bytes,
+                  tx_id: str) -> Proposal:
+        now = time.monotonic()
+        hit = self._proposals.get(tx_id)
+        if hit is not None and now - hit[1] < _PROPOSAL_TTL_S:
+            return hit[0]
+        p = build_proposal(
+            signer,
+            channel=self.s.channel or route.channel,
+            chaincode=self.s.chaincode or route.chaincode,
+            function=route.function,
+            args=args,
+            nonce=nonce,
+            endorsing_orgs=self.s.endorsing_orgs,
+        )
+        self._proposals[tx_id] = (p, now)
+        if len(self._proposals) > self._proposal_cap:
+            self._proposals.popitem(last=False)
+        return p
+
+    # -- commit ------------------------------------------------------------------------------------
+
+    async def _wait_commit(self, job: Job, signer: SigningIdentity, channel: str, tx_id: str) -> None:
+        job.stage = Stage.COMMIT_WAIT
+        t0 = time.perf_counter()
+        try:
+            result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id)
+        except FabricError as err:
+            self._note_gateway(err)
+            await self._retry(job, Action("retry", err.error_code, counts=False, on_ledger=True,
+                                          reason="in_doubt"), str(err))
+            return
+        self._gateway_up()
+        self.m.commit.observe(time.perf_counter() - t0)
+        await self._on_commit(job, result)
+
+    async def _on_commit(self, job: Job, result: CommitResult) -> None:
+        action = commit_action(result.code, result.code_name, job.cmd.attempts)
+        if action.kind == "commit":
+            await self._committed(job, result)
+        elif action.kind == "retry":
+            await self._retry(job, action, f"transaction {result.tx_id} {result.code_name} in block "
+                                           f"{result.block_number}",
+                              delay=self.s.conflict_delay * (2 ** min(job.cmd.attempts, 6))
+                              if action.burn_nonce else None)
+        else:
+            await self._fail(job, action.error_code,
+                             f"transaction {result.tx_id} invalid: {result.code_name} in block "
+                             f"{result.block_number}", tx_id=result.tx_id, validation_code=result.code_name)
+
+    async def _committed(self, job: Job, result: CommitResult) -> None:
+        job.stage = Stage.FINISHING
+        cmd = job.cmd
+        ok = await self.committed.put(Committed(cmd.id, cmd.lease_token, result.tx_id, result.block_number,
+                                                result.code_name))
+        if not ok:
+            raise _Gone
+        self.n_committed += 1
+        self.m.committed(cmd.command_type)
+        self.m.latency.observe(max(0.0, (datetime.now(UTC) - cmd.created_at).total_seconds()))
+        if self._info:
+            log.info("Command committed", extra={
+                "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": result.tx_id,
+                "block": result.block_number, "attempt": cmd.attempts})
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    async def _on_error(self, job: Job, err: FabricError, signer: SigningIdentity, channel: str) -> None:
+        action = error_action(err, may_be_on_ledger=job.may_be_on_ledger)
+        if action.kind == "resolve":
+            assert job.tx_id is not None
+            await self._resolve_before_fail(job, err, signer, channel, job.tx_id)
+        elif action.kind == "retry":
+            await self._retry(job, action, str(err))
+        else:
+            await self._fail(job, action.error_code, str(err), tx_id=job.tx_id)
+
+    async def _resolve_before_fail(self, job: Job, err: FabricError, signer: SigningIdentity, channel: str,
+                                   tx_id: str) -> None:
+        """A permanent error on a row whose tx id may be on the ledger: only a definite ledger answer
+        may fail it (a VALID first copy means it is committed)."""
+        if err.error_class is ErrorClass.DUPLICATE:
+            await self._wait_commit(job, signer, channel, tx_id)
+            return
+        try:
+            result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id,
+                                                      timeout=self.s.resolve_timeout)
+        except FabricError:
+            await self._retry(job, Action("retry", err.error_code, counts=False, on_ledger=True,
+                                          reason="in_doubt"), f"{err} (earlier copy unresolved)")
+            return
+        if result.valid:
+            await self._committed(job, result)
+        elif classify_validation_code(result.code) in (ErrorClass.DUPLICATE, ErrorClass.TRANSIENT):
+            await self._retry(job, Action("retry", err.error_code, counts=False, on_ledger=True,
+                                          reason="in_doubt"), str(err))
+        else:
+            await self._fail(job, err.error_code, f"{err} (earlier copy {tx_id}: {result.code_name})",
+                             tx_id=tx_id)
+
+    async def _retry(self, job: Job, action: Action, error: str, *, delay: float | None = None) -> None:
+        cmd = job.cmd
+        job.stage = Stage.FINISHING
+        self.last_error = f"{action.error_code}: {error}"[:500]
+        on_ledger = action.on_ledger or job.may_be_on_ledger
+        exhausted = action.counts and cmd.attempts >= self.s.max_attempts
+        if exhausted and not on_ledger:
+            await self._fail(job, "RETRIES_EXHAUSTED", f"after {cmd.attempts} attempts: {action.error_code}: "
+                                                       f"{error}", tx_id=job.tx_id)
+            return
+        if delay is None:
+            # A row that may be on the ledger and ran out of attempts keeps being resolved, slowly.
+            delay = self.backoff_cap if exhausted else self.backoff(cmd.attempts)
+        ok = await self.db.call(lambda st: st.retry_later(
+            cmd.id, cmd.lease_token, error_code=action.error_code, error=error, delay_s=delay,
+            burn_nonce=action.burn_nonce))
+        if not ok:
+            raise _Gone
+        self.m.retried(action.reason or "transient")
+        log.warning("Command failed, will retry", extra={
+            "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": job.tx_id,
+            "error_code": action.error_code, "attempt": cmd.attempts, "retry_in_s": round(delay, 3),
+            "new_nonce": action.burn_nonce, "error": error})
+
+    async def _fail(self, job: Job, error_code: str, error: str, *, tx_id: str | None = None,
+                    validation_code: str | None = None) -> None:
+        cmd = job.cmd
+        job.stage = Stage.FINISHING
+        tx_id = tx_id or job.tx_id
+        ok = await self.db.call(lambda st: st.mark_failed(
+            cmd.id, cmd.lease_token, error_code=error_code, error=error, tx_id=tx_id,
+            validation_code=validation_code))
+        if not ok:
+            raise _Gone
+        self.n_failed += 1
+        self.last_error = f"{error_code}: {error}"[:500]
+        self.m.failed(cmd.command_type, error_code)
+        log.error("Command failed", extra={
+            "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": tx_id,
+            "error_code": error_code, "attempt": cmd.attempts, "error": error})
+
+    # -- gateway health ----------------------------------------------------------------------------
+
+    def _note_gateway(self, err: FabricError) -> None:
+        if err.error_class in (ErrorClass.TRANSIENT, ErrorClass.IN_DOUBT) and (
+            err.error_code in INFRA_ERROR_CODES or err.error_code == "DEADLINE_EXCEEDED"
+        ):
+            self.gateway_ok = False
+            if self.breaker.record_failure():
+                self.m.breaker_open.set(1)
+                log.warning("Gateway circuit breaker opened; pausing claims", extra={
+                    "error": str(err), "cooldown_s": round(self.breaker.remaining(), 3)})
+        else:
+            self._gateway_up()  # the gateway answered (e.g. a chaincode error): it is up
+
+    def _gateway_up(self) -> None:
+        self.gateway_ok = True
+        if not self.breaker.is_closed:
+            self.breaker.record_success()
+            self.m.breaker_open.set(0)
+            log.info("Gateway circuit breaker closed; resuming claims")
+        else:
+            self.breaker.record_success()

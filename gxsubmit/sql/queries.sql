@@ -1,0 +1,248 @@
+-- Named queries of the outbox store. Each starts with a "-- name: <name>" line.
+-- {schema} is replaced by the quoted schema (psycopg.sql.Identifier), {limit} by an integer literal.
+-- Never put literal braces or percent signs in this file.
+
+-- name: schema_exists
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s)
+
+-- name: table_exists
+SELECT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %(schema)s AND tablename = %(table)s
+)
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema}
+
+-- name: lock_migrations
+SELECT pg_advisory_xact_lock(%(key)s)
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS {schema}.gxsubmit_schema_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_versions
+SELECT version FROM {schema}.gxsubmit_schema_version ORDER BY version
+
+-- name: record_version
+INSERT INTO {schema}.gxsubmit_schema_version (version, name) VALUES (%(version)s, %(name)s)
+
+-- name: current_version
+SELECT max(version) FROM {schema}.gxsubmit_schema_version
+
+-- name: session_setup
+-- The claim must never run on a generic plan (DESIGN 3): plan it for the actual parameters each time.
+-- A stuck lock must not hang a worker for ever.
+SET plan_cache_mode = force_custom_plan; SET statement_timeout = '30s'
+
+-- name: listen
+LISTEN gxsubmit
+
+-- name: enqueue
+INSERT INTO {schema}.outbox_commands (id, tenant_id, service, command_type, request_id, payload)
+VALUES (%(id)s, %(tenant_id)s, %(service)s, %(command_type)s, %(request_id)s, %(payload)s)
+ON CONFLICT (tenant_id, request_id) DO NOTHING
+RETURNING id
+
+-- name: find_request
+SELECT id FROM {schema}.outbox_commands WHERE tenant_id = %(tenant_id)s AND request_id = %(request_id)s
+
+-- name: claim
+-- Expired leases first (their rows are older work), then due PENDING rows in FIFO order. The UNION ALL
+-- is pulled lazily, so "due" locks only as many rows as "expired" left room for. The outer UPDATE finds
+-- the rows through the primary key (id = ANY(ARRAY(...))), never by joining the whole table.
+WITH expired AS (
+    SELECT o.id
+      FROM {schema}.outbox_commands AS o
+     WHERE o.status IN ('CLAIMED', 'SUBMITTED')
+       AND o.lease_expires_at < now()
+       AND o.command_type = ANY(%(types)s::text[])
+     ORDER BY o.lease_expires_at
+     LIMIT {limit}
+       FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT o.id
+      FROM {schema}.outbox_commands AS o
+     WHERE o.status = 'PENDING'
+       AND o.next_attempt_at <= now()
+       AND o.command_type = ANY(%(types)s::text[])
+     ORDER BY o.seq
+     LIMIT {limit}
+       FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT expired.id FROM expired
+    UNION ALL
+    SELECT due.id FROM due
+    LIMIT {limit}
+)
+UPDATE {schema}.outbox_commands AS c
+   SET status = 'CLAIMED',
+       attempts = c.attempts + 1,
+       locked_by = %(worker_id)s,
+       locked_at = now(),
+       lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+       lease_token = gen_random_uuid(),
+       updated_at = now()
+ WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
+RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload, c.attempts,
+          c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint,
+          c.submitted_at IS NOT NULL, c.created_at
+
+-- name: renew
+UPDATE {schema}.outbox_commands AS c
+   SET lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
+ WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+RETURNING c.id
+
+-- name: record_tx
+UPDATE {schema}.outbox_commands AS c
+   SET tx_nonce = %(nonce)s,
+       fabric_tx_id = %(tx_id)s,
+       creator_fingerprint = %(creator_fingerprint)s,
+       updated_at = now()
+ WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
+RETURNING c.id
+
+-- name: mark_submitted
+UPDATE {schema}.outbox_commands AS c
+   SET status = 'SUBMITTED',
+       submitted_at = coalesce(c.submitted_at, now()),
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
+ WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+RETURNING c.id
+
+-- name: mark_committed
+UPDATE {schema}.outbox_commands AS c
+   SET status = 'COMMITTED',
+       committed_at = now(),
+       submitted_at = coalesce(c.submitted_at, now()),
+       fabric_tx_id = coalesce(u.tx_id, c.fabric_tx_id),
+       commit_block = u.block,
+       validation_code = u.code,
+       error_code = NULL,
+       error = NULL,
+       lease_expires_at = NULL,
+       lease_token = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(tx_ids)s::text[], %(blocks)s::bigint[],
+              %(codes)s::text[]) AS u(id, token, tx_id, block, code)
+ WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+RETURNING c.id
+
+-- name: retry_later
+-- Burning the nonce (after a definite INVALID commit of that tx id) forgets the tx id and its
+-- submission: the next attempt stores a fresh nonce before endorsing (DESIGN 2.3).
+UPDATE {schema}.outbox_commands AS c
+   SET status = 'PENDING',
+       next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+       error_code = %(error_code)s,
+       error = %(error)s,
+       lease_expires_at = NULL,
+       lease_token = NULL,
+       tx_nonce = CASE WHEN %(burn)s THEN NULL ELSE c.tx_nonce END,
+       fabric_tx_id = CASE WHEN %(burn)s THEN NULL ELSE c.fabric_tx_id END,
+       creator_fingerprint = CASE WHEN %(burn)s THEN NULL ELSE c.creator_fingerprint END,
+       submitted_at = CASE WHEN %(burn)s THEN NULL ELSE c.submitted_at END,
+       validation_code = CASE WHEN %(burn)s THEN NULL ELSE c.validation_code END,
+       commit_block = CASE WHEN %(burn)s THEN NULL ELSE c.commit_block END,
+       updated_at = now()
+ WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
+RETURNING c.id
+
+-- name: mark_failed
+-- validation_code is set exactly (not coalesced): on a FAILED row it is the definite commit result of
+-- the row's current fabric_tx_id, or NULL. requeue relies on that.
+UPDATE {schema}.outbox_commands AS c
+   SET status = 'FAILED',
+       error_code = %(error_code)s,
+       error = %(error)s,
+       fabric_tx_id = coalesce(%(tx_id)s, c.fabric_tx_id),
+       validation_code = %(validation_code)s,
+       lease_expires_at = NULL,
+       lease_token = NULL,
+       updated_at = now()
+ WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
+RETURNING c.id
+
+-- name: release
+-- Shutdown hand-back: immediately claimable again, and the claim's attempt is given back.
+WITH released AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'PENDING',
+           attempts = greatest(c.attempts - 1, 0),
+           next_attempt_at = now(),
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           updated_at = now()
+      FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
+     WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+    RETURNING c.command_type
+), notified AS (
+    SELECT pg_notify('gxsubmit', t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
+)
+SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)
+
+-- name: fail_unroutable
+WITH failed AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'FAILED',
+           error_code = 'UNROUTABLE',
+           error = 'no route for command type ' || c.command_type,
+           updated_at = now()
+     WHERE c.status = 'PENDING' AND NOT (c.command_type = ANY(%(types)s::text[]))
+    RETURNING 1
+)
+SELECT count(*) FROM failed
+
+-- name: requeue
+-- Back to PENDING with a fresh attempt budget. The nonce is kept (a copy of that tx id may be on the
+-- ledger, and re-endorsing with it is what makes a retry safe) unless the row's tx id definitely
+-- committed INVALID: then the nonce is burnt, as retry_later(burn_nonce=True) would have done.
+WITH requeued AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'PENDING',
+           attempts = 0,
+           next_attempt_at = now(),
+           error_code = NULL,
+           error = NULL,
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           tx_nonce = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
+                           ELSE c.tx_nonce END,
+           fabric_tx_id = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
+                               ELSE c.fabric_tx_id END,
+           creator_fingerprint = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
+                                      ELSE c.creator_fingerprint END,
+           submitted_at = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
+                               ELSE c.submitted_at END,
+           validation_code = NULL,
+           commit_block = NULL,
+           updated_at = now()
+     WHERE c.status = 'FAILED'
+       AND (c.id = ANY(%(ids)s::uuid[]) OR c.error_code = %(error_code)s OR %(all_failed)s)
+    RETURNING c.command_type
+), notified AS (
+    SELECT pg_notify('gxsubmit', t.command_type) FROM (SELECT DISTINCT command_type FROM requeued) AS t
+)
+SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM notified)
+
+-- name: stats_by_status_type
+SELECT status, command_type, count(*) FROM {schema}.outbox_commands GROUP BY status, command_type
+
+-- name: stats_oldest_pending
+SELECT extract(epoch FROM now() - o.created_at)::float8
+  FROM {schema}.outbox_commands AS o
+ WHERE o.status = 'PENDING'
+ ORDER BY o.seq
+ LIMIT 1
+
+-- name: stats_failed_by_code
+SELECT coalesce(error_code, ''), count(*)
+  FROM {schema}.outbox_commands
+ WHERE status = 'FAILED'
+ GROUP BY 1

@@ -1,0 +1,542 @@
+"""``gxsubmit worker --identity NAME``: one Fabric identity's worker process.
+
+One uvloop event loop; one database connection for claims and completions (through
+:class:`~gxsubmit.dblink.DbLink`, which survives outages) plus a LISTEN connection; one gRPC
+channel to the gateway; the identity's key. Tasks:
+
+* claim loop — claims only the command types routed to this identity, as many as there are free
+  in-flight slots (``max_in_flight``, at most ``batch_size`` per statement), woken by NOTIFY with a
+  slow jittered poll as fallback; paused while the database is down or the breaker is open;
+* one task per claimed command (:mod:`gxsubmit.pipeline`), so hundreds of transactions wait for
+  commit at once;
+* lease renewal (every lease/3, one statement for all held rows; a lost lease cancels the job);
+* batched completions (mark_submitted / mark_committed);
+* heartbeat: ``<runtime_dir>/worker-<identity>.json`` written atomically every heartbeat interval;
+* wallet watch: a rotated certificate/key is validated and used for new attempts, without restart.
+
+Shutdown order (SIGTERM/SIGINT; the handler only sets an event, the main task acts):
+
+1. stop claiming;
+2. cancel jobs that have not reached Submit and ``release`` them at once (no attempt counted);
+3. let submitted jobs wait for their commit until ``drain_timeout``;
+4. cancel what is left and ``release`` it too: its nonce stays in the row, so the next holder
+   re-endorses the same tx id and duplicate detection resolves it — exactly once still holds;
+5. flush batched completion writes, then close the LISTEN connection, the gRPC channel and the
+   database connection; write a final status file; exit 0.
+
+A second signal skips the waiting in 3 (cancel everything, release quickly, exit). After a graceful
+exit no row is left CLAIMED/SUBMITTED by this worker (unless the database itself is unreachable;
+then the leases expire and any worker takes the rows over, counting an attempt).
+
+Exit codes: 0 drained; 78 configuration problem (catalogue, identity/role, wallet, TLS files);
+1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gxsubmit.backoff import Backoff, compute_delay
+from gxsubmit.breaker import BreakerState, CircuitBreaker
+from gxsubmit.catalog import Catalog, CatalogError, load_catalog
+from gxsubmit.config import Config
+from gxsubmit.dblink import Batcher, DbLink, DbUnavailable
+from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
+from gxsubmit.fabric import Deadlines, FabricError, GatewayClient, SigningIdentity
+from gxsubmit.log import setup_logging
+from gxsubmit.metrics import WorkerMetrics
+from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore
+from gxsubmit.pipeline import IdentityRing, Job, Pipeline, PipelineSettings, Stage
+from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_client, wallet_signature
+
+__all__ = ["Boot", "ConfigProblem", "Worker", "boot", "run", "status_path"]
+
+log = logging.getLogger("gxsubmit.worker")
+
+_WALLET_CHECK_S = 3.0
+_MIN_CLAIM_GAP_S = 0.005  # coalesce NOTIFY bursts into one claim
+_SLOT_WAIT_S = 0.02  # with a backlog, wait this long for more free slots before a small claim
+
+
+class ConfigProblem(Exception):
+    """Something only the operator can fix; the worker exits 78 and is not restarted in a loop."""
+
+
+def status_path(runtime_dir: Path, identity: str) -> Path:
+    return Path(runtime_dir) / f"worker-{identity}.json"
+
+
+@dataclass(frozen=True)
+class Boot:
+    """Everything checked before the event loop starts (so a bad wallet exits 78 at once)."""
+
+    catalog: Catalog
+    types: tuple[str, ...]
+    role: str
+    wallet_identity: WalletIdentity
+    tls_root: bytes | None
+    client_cert: bytes | None
+    client_key: bytes | None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigProblem(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+
+
+def boot(cfg: Config, identity: str) -> Boot:
+    """Load the catalogue, the identity (with its required role) and the TLS files."""
+    try:
+        catalog = load_catalog(cfg.catalog)
+    except CatalogError as exc:
+        raise ConfigProblem(f"catalogue: {exc}") from None
+    role = catalog.identities.get(identity)
+    if role is None:
+        known = ", ".join(sorted(catalog.identities)) or "none"
+        raise ConfigProblem(f"identity {identity!r} is not in the catalogue (known: {known})")
+    types = tuple(catalog.types_for(identity))
+    if not types:
+        raise ConfigProblem(f"no command types are routed to identity {identity!r}")
+    try:
+        wi = load_identity(cfg.wallet, identity, msp_id=cfg.msp_id, expected_role=role)
+    except WalletError as exc:
+        raise ConfigProblem(str(exc)) from None
+    tls_root = client_cert = client_key = None
+    if not cfg.insecure:
+        tls_root = _read(cfg.tls_ca_path, "the gateway TLS CA (set --tls-ca, or --insecure for plaintext)")
+        if cfg.client_cert is not None and cfg.client_key is not None:
+            client_cert = _read(cfg.client_cert, "the client TLS certificate")
+            client_key = _read(cfg.client_key, "the client TLS key")
+        else:
+            try:
+                pair = load_tls_client(cfg.wallet)
+            except WalletError as exc:
+                raise ConfigProblem(str(exc)) from None
+            if pair is not None:
+                client_cert, client_key = pair
+    return Boot(catalog, types, role, wi, tls_root, client_cert, client_key)
+
+
+def run(cfg: Config, identity: str) -> int:
+    """Entry point of ``gxsubmit worker --identity NAME``."""
+    setup_logging(cfg.log_level, process="worker", identity=identity)
+    try:
+        b = boot(cfg, identity)
+    except ConfigProblem as exc:
+        log.error("Worker configuration error: %s", exc, extra={"error": str(exc)})
+        return RET_CONFIG
+    import uvloop
+
+    try:
+        return uvloop.run(Worker(cfg, identity, b).main())
+    except ConfigProblem as exc:
+        log.error("Worker configuration error: %s", exc, extra={"error": str(exc)})
+        return RET_CONFIG
+    except Exception:
+        log.exception("Worker crashed")
+        return RET_FAIL
+
+
+class Worker:
+    """The running worker of one identity (see the module docstring)."""
+
+    def __init__(self, cfg: Config, identity: str, b: Boot) -> None:
+        self.cfg = cfg
+        self.identity = identity
+        self.b = b
+        self.jobs: dict[uuid.UUID, Job] = {}
+        self.stop = asyncio.Event()
+        self.hard_stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._signals = 0
+        self.ready = False
+        self.draining = False
+        self.started = time.time()
+        self.m = WorkerMetrics(identity)
+        self.breaker = CircuitBreaker(
+            threshold=cfg.breaker_threshold, cooldown=min(cfg.breaker_cooldown, 2.0),
+            max_cooldown=max(cfg.breaker_cooldown, 2.0))
+        self.db = DbLink(self._connect_store, max_delay=10.0, on_reconnect=self._on_db_reconnect)
+        self.notifier: Notifier | None = None
+        self.gateway: GatewayClient | None = None
+        self.pipeline: Pipeline | None = None
+        self._bg: list[asyncio.Task[Any]] = []
+        self._status_file = status_path(cfg.runtime_dir, identity)
+        self._wallet_identity = b.wallet_identity
+        self._ring: IdentityRing | None = None
+        self._batchers: tuple[Batcher[Any], ...] = ()
+        self.last_error: str | None = None
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    async def _connect_store(self) -> OutboxStore:
+        return await OutboxStore.connect(self.cfg.database_url, schema=self.cfg.schema,
+                                         worker_id=f"{self.cfg.worker_id}:{self.identity}:{os.getpid()}",
+                                         connect_timeout=self.cfg.connect_timeout)
+
+    def _on_db_reconnect(self) -> None:
+        self.m.db_reconnects.inc()
+        self._wake.set()
+
+    def _on_signal(self, signum: int) -> None:
+        # Only record (style habit 1): the main task does the work.
+        self._signals += 1
+        self.stop.set()
+        self._wake.set()
+        if self._signals > 1:
+            self.hard_stop.set()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._bg.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        cfg = self.cfg
+        self.m.cert_expiry.set(self._wallet_identity.not_after.timestamp())
+        wi = self._wallet_identity
+        ring = IdentityRing(SigningIdentity.from_wallet(wi), wi.not_after)
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+
+        log.info("Connecting Fabric client for %s", self.identity, extra={
+            "gateway": cfg.gateway, "tls": not cfg.insecure, "msp_id": cfg.msp_id,
+            "types": len(self.b.types), "max_in_flight": cfg.max_in_flight})
+        try:
+            self.gateway = GatewayClient(
+                target=cfg.gateway, tls_root=self.b.tls_root, server_name=cfg.server_name,
+                client_cert=self.b.client_cert, client_key=self.b.client_key,
+                deadlines=Deadlines(evaluate=cfg.evaluate_timeout, endorse=cfg.endorse_timeout,
+                                    submit=cfg.submit_timeout, commit_status=cfg.commit_timeout),
+                keepalive_s=cfg.keepalive)
+        except ValueError as exc:
+            raise ConfigProblem(f"gateway client: {exc}") from None
+
+        if not await self.db.open(self.stop):
+            return await self._shutdown()
+        if not await self._gateway_ready():
+            return await self._shutdown()
+        log.info("Successfully connected Fabric client for %s", self.identity,
+                 extra={"gateway": cfg.gateway, "fingerprint": ring.current.fingerprint[:16]})
+
+        committed: Batcher[Committed] = Batcher(
+            "committed", lambda items: self.db.call(lambda st: st.mark_committed(items)), lambda c: c.id)
+        submitted: Batcher[tuple[uuid.UUID, uuid.UUID]] = Batcher(
+            "submitted", lambda items: self.db.call(lambda st: st.mark_submitted(items)), lambda p: p[0])
+        committed.start()
+        submitted.start()
+        self.pipeline = Pipeline(
+            settings=PipelineSettings(
+                identity=self.identity, max_attempts=cfg.max_attempts,
+                resolve_timeout=min(5.0, cfg.commit_timeout), endorsing_orgs=tuple(cfg.endorsing_orgs),
+                channel=cfg.channel, chaincode=cfg.chaincode),
+            catalog=self.b.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
+            metrics=self.m,
+            backoff=lambda attempt: compute_delay(attempt, cfg.backoff_base, cfg.backoff_cap, jitter=0.5),
+            backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed,
+            lease_s=cfg.lease_seconds)
+        self._batchers = (submitted, committed)
+        self._ring = ring
+        self.ready = True
+        self._write_status()  # readiness visible at once, not a heartbeat later
+        self._spawn(self._notify_loop(), "notify")
+        self._spawn(self._renew_loop(), "renew")
+        self._spawn(self._wallet_loop(), "wallet")
+        await self._claim_loop()
+        return await self._shutdown()
+
+    async def _gateway_ready(self) -> bool:
+        assert self.gateway is not None
+        pacer = Backoff(0.5, 15.0)
+        while not self.stop.is_set():
+            try:
+                await self.gateway.wait_ready(self.cfg.connect_timeout)
+                return True
+            except FabricError as exc:
+                self.last_error = str(exc)
+                if pacer.failures == 0 or pacer.failures % 5 == 0:
+                    log.warning("Gateway not reachable yet for %s; retrying", self.identity,
+                                extra={"error": str(exc), "gateway": self.cfg.gateway})
+                await pacer.sleep(self.stop)
+        return False
+
+    # -- claiming ----------------------------------------------------------------------------------
+
+    async def _wait_wake(self, timeout: float) -> None:  # noqa: ASYNC109 - bounded wait on an event
+        if self.stop.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _poll_timeout(self) -> float:
+        return self.cfg.poll_interval * random.uniform(0.8, 1.2)
+
+    async def _claim_loop(self) -> None:
+        cfg = self.cfg
+        cap = cfg.max_in_flight
+        min_claim = max(1, min(cfg.batch_size, cap // 8))
+        backlog = False
+        last_claim = 0.0
+        claim_fail = Backoff(0.2, 10.0)
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            if not self.db.ok:
+                await self.db.wait_ready(1.0)
+                continue
+            state = self.breaker.state
+            if state is BreakerState.OPEN:
+                self.m.breaker_open.set(1)
+                await self._wait_wake(max(0.05, self.breaker.remaining()))
+                continue
+            free = cap - len(self.jobs)
+            if state is BreakerState.HALF_OPEN:
+                free = min(free, 1)  # one probe command
+            if free <= 0:
+                await self._wait_wake(1.0)
+                continue
+            if backlog and free < min_claim:
+                await self._wait_wake(_SLOT_WAIT_S)  # let more slots free up: claims are cheaper in bulk
+                if self.stop.is_set():
+                    break
+                free = cap - len(self.jobs)
+            gap = _MIN_CLAIM_GAP_S - (loop.time() - last_claim)
+            if gap > 0:
+                await asyncio.sleep(gap)
+            limit = min(free, cfg.batch_size)
+            last_claim = loop.time()
+            try:
+                rows = await self.db.once(
+                    lambda st, n=limit: st.claim(self.b.types, n, cfg.lease_seconds))  # type: ignore[misc]
+            except DbUnavailable:
+                continue
+            except Exception as exc:
+                self.last_error = f"claim failed: {type(exc).__name__}: {exc}"
+                log.error("Claim failed; retrying", extra={"error": self.last_error})
+                await claim_fail.sleep(self.stop)
+                continue
+            claim_fail.reset()
+            for cmd in rows:
+                self._start(cmd)
+            backlog = len(rows) >= limit
+            if not backlog:
+                await self._wait_wake(self._poll_timeout())
+
+    def _start(self, cmd: ClaimedCommand) -> None:
+        assert self.pipeline is not None
+        job = Job(cmd=cmd, claimed_at=time.monotonic())
+        self.jobs[cmd.id] = job
+        self.m.claimed(cmd.command_type)
+        task = asyncio.get_running_loop().create_task(self.pipeline.run(job))
+        job.task = task
+        task.add_done_callback(functools.partial(self._done, job))
+
+    def _done(self, job: Job, _task: object = None) -> None:
+        if self.jobs.get(job.cmd.id) is job:
+            del self.jobs[job.cmd.id]
+        self._wake.set()
+
+    # -- background loops --------------------------------------------------------------------------
+
+    async def _notify_loop(self) -> None:
+        pacer = Backoff(0.5, 30.0)
+        while not self.stop.is_set():
+            if self.notifier is None:
+                try:
+                    self.notifier = await Notifier.connect(self.cfg.database_url,
+                                                           connect_timeout=self.cfg.connect_timeout)
+                    pacer.reset()
+                except Exception:
+                    await pacer.sleep(self.stop)
+                    continue
+            try:
+                if await self.notifier.wait(1.0):
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self.notifier.close()
+                self.notifier = None
+
+    async def _renew_loop(self) -> None:
+        period = max(0.2, self.cfg.lease_seconds / 3)
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), period)
+                return
+            except TimeoutError:
+                pass
+            jobs = [j for j in self.jobs.values() if j.stage < Stage.FINISHING]
+            if not jobs:
+                continue
+            try:
+                leases = [j.lease for j in jobs]
+                held = await self.db.once(
+                    lambda st, ls=leases: st.renew(ls, self.cfg.lease_seconds))  # type: ignore[misc]
+            except DbUnavailable:
+                continue
+            except Exception as exc:
+                log.warning("Lease renewal failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                continue
+            for j in jobs:
+                if j.cmd.id not in held and j.stage < Stage.FINISHING and self.jobs.get(j.cmd.id) is j:
+                    log.warning("Lease lost; another worker holds the command now", extra={
+                        "command_id": str(j.cmd.id), "tx_id": j.tx_id})
+                    if j.task is not None:
+                        j.task.cancel()
+
+    async def _wallet_loop(self) -> None:
+        wallet = self.cfg.wallet
+        sig = wallet_signature(wallet, [self.identity])
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), _WALLET_CHECK_S)
+                return
+            except TimeoutError:
+                pass
+            new_sig = wallet_signature(wallet, [self.identity])
+            if new_sig == sig:
+                continue
+            sig = new_sig
+            try:
+                wi = await asyncio.to_thread(load_identity, wallet, self.identity, msp_id=self.cfg.msp_id,
+                                             expected_role=self.b.role)
+            except WalletError as exc:
+                log.error("Rotated wallet files rejected; keeping the current certificate",
+                          extra={"error": str(exc)})
+                self.m.wallet_reload("rejected")
+                continue
+            assert self._ring is not None
+            if wi.fingerprint == self._ring.current.fingerprint:
+                continue
+            self._ring.rotate(SigningIdentity.from_wallet(wi), wi.not_after)
+            self._wallet_identity = wi
+            self.m.cert_expiry.set(wi.not_after.timestamp())
+            self.m.wallet_reload("loaded")
+            log.info("Loaded rotated certificate for %s", self.identity, extra={
+                "fingerprint": wi.fingerprint[:16], "not_after": wi.not_after.isoformat()})
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    def _write_status(self) -> None:
+        p = self.pipeline
+        breaker_open = not self.breaker.is_closed
+        self.m.breaker_open.set(1 if breaker_open else 0)
+        self.m.in_flight.set(len(self.jobs))
+        doc = {
+            "pid": os.getpid(),
+            "identity": self.identity,
+            "ts": time.time(),
+            "started_at": self.started,
+            "ready": self.ready and not self.draining,
+            "db_ok": self.db.ok,
+            "gateway_ok": bool(self.ready and (p.gateway_ok if p else True)),
+            "breaker_open": breaker_open,
+            "in_flight": len(self.jobs),
+            "committed": p.n_committed if p else 0,
+            "failed": p.n_failed if p else 0,
+            "last_error": (p.last_error if p and p.last_error else None) or self.last_error
+            or self.db.last_error,
+            "draining": self.draining,
+            "cert_not_after": self._wallet_identity.not_after.isoformat(),
+        }
+        path = self._status_file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(orjson.dumps(doc))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("Cannot write status file", extra={"path": str(path), "error": str(exc)})
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    async def _release(self, jobs: list[Job], timeout: float) -> int:  # noqa: ASYNC109
+        if not jobs:
+            return 0
+        try:
+            leases = [j.lease for j in jobs]
+            return await self.db.call(lambda st: st.release(leases), timeout=max(0.5, timeout))
+        except Exception as exc:
+            log.warning("Could not hand back rows; their leases will expire", extra={
+                "rows": len(jobs), "error": f"{type(exc).__name__}: {exc}"})
+            return 0
+
+    async def _cancel(self, jobs: list[Job]) -> None:
+        tasks = [j.task for j in jobs if j.task is not None and not j.task.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+
+    async def _shutdown(self) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.drain_timeout
+        self.draining = True
+        self.stop.set()
+        in_flight = len(self.jobs)
+        log.info("Worker stopping: draining in-flight commands", extra={
+            "in_flight": in_flight, "drain_timeout_s": self.cfg.drain_timeout})
+        # 2. not yet submitted: hand back now
+        early = [j for j in self.jobs.values() if j.stage < Stage.SUBMITTING]
+        await self._cancel(early)
+        released = await self._release(early, deadline - loop.time())
+        log.debug("Released unsubmitted commands", extra={"rows": released})
+        # 3. submitted: wait for their commit until the deadline (or a second signal)
+        waiting = [j.task for j in self.jobs.values() if j.task is not None and not j.task.done()]
+        if waiting and not self.hard_stop.is_set():
+            hard = loop.create_task(self.hard_stop.wait())
+            everything = loop.create_task(asyncio.wait(waiting))
+            await asyncio.wait([everything, hard], timeout=max(0.0, deadline - loop.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            hard.cancel()
+            everything.cancel()
+        # 4. the rest: cancel and hand back (nonce kept: the next holder resolves the same tx id)
+        rest = list(self.jobs.values())
+        await self._cancel(rest)
+        for b in self._batchers:
+            await b.drain(min(3.0, max(0.5, deadline - loop.time())))
+        released_late = await self._release(rest, min(5.0, max(1.0, deadline - loop.time())))
+        # 5. close everything
+        for t in self._bg:
+            t.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
+        for b in self._batchers:
+            await b.stop()
+        if self.notifier is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.notifier.close(), 2.0)
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.gateway.close(), 2.0)
+        await self.db.close()
+        self.jobs.clear()
+        self.ready = False
+        self._write_status()
+        self.m.in_flight.set(0)
+        log.info("Worker stopped", extra={
+            "released": released + released_late, "in_flight_at_stop": in_flight,
+            "committed": self.pipeline.n_committed if self.pipeline else 0})
+        return RET_OK
+

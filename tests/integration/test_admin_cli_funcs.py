@@ -1,0 +1,111 @@
+"""Operator commands: results on stdout, and one clear stderr line for each failure an operator can fix."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import pytest
+from conftest import new_schema_name
+
+from gxsubmit import admin
+from gxsubmit.config import Config, load_config
+from gxsubmit.exitcodes import RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
+from gxsubmit.pgembed import free_port
+
+
+def _cfg(url: str, schema: str) -> Config:
+    return dataclasses.replace(load_config(environ={}), database_url=url, schema=schema, connect_timeout=2.0)
+
+
+def _args(add: object, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add(parser)  # type: ignore[operator]
+    return parser.parse_args(list(argv))
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_enqueue_status_requeue_round_trip(
+    pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _cfg(pg_url, schema)
+    argv = ("MINT", "--payload", '{"toUserId": "u1", "amount": 5}', "--request-id", "r1")
+    assert admin.run_enqueue(cfg, _args(admin.add_enqueue_arguments, *argv)) == RET_OK
+    first = capsys.readouterr().out.split()[0]
+    assert admin.run_enqueue(cfg, _args(admin.add_enqueue_arguments, *argv)) == RET_OK
+    out = capsys.readouterr().out
+    assert out.startswith(first) and "exists" in out
+
+    assert admin.run_status(cfg, _args(admin.add_status_arguments, "--json")) == RET_OK
+    data = json.loads(capsys.readouterr().out)
+    assert data["by_status"]["PENDING"] == 1 and data["by_type"] == {"MINT": {"PENDING": 1}}
+
+    assert admin.run_status(cfg, _args(admin.add_status_arguments)) == RET_OK
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["TYPE", "PENDING", "CLAIMED", "SUBMITTED", "COMMITTED", "FAILED"]
+    assert table.splitlines()[1].split() == ["MINT", "1", "0", "0", "0", "0"]
+
+    assert admin.run_requeue(cfg, _args(admin.add_requeue_arguments, "--id", first)) == RET_OK
+    assert "requeued 0" in capsys.readouterr().out  # PENDING rows are not FAILED
+
+
+def test_migrate_command(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import drop_schema
+
+    name = new_schema_name()
+    try:
+        cfg = _cfg(pg_url, name)
+        assert admin.run_migrate(cfg, _args(admin.add_migrate_arguments)) == RET_OK
+        assert "migrated from 0 to version" in capsys.readouterr().out
+        assert admin.run_migrate(cfg, _args(admin.add_migrate_arguments)) == RET_OK
+        assert "already at version" in capsys.readouterr().out
+    finally:
+        drop_schema(pg_url, name)
+
+
+def test_bad_payload_is_a_usage_error(pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(admin.add_enqueue_arguments, "MINT", "--payload", "{not json")
+    assert admin.run_enqueue(_cfg(pg_url, schema), args) == RET_USAGE
+    assert "--payload is not valid JSON" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("run", "add", "argv"),
+    [
+        (admin.run_status, admin.add_status_arguments, ()),
+        (admin.run_enqueue, admin.add_enqueue_arguments, ("MINT", "--payload", "{}")),
+        (admin.run_requeue, admin.add_requeue_arguments, ("--all-failed",)),
+    ],
+)
+def test_missing_table_is_one_line(
+    pg_url: str, capsys: pytest.CaptureFixture[str], run: object, add: object, argv: tuple[str, ...]
+) -> None:
+    code = run(_cfg(pg_url, new_schema_name()), _args(add, *argv))  # type: ignore[operator]
+    assert code == RET_FAIL
+    assert "run 'gxsubmit migrate'" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("run", "add", "argv"),
+    [
+        (admin.run_status, admin.add_status_arguments, ()),
+        (admin.run_migrate, admin.add_migrate_arguments, ()),
+        (admin.run_enqueue, admin.add_enqueue_arguments, ("MINT", "--payload", "{}")),
+        (admin.run_requeue, admin.add_requeue_arguments, ("--error-code", "X")),
+    ],
+)
+def test_unreachable_database_is_one_line(
+    capsys: pytest.CaptureFixture[str], run: object, add: object, argv: tuple[str, ...]
+) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    code = run(_cfg(url, "public"), _args(add, *argv))  # type: ignore[operator]
+    assert code == RET_UNAVAILABLE
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("gxsubmit ") and "database unavailable" in line

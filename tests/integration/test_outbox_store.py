@@ -1,0 +1,369 @@
+"""The outbox store against a real PostgreSQL: enqueue, claim, leases, fencing, retries, requeue."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from psycopg import sql
+
+from gxsubmit.outbox import (
+    Committed,
+    Notifier,
+    OutboxStore,
+    SchemaNotMigrated,
+    enqueue,
+    truncate_error,
+)
+
+
+@pytest.fixture
+async def conn(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+async def store(pg_url: str, schema: str) -> AsyncIterator[OutboxStore]:
+    s = await OutboxStore.connect(pg_url, schema=schema, worker_id="w1")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def store2(pg_url: str, schema: str) -> AsyncIterator[OutboxStore]:
+    s = await OutboxStore.connect(pg_url, schema=schema, worker_id="w2")
+    yield s
+    await s.close()
+
+
+async def row(conn: psycopg.AsyncConnection[Any], schema: str, id: uuid.UUID) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    await cur.execute(
+        sql.SQL("SELECT * FROM {}.outbox_commands WHERE id = %s").format(sql.Identifier(schema)), [id]
+    )
+    r = await cur.fetchone()
+    assert r is not None
+    return r
+
+
+async def expire(conn: psycopg.AsyncConnection[Any], schema: str, id: uuid.UUID) -> None:
+    await conn.execute(
+        sql.SQL(
+            "UPDATE {}.outbox_commands SET lease_expires_at = now() - interval '1 second' WHERE id = %s"
+        ).format(sql.Identifier(schema)),
+        [id],
+    )
+
+
+async def add(
+    conn: psycopg.AsyncConnection[Any], schema: str, n: int, ctype: str = "MINT"
+) -> list[uuid.UUID]:
+    ids = []
+    for i in range(n):
+        rid, _ = await enqueue(conn, command_type=ctype, payload={"i": i}, schema=schema)
+        ids.append(rid)
+    return ids
+
+
+# -- enqueue ----------------------------------------------------------------------------------------
+
+
+async def test_enqueue_is_idempotent_per_tenant_and_request(conn: Any, schema: str) -> None:
+    a, created_a = await enqueue(conn, command_type="MINT", payload={"x": 1}, request_id="r1", schema=schema)
+    b, created_b = await enqueue(conn, command_type="MINT", payload={"x": 2}, request_id="r1", schema=schema)
+    c, created_c = await enqueue(
+        conn, command_type="MINT", payload={"x": 3}, request_id="r1", tenant_id="other", schema=schema
+    )
+    assert (created_a, created_b, created_c) == (True, False, True)
+    assert a == b != c
+    assert (await row(conn, schema, a))["payload"] == {"x": 1}
+
+
+async def test_enqueue_rolls_back_with_the_producer_transaction(pg_url: str, schema: str, conn: Any) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url) as producer:  # not autocommit
+        _, created = await enqueue(producer, command_type="MINT", payload={}, request_id="rb", schema=schema)
+        assert created
+        await producer.rollback()
+        async with producer.transaction():
+            kept, _ = await enqueue(producer, command_type="MINT", payload={}, request_id="ok", schema=schema)
+    cur = await conn.execute(
+        sql.SQL("SELECT request_id FROM {}.outbox_commands").format(sql.Identifier(schema))
+    )
+    assert [r[0] for r in await cur.fetchall()] == ["ok"]
+    assert (await row(conn, schema, kept))["status"] == "PENDING"
+
+
+async def test_connect_refuses_an_unmigrated_schema(pg_url: str) -> None:
+    with pytest.raises(SchemaNotMigrated):
+        await OutboxStore.connect(pg_url, schema="gxt_does_not_exist", worker_id="w")
+
+
+# -- claim ------------------------------------------------------------------------------------------
+
+
+async def test_claim_is_fifo_by_type_and_counts_an_attempt(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    mints = await add(conn, schema, 3, "MINT")
+    await add(conn, schema, 2, "CREATE_USER")
+    got = await store.claim(["MINT"], 2, 30.0)
+    assert [c.id for c in got] == mints[:2]
+    assert all(c.attempts == 1 and c.command_type == "MINT" and not c.submitted_before for c in got)
+    assert got[0].payload == {"i": 0}
+    r = await row(conn, schema, got[0].id)
+    assert (r["status"], r["locked_by"], r["lease_token"]) == ("CLAIMED", "w1", got[0].lease_token)
+    assert r["lease_expires_at"] > r["locked_at"]
+    rest = await store.claim(["MINT", "CREATE_USER"], 10, 30.0)
+    assert len(rest) == 3 and mints[2] in {c.id for c in rest}
+    assert await store.claim(["MINT", "CREATE_USER"], 10, 30.0) == []  # leases hold
+
+
+async def test_expired_lease_is_taken_over_and_old_holder_is_fenced(
+    conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
+) -> None:
+    (rid,) = await add(conn, schema, 1)
+    (a,) = await store.claim(["MINT"], 10, 30.0)
+    assert await store.record_tx(rid, a.lease_token, nonce=b"n" * 24, tx_id="tx1", creator_fingerprint="fp")
+    assert await store.mark_submitted([(rid, a.lease_token)]) == {rid}
+    assert await store2.claim(["MINT"], 10, 30.0) == []
+    await expire(conn, schema, rid)
+    (b,) = await store2.claim(["MINT"], 10, 30.0)
+    assert b.id == rid and b.lease_token != a.lease_token
+    assert b.attempts == 2  # takeover counts an attempt
+    assert (b.tx_nonce, b.fabric_tx_id, b.creator_fingerprint, b.submitted_before) == (
+        b"n" * 24,
+        "tx1",
+        "fp",
+        True,
+    )
+    old = a.lease_token
+    assert await store.renew([(rid, old)], 30.0) == set()
+    assert not await store.record_tx(rid, old, nonce=b"x" * 24, tx_id="tx2", creator_fingerprint="fp")
+    assert await store.mark_submitted([(rid, old)]) == set()
+    assert await store.mark_committed([Committed(rid, old, "tx1", 5, "VALID")]) == set()
+    assert not await store.retry_later(rid, old, error_code="E", error="e", delay_s=0)
+    assert not await store.mark_failed(rid, old, error_code="E", error="e")
+    assert await store.release([(rid, old)]) == 0
+    r = await row(conn, schema, rid)
+    assert (r["status"], r["locked_by"], r["lease_token"], r["fabric_tx_id"]) == (
+        "CLAIMED",
+        "w2",
+        b.lease_token,
+        "tx1",
+    )
+    assert await store2.mark_committed([Committed(rid, b.lease_token, "tx1", 7, "VALID")]) == {rid}
+    r = await row(conn, schema, rid)
+    assert (r["status"], r["commit_block"], r["validation_code"], r["lease_token"]) == (
+        "COMMITTED",
+        7,
+        "VALID",
+        None,
+    )
+
+
+async def test_renew_extends_only_held_leases(conn: Any, schema: str, store: OutboxStore) -> None:
+    ids = await add(conn, schema, 2)
+    a, b = await store.claim(["MINT"], 10, 5.0)
+    before = (await row(conn, schema, a.id))["lease_expires_at"]
+    held = await store.renew([(a.id, a.lease_token), (b.id, uuid.uuid4())], 600.0)
+    assert held == {a.id}
+    assert (await row(conn, schema, a.id))["lease_expires_at"] > before
+    assert set(ids) == {a.id, b.id}
+
+
+async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    (rid,) = await add(conn, schema, 1)
+    (a,) = await store.claim(["MINT"], 1, 30.0)
+    await store.record_tx(rid, a.lease_token, nonce=b"a" * 24, tx_id="txa", creator_fingerprint="fp")
+    await store.mark_submitted([(rid, a.lease_token)])
+    assert await store.retry_later(
+        rid, a.lease_token, error_code="GATEWAY_UNAVAILABLE", error="down", delay_s=3600
+    )
+    assert await store.claim(["MINT"], 1, 30.0) == []  # not due yet
+    r = await row(conn, schema, rid)
+    assert (r["status"], r["error_code"], r["tx_nonce"], r["lease_token"]) == (
+        "PENDING",
+        "GATEWAY_UNAVAILABLE",
+        b"a" * 24,
+        None,
+    )
+    await conn.execute(
+        sql.SQL("UPDATE {}.outbox_commands SET next_attempt_at = now() WHERE id = %s").format(
+            sql.Identifier(schema)
+        ),
+        [rid],
+    )
+    (b,) = await store.claim(["MINT"], 1, 30.0)
+    assert (b.attempts, b.tx_nonce, b.fabric_tx_id, b.submitted_before) == (2, b"a" * 24, "txa", True)
+    assert await store.retry_later(
+        rid, b.lease_token, error_code="MVCC_READ_CONFLICT", error="c", delay_s=0, burn_nonce=True
+    )
+    (c,) = await store.claim(["MINT"], 1, 30.0)
+    assert (c.attempts, c.tx_nonce, c.fabric_tx_id, c.submitted_before) == (3, None, None, False)
+
+
+async def test_failed_is_terminal_until_requeued(conn: Any, schema: str, store: OutboxStore) -> None:
+    (rid,) = await add(conn, schema, 1)
+    (a,) = await store.claim(["MINT"], 1, 30.0)
+    await store.record_tx(rid, a.lease_token, nonce=b"k" * 24, tx_id="txk", creator_fingerprint="fp")
+    assert await store.mark_failed(rid, a.lease_token, error_code="CHAINCODE_ERROR", error="nope")
+    assert await store.claim(["MINT"], 1, 30.0) == []
+    await expire(conn, schema, rid)  # no lease to expire: still not claimable
+    assert await store.claim(["MINT"], 1, 30.0) == []
+    stats = await store.stats()
+    assert stats.by_status["FAILED"] == 1 and stats.failed_by_code == {"CHAINCODE_ERROR": 1}
+    assert await store.requeue(ids=[uuid.uuid4()]) == 0
+    assert await store.requeue(ids=[rid]) == 1
+    (b,) = await store.claim(["MINT"], 1, 30.0)
+    assert b.attempts == 1  # a fresh budget
+    assert b.tx_nonce == b"k" * 24  # failed without a definite INVALID commit: same tx id next time
+    r = await row(conn, schema, rid)
+    assert (r["error_code"], r["error"]) == (None, None)
+
+
+async def test_requeue_burns_the_nonce_only_after_an_invalid_commit(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    ids = await add(conn, schema, 3)
+    claimed = await store.claim(["MINT"], 3, 30.0)
+    for c in claimed:
+        await store.record_tx(
+            c.id, c.lease_token, nonce=bytes(24), tx_id=f"tx-{c.seq}", creator_fingerprint="fp"
+        )
+    x, y, z = claimed
+    await store.mark_failed(
+        x.id,
+        x.lease_token,
+        error_code="ENDORSEMENT_POLICY_FAILURE",
+        error="e",
+        validation_code="ENDORSEMENT_POLICY_FAILURE",
+    )
+    await store.mark_failed(y.id, y.lease_token, error_code="IN_DOUBT", error="gave up")
+    await store.mark_committed([Committed(z.id, z.lease_token, None, 3, "VALID")])
+    assert await store.requeue(all_failed=True) == 2  # COMMITTED is never requeued
+    rows = {i: await row(conn, schema, i) for i in ids}
+    assert rows[x.id]["tx_nonce"] is None and rows[x.id]["fabric_tx_id"] is None
+    assert rows[y.id]["tx_nonce"] == bytes(24) and rows[y.id]["fabric_tx_id"] == f"tx-{y.seq}"
+    assert rows[z.id]["status"] == "COMMITTED" and rows[z.id]["fabric_tx_id"] == f"tx-{z.seq}"
+
+
+async def test_requeue_by_error_code(conn: Any, schema: str, store: OutboxStore) -> None:
+    await add(conn, schema, 3)
+    a, b, c = await store.claim(["MINT"], 3, 30.0)
+    await store.mark_failed(a.id, a.lease_token, error_code="ROLE_DENIED", error="e")
+    await store.mark_failed(b.id, b.lease_token, error_code="ROLE_DENIED", error="e")
+    await store.mark_failed(c.id, c.lease_token, error_code="BAD_REQUEST", error="e")
+    assert await store.requeue(error_code="ROLE_DENIED") == 2
+    assert (await store.stats()).failed_by_code == {"BAD_REQUEST": 1}
+    assert await store.requeue() == 0  # no selector: nothing
+
+
+async def test_release_hands_back_without_burning_an_attempt(
+    conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
+) -> None:
+    await add(conn, schema, 2)
+    got = await store.claim(["MINT"], 2, 300.0)
+    await store.record_tx(
+        got[0].id, got[0].lease_token, nonce=b"r" * 24, tx_id="txr", creator_fingerprint="f"
+    )
+    assert await store.release([(c.id, c.lease_token) for c in got]) == 2
+    again = await store2.claim(["MINT"], 2, 300.0)  # immediately, by another worker
+    assert [c.id for c in again] == [c.id for c in got]
+    assert [c.attempts for c in again] == [1, 1]
+    assert again[0].tx_nonce == b"r" * 24
+
+
+async def test_fail_unroutable_only_touches_pending_rows_of_unknown_types(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    await add(conn, schema, 2, "MINT")
+    (odd,) = await add(conn, schema, 1, "REQUEST_RELATIONSHIP")
+    (held,) = await add(conn, schema, 1, "OLD_TYPE")
+    await store.claim(["OLD_TYPE"], 1, 30.0)
+    assert await store.fail_unroutable(["MINT", "CREATE_USER"]) == 1
+    r = await row(conn, schema, odd)
+    assert (r["status"], r["error_code"]) == ("FAILED", "UNROUTABLE")
+    assert "REQUEST_RELATIONSHIP" in r["error"]
+    assert (await row(conn, schema, held))["status"] == "CLAIMED"
+
+
+async def test_stats(conn: Any, schema: str, store: OutboxStore) -> None:
+    empty = await store.stats()
+    assert empty.oldest_pending_age_s is None and sum(empty.by_status.values()) == 0
+    await add(conn, schema, 3, "MINT")
+    await add(conn, schema, 1, "CREATE_USER")
+    await store.claim(["CREATE_USER"], 1, 30.0)
+    s = await store.stats()
+    assert s.by_status["PENDING"] == 3 and s.by_status["CLAIMED"] == 1
+    assert s.by_status_type == {("PENDING", "MINT"): 3, ("CLAIMED", "CREATE_USER"): 1}
+    assert s.oldest_pending_age_s is not None and s.oldest_pending_age_s >= 0.0
+
+
+async def test_long_and_odd_errors_are_stored_truncated(conn: Any, schema: str, store: OutboxStore) -> None:
+    (rid,) = await add(conn, schema, 1)
+    (a,) = await store.claim(["MINT"], 1, 30.0)
+    text = "é" * 1500 + "\x00" + "\ud800" + "z" * 10
+    assert await store.mark_failed(rid, a.lease_token, error_code="X" * 500, error=text)
+    r = await row(conn, schema, rid)
+    assert len(r["error"].encode()) <= 2000 and r["error"].startswith("é" * 900)
+    assert len(r["error_code"].encode()) <= 64
+
+
+@given(st.text(max_size=3000), st.integers(min_value=1, max_value=2500))
+def test_truncate_error_never_splits_a_character(text: str, limit: int) -> None:
+    out = truncate_error(text, limit)
+    data = out.encode("utf-8")  # raises if a lone surrogate survived
+    assert len(data) <= max(limit, len("…".encode()))
+    assert "\x00" not in out
+    clean = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()
+    if len(clean.encode()) <= limit:
+        assert out == clean
+    else:
+        assert clean.startswith(out[:-1])
+
+
+# -- notify -----------------------------------------------------------------------------------------
+
+
+async def test_notify_wakes_a_waiting_claimer(pg_url: str, schema: str, conn: Any) -> None:
+    notifier = await Notifier.connect(pg_url)
+    try:
+        waiter = asyncio.create_task(notifier.wait(timeout=60.0))
+        fallback = asyncio.create_task(asyncio.sleep(30.0))  # what a poll-only worker would wait
+        await asyncio.sleep(0)  # let the waiter start listening before the insert
+        await enqueue(conn, command_type="MINT", payload={}, schema=schema)
+        done, _ = await asyncio.wait({waiter, fallback}, return_when=asyncio.FIRST_COMPLETED)
+        assert waiter in done and fallback not in done
+        assert waiter.result() is True
+        fallback.cancel()
+    finally:
+        await notifier.close()
+
+
+async def test_a_rolled_back_insert_does_not_notify_a_committed_one_does(pg_url: str, schema: str) -> None:
+    # One listener connection, checked with the raw notifications so other schemas' inserts on a
+    # shared server cannot confuse the assertion.
+    async with (
+        await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as listener,
+        await psycopg.AsyncConnection.connect(pg_url) as producer,
+    ):
+        await listener.execute("LISTEN gxsubmit")
+        await enqueue(producer, command_type="ROLLED_BACK_TYPE", payload={}, schema=schema)
+        await producer.rollback()
+        await enqueue(producer, command_type="COMMITTED_TYPE", payload={}, schema=schema)
+        await producer.commit()
+        seen: list[str] = []
+        async for n in listener.notifies(timeout=30.0):
+            seen.append(n.payload)
+            if n.payload == "COMMITTED_TYPE":
+                break
+        assert "COMMITTED_TYPE" in seen and "ROLLED_BACK_TYPE" not in seen

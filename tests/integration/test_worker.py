@@ -1,0 +1,367 @@
+"""The worker as a real process against real PostgreSQL and the emulator over a real socket.
+
+Every scenario ends with the ledger audit (tests/audit.py): exactly one VALID transaction per
+command, and it is the one the outbox row recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from psycopg import sql
+
+from gxsubmit.catalog import load_catalog
+from gxsubmit.config import Config
+from gxsubmit.devwallet import make_dev_wallet
+from gxsubmit.emulator import Emulator
+from gxsubmit.outbox import enqueue
+from audit import ArgsKey, args_key, audit_exactly_once, outbox_rows, read_ledger
+from conftest import run_sync
+from waiting import wait_for
+
+IDENTITIES = ("org1-super-admin", "org1-admin", "org1-partner-api")
+BIO = "ab" * 32
+
+
+@dataclass
+class Harness:
+    tmp: Path
+    url: str
+    schema: str
+    emu: Emulator
+    port: int
+    catalog_path: Path | None = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    expected: dict[uuid.UUID, ArgsKey] = field(default_factory=dict)
+
+    @property
+    def wallet(self) -> Path:
+        return self.tmp / "wallet"
+
+    @property
+    def ledger(self) -> Path:
+        return self.tmp / "ledger.jsonl"
+
+    def config(self, **overrides: Any) -> Config:
+        base: dict[str, Any] = dict(
+            database_url=self.url, schema=self.schema, gateway=f"127.0.0.1:{self.port}", wallet=self.wallet,
+            insecure=True, runtime_dir=self.tmp / "run", poll_interval=0.5, drain_timeout=5.0,
+            backoff_base=0.05, backoff_cap=1.0, lease_seconds=30.0, catalog=self.catalog_path,
+            log_level="info",
+        )
+        base.update(overrides)
+        return Config(**base)
+
+    def spawn(self, identity: str, **overrides: Any) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GXSUBMIT_")}
+        env.update(self.config(**overrides).to_env())
+        log = open(self.tmp / f"worker-{identity}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        p = subprocess.Popen([sys.executable, "-m", "gxsubmit", "worker", "--identity", identity],
+                             env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def enqueue(self, items: list[tuple[str, dict[str, Any]]]) -> list[uuid.UUID]:
+        cat = load_catalog(self.catalog_path)
+
+        async def go() -> list[uuid.UUID]:
+            out = []
+            async with await psycopg.AsyncConnection.connect(self.url) as conn:
+                async with conn.transaction():
+                    for ctype, payload in items:
+                        cid, _ = await enqueue(conn, command_type=ctype, payload=payload, schema=self.schema)
+                        out.append(cid)
+                        route = cat.route(ctype)
+                        if route is not None:
+                            try:
+                                self.expected[cid] = args_key(route.function, route.build_args(payload))
+                            except ValueError:
+                                pass
+            return out
+
+        return run_sync(go())
+
+    def rows(self) -> dict[uuid.UUID, dict[str, Any]]:
+        return outbox_rows(self.url, self.schema)
+
+    def status(self, identity: str) -> dict[str, Any] | None:
+        try:
+            return dict(orjson.loads((self.tmp / "run" / f"worker-{identity}.json").read_bytes()))
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+
+    def all_final(self, ids: Any = None) -> bool:
+        rows = self.rows()
+        wanted = rows if ids is None else {i: rows[i] for i in ids}
+        return all(r["status"] in ("COMMITTED", "FAILED") for r in wanted.values())
+
+    def audit(self, ids: Any = None, **kw: Any) -> None:
+        expected = self.expected if ids is None else {i: self.expected[i] for i in ids}
+        report = audit_exactly_once(self.ledger, expected, self.rows(), **kw)
+        assert report.ok, str(report) + "\n" + self.logs()[-4000:]
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("worker-*.log")))
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+@pytest.fixture
+def emu_opts() -> dict[str, Any]:
+    """Emulator constructor options; a test overrides with ``@pytest.mark.parametrize("emu_opts", ...)``."""
+    return {}
+
+
+@pytest.fixture
+def h(pg_url: str, schema: str, tmp_path: Path, emu_opts: dict[str, Any]) -> Iterator[Harness]:
+    make_dev_wallet(tmp_path / "wallet")
+    emu = Emulator(wallet=tmp_path / "wallet", ledger=tmp_path / "ledger.jsonl",
+                   **{"block_time": 0.1, **emu_opts})
+    port = emu.start()
+    harness = Harness(tmp=tmp_path, url=pg_url, schema=schema, emu=emu, port=port)
+    try:
+        yield harness
+    finally:
+        for p in harness.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        emu.stop()
+
+
+def _user(tag: str) -> tuple[str, dict[str, Any]]:
+    return "CREATE_USER", {"userId": f"user-{tag}-{uuid.uuid4().hex[:8]}", "biometricHash": BIO,
+                           "nationality": "KE", "age": 30}
+
+
+def _mint(tag: str, to: str | None = None, amount: int = 1) -> tuple[str, dict[str, Any]]:
+    return "MINT", {"toUserId": to or f"acct-{uuid.uuid4().hex[:8]}", "amount": amount,
+                    "remark": f"mint-{tag}-{uuid.uuid4().hex[:8]}"}
+
+
+def _genesis(tag: str) -> tuple[str, dict[str, Any]]:
+    return "DISTRIBUTE_GENESIS", {"userId": f"gen-{tag}-{uuid.uuid4().hex[:8]}", "nationality": "KE"}
+
+
+def _locked_by_pid(rows: Mapping[uuid.UUID, Mapping[str, Any]], pid: int) -> list[uuid.UUID]:
+    return [i for i, r in rows.items()
+            if r["status"] in ("CLAIMED", "SUBMITTED") and str(r["locked_by"] or "").endswith(f":{pid}")]
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_each_identity_commits_once(h: Harness) -> None:
+    ids = h.enqueue([_user("a"), _user("b"), _mint("a"), _genesis("a")])
+    for ident in IDENTITIES:
+        h.spawn(ident)
+    wait_for(lambda: h.all_final(ids), 30, 0.1, "all rows final")
+    rows = h.rows()
+    for i in ids:
+        assert rows[i]["status"] == "COMMITTED", rows[i]
+        assert rows[i]["fabric_tx_id"] and rows[i]["commit_block"] is not None
+        assert rows[i]["validation_code"] == "VALID"
+    h.audit(ids)
+    # The ledger's creator for each command is the identity the catalogue routes it to.
+    by_tx = {t["tx_id"]: t for t in read_ledger(h.ledger)}
+    roles = {rows[i]["command_type"]: by_tx[rows[i]["fabric_tx_id"]]["role"] for i in ids}
+    assert roles == {"CREATE_USER": "gx_partner_api", "MINT": "gx_super_admin",
+                     "DISTRIBUTE_GENESIS": "gx_admin"}
+    for ident in IDENTITIES:
+        st = wait_for(lambda i=ident: h.status(i), 10, 0.05, "status file")
+        assert st["ready"] and st["db_ok"] and st["gateway_ok"] and not st["breaker_open"], st
+    h.stop_all()
+    assert [p.returncode for p in h.procs] == [0, 0, 0]
+    log = h.logs()
+    for ident in IDENTITIES:
+        assert f"Successfully connected Fabric client for {ident}" in log
+    assert '"message":"Processing command"' in log
+
+
+@pytest.mark.parametrize("emu_opts", [{"block_time": 0.5}])
+def test_sigkill_mid_flight_then_restart_is_exactly_once(h: Harness) -> None:
+    h.emu.faults.latency_s = {"Endorse": (0.01, 0.2), "Submit": (0.05, 0.3)}
+    ids = h.enqueue([_user(str(n)) for n in range(400)])
+    p = h.spawn("org1-partner-api", lease_seconds=2.0, max_in_flight=256)
+
+    def busy() -> bool:
+        st = h.status("org1-partner-api")
+        rows = h.rows().values()
+        return bool(st and st["in_flight"] >= 100 and any(r["status"] == "SUBMITTED" for r in rows))
+
+    wait_for(busy, 30, 0.02, "hundreds in flight, some submitted")
+    p.send_signal(signal.SIGKILL)
+    p.wait(5)
+    h.emu.faults.latency_s = {}
+    mid = h.rows()
+    assert any(r["status"] in ("CLAIMED", "SUBMITTED") for r in mid.values())
+    h.spawn("org1-partner-api", lease_seconds=2.0)
+    wait_for(lambda: h.all_final(ids), 60, 0.2, "all rows final after restart")
+    h.audit(ids)
+    taken_over = [r for r in h.rows().values() if r["attempts"] >= 2]
+    assert taken_over, "the restarted worker took over expired leases (attempt counted)"
+
+
+def test_lost_acks_and_commit_status_faults_stay_exactly_once(h: Harness) -> None:
+    h.emu.faults.submit_lost_ack = 0.3
+    h.emu.faults.commit_status_unavailable = 0.3
+    ids = h.enqueue([_user(str(n)) for n in range(60)] + [_mint(str(n)) for n in range(20)])
+    h.spawn("org1-partner-api", max_attempts=3)
+    h.spawn("org1-super-admin", max_attempts=3)
+    wait_for(lambda: h.all_final(ids), 60, 0.2, "all rows final")
+    assert h.emu.stats()["lost_acks"] > 0
+    h.audit(ids)
+    # A lost ack re-submits the same tx id: the ledger holds the second copy as DUPLICATE_TXID at most.
+    codes = {t["validation_code"] for t in read_ledger(h.ledger)}
+    assert codes <= {"VALID", "DUPLICATE_TXID"}
+
+
+@pytest.mark.parametrize("emu_opts", [{"block_time": 0.4}])
+def test_mvcc_conflicts_retry_with_new_nonce(h: Harness) -> None:
+    h.spawn("org1-super-admin")
+    h.spawn("org1-admin")
+    (mint,) = h.enqueue([_mint("src", to="alice", amount=1000)])
+    wait_for(lambda: h.all_final([mint]), 30, 0.1, "mint committed")
+    transfers = h.enqueue([("TRANSFER_TOKENS", {"fromUserId": "alice", "toUserId": f"bob{n}", "amount": 1,
+                                                "remark": f"t-{n}-{uuid.uuid4().hex[:6]}"}) for n in range(6)])
+    wait_for(lambda: h.all_final(transfers), 60, 0.1, "transfers final")
+    h.audit([mint, *transfers])
+    ledger = read_ledger(h.ledger)
+    conflicts = [t for t in ledger if t["validation_code"] == "MVCC_READ_CONFLICT"]
+    assert conflicts, "transfers from one account in one block conflict"
+    rows = h.rows()
+    committed_txs = {rows[i]["fabric_tx_id"] for i in transfers}
+    assert not committed_txs & {t["tx_id"] for t in conflicts}, "a conflicted tx id is never reused"
+    assert any(rows[i]["attempts"] >= 2 for i in transfers)
+
+
+def test_permanent_failures_fail_once_and_do_not_block(h: Harness) -> None:
+    h.catalog_path = h.tmp / "catalog.toml"
+    h.catalog_path.write_text(
+        'extends = "default"\n\n[types.WEAK_MINT]\nidentity = "org1-admin"\n'
+        'function = "TokenomicsContract:Mint"\n'
+        'args = [{ field = "toUserId" }, { field = "amount", kind = "number" }, { field = "remark", default = "" }]\n'
+    )
+    bad_cc = h.enqueue([("CREATE_USER", {"userId": "old", "biometricHash": BIO, "nationality": "KE",
+                                         "age": 200})])[0]
+    bad_role = h.enqueue([("WEAK_MINT", {"toUserId": "x", "amount": 5})])[0]
+    bad_payload = h.enqueue([("CREATE_USER", {"userId": "nobio", "nationality": "KE", "age": 3})])[0]
+    unroutable = h.enqueue([("NO_SUCH_COMMAND", {})])[0]
+    good = h.enqueue([_user("g1"), _genesis("g2"), _user("g3")])
+    h.spawn("org1-partner-api")
+    h.spawn("org1-admin")
+    wait_for(lambda: h.all_final([bad_cc, bad_role, bad_payload, *good]), 30, 0.1, "rows final")
+    rows = h.rows()
+    assert rows[bad_cc]["status"] == "FAILED" and rows[bad_cc]["error_code"] == "CHAINCODE_ERROR"
+    assert "invalid age" in rows[bad_cc]["error"]
+    assert rows[bad_role]["status"] == "FAILED" and rows[bad_role]["error_code"] == "ROLE_DENIED"
+    assert "gx_super_admin" in rows[bad_role]["error"]
+    assert rows[bad_payload]["status"] == "FAILED" and rows[bad_payload]["error_code"] == "PAYLOAD_INVALID"
+    assert "biometricHash" in rows[bad_payload]["error"]
+    for i in (bad_cc, bad_role, bad_payload):
+        assert rows[i]["attempts"] == 1, rows[i]
+    assert rows[unroutable]["status"] == "PENDING"  # no worker serves it; the supervisor's sweep fails it
+    h.audit(good)
+    assert not any(t["validation_code"] == "VALID" and t["args"][:1] in (["old"], ["x"], ["nobio"])
+                   for t in read_ledger(h.ledger))
+
+
+def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None:
+    h.emu.faults.outage(8.0)
+    ids = h.enqueue([_user(str(n)) for n in range(30)])
+    h.spawn("org1-partner-api", max_attempts=2, backoff_base=0.2, backoff_cap=3.0, breaker_threshold=3,
+            breaker_cooldown=1.0, connect_timeout=1.0)
+    wait_for(lambda: (h.status("org1-partner-api") or {}).get("breaker_open"), 20, 0.05, "breaker open")
+    seen: dict[uuid.UUID, list[tuple[int, Any]]] = {}
+
+    def sample() -> bool:
+        for i, r in h.rows().items():
+            hist = seen.setdefault(i, [])
+            if not hist or hist[-1][0] != r["attempts"]:
+                hist.append((r["attempts"], r["next_attempt_at"]))
+        return not h.emu.faults.in_outage()
+
+    wait_for(sample, 30, 0.1, "outage over")
+    mid = h.rows()
+    assert not [r for r in mid.values() if r["status"] == "FAILED"], "an outage never exhausts attempts"
+    assert any(r["attempts"] > 2 for r in mid.values()), "rows kept being retried past max_attempts"
+    assert {r["error_code"] for r in mid.values() if r["error_code"]} <= {"GATEWAY_UNAVAILABLE", "BREAKER_OPEN"}
+    # Retry delays grow with the attempt number (equal jitter keeps at least half the ceiling).
+    grew = False
+    for hist in seen.values():
+        gaps = [(b[1] - a[1]).total_seconds() for a, b in zip(hist, hist[1:], strict=False)]
+        grew = grew or any(g2 > g1 for g1, g2 in zip(gaps, gaps[1:], strict=False))
+    assert grew, seen
+    wait_for(lambda: h.all_final(ids), 60, 0.2, "all committed after the outage")
+    h.audit(ids)
+    assert not (h.status("org1-partner-api") or {}).get("breaker_open")
+
+
+def test_sigterm_drains_and_hands_back(h: Harness) -> None:
+    h.emu.faults.latency_s = {"Endorse": (0.05, 0.3), "CommitStatus": (0.5, 1.5)}
+    ids = h.enqueue([_user(str(n)) for n in range(300)])
+    p = h.spawn("org1-partner-api", drain_timeout=3.0)
+    wait_for(lambda: ((h.status("org1-partner-api") or {}).get("in_flight") or 0) >= 100, 30, 0.02,
+             "work in flight")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(3.0 + 10) == 0
+    assert _locked_by_pid(h.rows(), p.pid) == []
+    st = h.status("org1-partner-api")
+    assert st is not None and st["draining"] and st["in_flight"] == 0
+    # Whatever was handed back completes exactly once under the next worker.
+    h.emu.faults.latency_s = {}
+    h.spawn("org1-partner-api")
+    wait_for(lambda: h.all_final(ids), 60, 0.2, "all rows final")
+    h.audit(ids)
+
+
+def test_db_connection_loss_is_survived(h: Harness) -> None:
+    h.emu.faults.latency_s = {"Submit": (0.05, 0.2)}
+    ids = h.enqueue([_user(str(n)) for n in range(200)])
+    p = h.spawn("org1-partner-api")
+    wait_for(lambda: sum(r["status"] == "COMMITTED" for r in h.rows().values()) >= 20, 30, 0.05, "progress")
+    with psycopg.connect(h.url, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE %s",
+            (f"gxsubmit:%{p.pid}%",)).fetchone()
+    assert killed and killed[0] >= 1
+    wait_for(lambda: h.all_final(ids), 60, 0.2, "all rows final after reconnect")
+    assert p.poll() is None, "the worker survived the lost connection"
+    h.audit(ids)
+    assert "Database reconnected" in h.logs()
+
+
+def test_bad_role_in_wallet_exits_78(h: Harness) -> None:
+    # The admin's certificate presented as the super-admin: role mismatch is a configuration error.
+    for suffix in ("cert", "key"):
+        src = h.wallet / f"org1-admin-{suffix}"
+        dst = h.wallet / f"org1-super-admin-{suffix}"
+        dst.write_bytes(src.read_bytes())
+    p = h.spawn("org1-super-admin")
+    assert p.wait(20) == 78
+    assert "gx_super_admin" in h.logs()
+    with psycopg.connect(h.url, autocommit=True) as conn:
+        n = conn.execute(sql.SQL("SELECT count(*) FROM {}.outbox_commands").format(
+            sql.Identifier(h.schema))).fetchone()
+    assert n == (0,)
