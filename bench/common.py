@@ -64,7 +64,7 @@ def fmt_num(value: float | int | None, digits: int = 3) -> str:
     if v == 0:
         return "0"
     mag = abs(v)
-    if mag >= 10 ** digits:
+    if mag >= 1000:
         return f"{v:,.0f}"
     decimals = max(0, digits - 1 - int(math.floor(math.log10(mag))))
     return f"{v:.{decimals}f}"
@@ -109,8 +109,14 @@ def result_rows(results: Mapping[str, Any]) -> list[list[str]]:
             continue
         for cfg in scen.get("configs", []):
             if cfg.get("skipped"):
-                rows.append([name, str(cfg.get("config", "")), *["-"] * len(COLUMNS),
-                             "skipped: " + str(cfg["skipped"])[:70]])
+                rows.append(
+                    [
+                        name,
+                        str(cfg.get("config", "")),
+                        *["-"] * len(COLUMNS),
+                        "skipped: " + str(cfg["skipped"])[:70],
+                    ]
+                )
                 continue
             cells = [fmt_num(cfg.get(key), digits) for key, _, digits in COLUMNS]
             rows.append([name, str(cfg.get("config", "")), *cells, str(cfg.get("note", ""))[:90]])
@@ -249,8 +255,12 @@ class BenchDB:
             say("bench: starting an embedded PostgreSQL (pg_stat_statements preloaded)")
             self.embedded = EmbeddedPostgres(
                 self.workdir / "pgdata",
-                settings={"shared_preload_libraries": "pg_stat_statements", "max_connections": "200",
-                          "fsync": "on", "synchronous_commit": "on"},
+                settings={
+                    "shared_preload_libraries": "pg_stat_statements",
+                    "max_connections": "200",
+                    "fsync": "on",
+                    "synchronous_commit": "on",
+                },
             )
             self.embedded.start()
             self.base_url, self.server = self.embedded.url, "embedded"
@@ -282,12 +292,14 @@ class BenchDB:
         if self.counter_method.startswith("pg_stat_statements"):
             row = self._base.execute(
                 "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
-                " WHERE d.datname = %s", (self.dbname,)).fetchone()
+                " WHERE d.datname = %s",
+                (self.dbname,),
+            ).fetchone()
         else:
             self._base.execute("SELECT pg_stat_clear_snapshot()")
             row = self._base.execute(
-                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
-                (self.dbname,)).fetchone()
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (self.dbname,)
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def new_schema(self) -> str:
@@ -370,20 +382,38 @@ class EmulatorProc:
     def start(self, timeout: float = 30.0) -> None:
         ready = self.workdir / f"{self.name}.port"
         ready.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "gxsubmit", "emulator", "--listen", "127.0.0.1:0", "--wallet", str(self.wallet),
-               "--ledger", str(self.workdir / f"{self.name}-ledger.jsonl"), "--insecure",
-               "--block-time", repr(self.spec.block_time), "--block-size", str(self.spec.block_size),
-               "--ready-file", str(ready)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gxsubmit",
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--wallet",
+            str(self.wallet),
+            "--ledger",
+            str(self.workdir / f"{self.name}-ledger.jsonl"),
+            "--insecure",
+            "--block-time",
+            repr(self.spec.block_time),
+            "--block-size",
+            str(self.spec.block_size),
+            "--ready-file",
+            str(ready),
+        ]
         for rpc, (lo, hi) in self.spec.latency.items():
             cmd += ["--latency", f"{rpc}={lo:g}:{hi:g}"]
-        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                     env=child_env())
+        log = open(self.workdir / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=child_env()
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"emulator exited with {self.proc.returncode}; see {self.workdir}/{self.name}.log")
+                raise RuntimeError(
+                    f"emulator exited with {self.proc.returncode}; see {self.workdir}/{self.name}.log"
+                )
             if ready.exists() and ready.read_text().strip():
                 self.port = int(ready.read_text().strip().rsplit(":", 1)[-1])
                 return
@@ -452,15 +482,20 @@ class SupervisorProc:
         return f"http://127.0.0.1:{self.cfg.metrics_port}"
 
     def start(self) -> None:
-        log = open(self.dir / "supervisor.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.dir / "supervisor.log", "ab")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "gxsubmit", "supervise"], stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=self.dir, env=child_env(self.cfg.to_env()))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gxsubmit", "supervise"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            env=child_env(self.cfg.to_env()),
+        )
         log.close()
 
     def http(self, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.base + path, timeout=timeout) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(self.base + path, timeout=timeout) as resp:
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
@@ -473,13 +508,17 @@ class SupervisorProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"supervisor exited with {self.proc.returncode}; see {self.dir}/supervisor.log"
-                                   f"\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"supervisor exited with {self.proc.returncode}; see {self.dir}/supervisor.log"
+                    f"\n{self.log_tail()}"
+                )
             code, _ = self.http("/readyz", timeout=0.5)
             if code == 200:
                 return time.monotonic() - self.started_at
             time.sleep(interval)
-        raise RuntimeError(f"supervisor not ready after {timeout}s; /readyz={self.http('/readyz')}\n{self.log_tail()}")
+        raise RuntimeError(
+            f"supervisor not ready after {timeout}s; /readyz={self.http('/readyz')}\n{self.log_tail()}"
+        )
 
     def log_tail(self, n: int = 15) -> str:
         path = self.dir / "supervisor.log"
@@ -518,14 +557,19 @@ class SupervisorProc:
 #: every row gets distinct keys, so MVCC conflicts come only from the emulator's fault injection.
 #: (identity, command_type, SQL expression building the payload from the integer ``g`` and text ``p``)
 WORKLOAD: tuple[tuple[str, str, str], ...] = (
-    ("org1-partner-api", "CREATE_USER",
-     "jsonb_build_object('userId', 'u-' || p || '-' || g, 'biometricHash', md5(p || g::text) || md5(g::text || p),"
-     " 'nationality', 'US', 'age', 30)"),
-    ("org1-admin", "PROPOSE_ORGANIZATION",
-     "jsonb_build_object('orgId', 'org-' || p || '-' || g, 'orgName', 'Org ' || g, 'orgType', 'BUSINESS',"
-     " 'stakeholderIds', jsonb_build_array('s1-' || g, 's2-' || g))"),
-    ("org1-super-admin", "APPOINT_ADMIN",
-     "jsonb_build_object('newAdminId', 'a-' || p || '-' || g)"),
+    (
+        "org1-partner-api",
+        "CREATE_USER",
+        "jsonb_build_object('userId', 'u-' || p || '-' || g, 'biometricHash', md5(p || g::text) || md5(g::text || p),"
+        " 'nationality', 'US', 'age', 30)",
+    ),
+    (
+        "org1-admin",
+        "PROPOSE_ORGANIZATION",
+        "jsonb_build_object('orgId', 'org-' || p || '-' || g, 'orgName', 'Org ' || g, 'orgType', 'BUSINESS',"
+        " 'stakeholderIds', jsonb_build_array('s1-' || g, 's2-' || g))",
+    ),
+    ("org1-super-admin", "APPOINT_ADMIN", "jsonb_build_object('newAdminId', 'a-' || p || '-' || g)"),
 )
 
 
@@ -541,8 +585,15 @@ class Feeder:
     service time plus a bounded queue wait. Counts its own statements so they can be subtracted.
     """
 
-    def __init__(self, url: str, schema: str, types: Sequence[tuple[str, str]], target: int,
-                 tick: float = 0.1, max_insert: int = 5000) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        types: Sequence[tuple[str, str]],
+        target: int,
+        tick: float = 0.1,
+        max_insert: int = 5000,
+    ) -> None:
         self.url, self.schema, self.types = url, schema, list(types)
         self.target, self.tick, self.max_insert = target, tick, max_insert
         self.inserted = 0
@@ -567,8 +618,10 @@ class Feeder:
                 f"SELECT 'bench', '{ctype}', 'bench-{self.prefix}-{ctype}-' || g, ({expr}) "
                 f"FROM generate_series({start}, {start + count - 1}) AS g, (SELECT '{self.prefix}'::text AS p) AS pp"
             )
-        q = (f'INSERT INTO "{self.schema}".outbox_commands (service, command_type, request_id, payload) '
-             + " UNION ALL ".join(parts))
+        q = (
+            f'INSERT INTO "{self.schema}".outbox_commands (service, command_type, request_id, payload) '
+            + " UNION ALL ".join(parts)
+        )
         await conn.execute(q)
         self.statements += 1
         self.inserted += n
@@ -577,7 +630,8 @@ class Feeder:
         s = f'"{self.schema}".outbox_commands'
         cur = await conn.execute(
             f"SELECT (SELECT count(*) FROM {s} WHERE status = 'PENDING')"
-            f" + (SELECT count(*) FROM {s} WHERE status IN ('CLAIMED', 'SUBMITTED'))")
+            f" + (SELECT count(*) FROM {s} WHERE status IN ('CLAIMED', 'SUBMITTED'))"
+        )
         self.statements += 1
         row = await cur.fetchone()
         return int(row[0])
@@ -620,19 +674,26 @@ async def db_now(url: str) -> Any:
         return row[0]
 
 
-def window_stats(url: str, schema: str, a: Window, b: Window, *, types: Sequence[str] | None = None
-                 ) -> dict[str, Any]:
+def window_stats(
+    url: str, schema: str, a: Window, b: Window, *, types: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Throughput and created->committed latency of rows committed between two windows' DB timestamps."""
     import psycopg
 
     s = f'"{schema}".outbox_commands'
     with psycopg.connect(url, autocommit=True) as c:
-        lat = [float(r[0]) for r in c.execute(
-            f"SELECT extract(epoch FROM committed_at - created_at) * 1000 FROM {s}"
-            " WHERE status = 'COMMITTED' AND committed_at >= %s AND committed_at < %s", (a.db_ts, b.db_ts))]
+        lat = [
+            float(r[0])
+            for r in c.execute(
+                f"SELECT extract(epoch FROM committed_at - created_at) * 1000 FROM {s}"
+                " WHERE status = 'COMMITTED' AND committed_at >= %s AND committed_at < %s",
+                (a.db_ts, b.db_ts),
+            )
+        ]
         failed = c.execute(f"SELECT count(*) FROM {s} WHERE status = 'FAILED'").fetchone()[0]
-        codes = c.execute(f"SELECT error_code, count(*) FROM {s} WHERE status = 'FAILED' GROUP BY 1 "
-                          "ORDER BY 2 DESC LIMIT 3").fetchall()
+        codes = c.execute(
+            f"SELECT error_code, count(*) FROM {s} WHERE status = 'FAILED' GROUP BY 1 ORDER BY 2 DESC LIMIT 3"
+        ).fetchall()
     seconds = (b.db_ts - a.db_ts).total_seconds()
     n = len(lat)
     gx = cpu_delta(a.gx_cpu, b.gx_cpu)
@@ -668,7 +729,7 @@ class Context:
     db: BenchDB
     wallet: Path
     emulators: dict[str, EmulatorProc] = field(default_factory=dict)
-    shared: dict[str, Any] = field(default_factory=dict)   # results one scenario offers another
+    shared: dict[str, Any] = field(default_factory=dict)  # results one scenario offers another
 
     def emulator(self, key: str, spec: EmulatorSpec) -> EmulatorProc:
         """One emulator per distinct spec, kept for the whole run (shared by scenarios)."""
@@ -697,9 +758,19 @@ def remove_workdir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def run_load(ctx: Context, *, label: str, sups: Sequence[SupervisorProc], emu: EmulatorProc, schema: str,
-             types: Sequence[tuple[str, str]], target: int, warmup: float, duration: float,
-             sample_rss: bool = True) -> dict[str, Any]:
+def run_load(
+    ctx: Context,
+    *,
+    label: str,
+    sups: Sequence[SupervisorProc],
+    emu: EmulatorProc,
+    schema: str,
+    types: Sequence[tuple[str, str]],
+    target: int,
+    warmup: float,
+    duration: float,
+    sample_rss: bool = True,
+) -> dict[str, Any]:
     """Start the supervisors, feed a closed-loop load, measure one window, stop. Returns window stats."""
     for s in sups:
         s.start()
@@ -722,18 +793,33 @@ def run_load(ctx: Context, *, label: str, sups: Sequence[SupervisorProc], emu: E
                 await asyncio.sleep(0.1)
                 if task.done():
                     task.result()
-            a = Window(await db_now(ctx.db.url), time.monotonic(), gx_cpu(), emu.cpu(), ctx.db.query_count(),
-                       feeder.statements + 2)
+            a = Window(
+                await db_now(ctx.db.url),
+                time.monotonic(),
+                gx_cpu(),
+                emu.cpu(),
+                ctx.db.query_count(),
+                feeder.statements + 2,
+            )
             while time.monotonic() - a.mono < duration:
                 done_est = feeder.inserted - feeder.unfinished
                 el = time.monotonic() - a.mono
-                prog.tick(lambda: f"measuring {el:4.1f}/{duration:g}s, done~{done_est} "
-                          f"unfinished={feeder.unfinished}")
+                prog.tick(
+                    lambda: (
+                        f"measuring {el:4.1f}/{duration:g}s, done~{done_est} unfinished={feeder.unfinished}"
+                    )
+                )
                 await asyncio.sleep(0.1)
                 if task.done():
                     task.result()
-            b = Window(await db_now(ctx.db.url), time.monotonic(), gx_cpu(), emu.cpu(), ctx.db.query_count(),
-                       feeder.statements + 2)
+            b = Window(
+                await db_now(ctx.db.url),
+                time.monotonic(),
+                gx_cpu(),
+                emu.cpu(),
+                ctx.db.query_count(),
+                feeder.statements + 2,
+            )
             return a, b
         finally:
             feeder.stop()
@@ -761,8 +847,11 @@ def run_load(ctx: Context, *, label: str, sups: Sequence[SupervisorProc], emu: E
 
 
 def versions() -> dict[str, Any]:
-    out: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                           "cpus": os.cpu_count()}
+    out: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
     try:
         import gxsubmit
 
@@ -771,7 +860,16 @@ def versions() -> dict[str, Any]:
         out["gxsubmit"] = f"unavailable: {exc}"
     from importlib import metadata
 
-    for dist in ("psycopg", "grpcio", "protobuf", "uvloop", "procrastinate", "pgqueuer", "psutil", "matplotlib"):
+    for dist in (
+        "psycopg",
+        "grpcio",
+        "protobuf",
+        "uvloop",
+        "procrastinate",
+        "pgqueuer",
+        "psutil",
+        "matplotlib",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -779,8 +877,10 @@ def versions() -> dict[str, Any]:
     node = shutil.which("node")
     if node:
         out["node"] = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
-    for pkg, rel in (("@hyperledger/fabric-gateway", "tests/node/node_modules/@hyperledger/fabric-gateway"),
-                     ("graphile-worker", "bench/node/node_modules/graphile-worker")):
+    for pkg, rel in (
+        ("@hyperledger/fabric-gateway", "tests/node/node_modules/@hyperledger/fabric-gateway"),
+        ("graphile-worker", "bench/node/node_modules/graphile-worker"),
+    ):
         pj = REPO / rel / "package.json"
         if pj.exists():
             out[pkg] = json.loads(pj.read_text()).get("version")
@@ -799,19 +899,36 @@ def timed(label: str) -> Iterator[None]:
 class OriginalProc:
     """bench/original_worker.py as a subprocess, with the same interface as :class:`SupervisorProc`."""
 
-    def __init__(self, workdir: Path, name: str, *, url: str, schema: str, gateway: str, wallet: Path) -> None:
+    def __init__(
+        self, workdir: Path, name: str, *, url: str, schema: str, gateway: str, wallet: Path
+    ) -> None:
         self.name, self.dir = name, workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.args = ["--url", url, "--schema", schema, "--gateway", gateway, "--wallet", str(wallet),
-                     "--ready-file", str(self.dir / "ready")]
+        self.args = [
+            "--url",
+            url,
+            "--schema",
+            schema,
+            "--gateway",
+            gateway,
+            "--wallet",
+            str(wallet),
+            "--ready-file",
+            str(self.dir / "ready"),
+        ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
-        log = open(self.dir / "original.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.dir / "original.log", "ab")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, str(BENCH / "original_worker.py"), *self.args], stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=self.dir, env=child_env())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "original_worker.py"), *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            env=child_env(),
+        )
         log.close()
 
     def wait_ready(self, timeout: float = 30.0, interval: float = 0.02) -> float:
@@ -819,8 +936,10 @@ class OriginalProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"original worker exited with {self.proc.returncode}: "
-                                   + (self.dir / "original.log").read_text(errors="replace")[-800:])
+                raise RuntimeError(
+                    f"original worker exited with {self.proc.returncode}: "
+                    + (self.dir / "original.log").read_text(errors="replace")[-800:]
+                )
             if (self.dir / "ready").exists():
                 return time.monotonic() - self.started_at
             time.sleep(interval)

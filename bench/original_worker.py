@@ -47,7 +47,7 @@ async def main(args: argparse.Namespace) -> int:
     client = GatewayClient(target=args.gateway, tls_root=None)
     await client.wait_ready(10.0)
     Path(args.ready_file).write_text("ready\n")
-    depth_sql = f'SELECT count(*) FROM "{args.schema}".outbox_commands WHERE status = \'PENDING\''
+    depth_sql = f"SELECT count(*) FROM \"{args.schema}\".outbox_commands WHERE status = 'PENDING'"
     committed = 0
     try:
         while not stop.is_set():
@@ -57,17 +57,24 @@ async def main(args: argparse.Namespace) -> int:
                     break
                 route: Any = catalog.route(cmd.command_type)
                 ident = identities[route.identity]
-                prop = build_proposal(ident, channel=route.channel, chaincode=route.chaincode,
-                                      function=route.function, args=route.build_args(cmd.payload),
-                                      nonce=new_nonce(), endorsing_orgs=("Org1MSP", "Org2MSP"))
+                prop = build_proposal(
+                    ident,
+                    channel=route.channel,
+                    chaincode=route.chaincode,
+                    function=route.function,
+                    args=route.build_args(cmd.payload),
+                    nonce=new_nonce(),
+                    endorsing_orgs=("Org1MSP", "Org2MSP"),
+                )
                 prepared = await client.endorse(prop)
                 await client.submit(ident, prepared)
                 await store.mark_submitted([(cmd.id, cmd.lease_token)])
                 result = await client.commit_status(ident, channel=route.channel, tx_id=prop.tx_id)
-                await store.mark_committed([Committed(cmd.id, cmd.lease_token, prop.tx_id, result.block_number,
-                                                      result.code_name)])
+                await store.mark_committed(
+                    [Committed(cmd.id, cmd.lease_token, prop.tx_id, result.block_number, result.code_name)]
+                )
                 committed += 1
-            await depth_conn.execute(depth_sql)   # the queue-depth gauge refresh
+            await depth_conn.execute(depth_sql)  # the queue-depth gauge refresh
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.poll_interval)
     finally:

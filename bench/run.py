@@ -19,7 +19,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402 - after the sys.path fix for `python bench/run.py`
+from bench.common import (
     BenchDB,
     Context,
     fmt_num,
@@ -35,7 +35,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "saturation": ("bench.scenarios.saturation", "no added latency, 3 identities, 1 and 2 supervisors"),
     "realistic": ("bench.scenarios.realistic", "2 s blocks, 20-50 ms endorse, in-flight limit sweep"),
     "original": ("bench.scenarios.original", "the original worker's algorithm on the realistic emulator"),
-    "official_client": ("bench.scenarios.official_client", "official Node fabric-gateway client vs gxsubmit CPU"),
+    "official_client": (
+        "bench.scenarios.official_client",
+        "official Node fabric-gateway client vs gxsubmit CPU",
+    ),
     "queue": ("bench.scenarios.queue", "outbox claim+complete vs procrastinate, pgqueuer, graphile-worker"),
     "idle": ("bench.scenarios.idle", "idle queries/s per replica and INSERT->claim pickup delay"),
     "startup": ("bench.scenarios.startup", "start to /readyz 200, peak RSS at full in-flight"),
@@ -44,15 +47,31 @@ SCENARIOS: dict[str, tuple[str, str]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     epilog = "scenarios:\n" + "\n".join(f"  {k:16s} {d}" for k, (_, d) in SCENARIOS.items())
-    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0],
-                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", nargs="+", choices=[*SCENARIOS, "all"], metavar="SCENARIO",
-                   help="one or more scenarios, or 'all'")
-    p.add_argument("--quick", action="store_true", help="short windows and fewer configurations (all < 2 min)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write machine-readable results (and a PNG plot "
-                   "next to it)")
-    p.add_argument("--db", choices=("auto", "machine", "embedded"), default="auto",
-                   help="auto: GXSUBMIT_BENCH_DATABASE_URL, else 127.0.0.1:5432/test if it answers, else embedded")
+    p = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description=__doc__.splitlines()[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "scenario",
+        nargs="+",
+        choices=[*SCENARIOS, "all"],
+        metavar="SCENARIO",
+        help="one or more scenarios, or 'all'",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="short windows and fewer configurations (all < 2 min)"
+    )
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="write machine-readable results (and a PNG plot next to it)"
+    )
+    p.add_argument(
+        "--db",
+        choices=("auto", "machine", "embedded"),
+        default="auto",
+        help="auto: GXSUBMIT_BENCH_DATABASE_URL, else 127.0.0.1:5432/test if it answers, else embedded",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers) afterwards")
     return p.parse_args(argv)
 
@@ -86,32 +105,56 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     sat = _get(results, "saturation")
     if sat:
         rate, cpu = sat.get("commands_per_s"), sat.get("gxsubmit_cpu_ms_per_command")
-        add("saturation throughput, 1 supervisor", None if rate is None else rate >= 1000,
-            f"{fmt_num(rate)} cmd/s", ">= 1,000 cmd/s")
-        add("saturation gxsubmit CPU per command", None if cpu is None else cpu <= 0.5,
-            f"{fmt_num(cpu)} ms", "<= 0.5 ms")
+        add(
+            "saturation throughput, 1 supervisor",
+            None if rate is None else rate >= 1000,
+            f"{fmt_num(rate)} cmd/s",
+            ">= 1,000 cmd/s",
+        )
+        add(
+            "saturation gxsubmit CPU per command",
+            None if cpu is None else cpu <= 0.5,
+            f"{fmt_num(cpu)} ms",
+            "<= 0.5 ms",
+        )
     real = _get(results, "realistic", "best")
     if real:
         rate, p99 = real.get("commands_per_s"), real.get("p99_ms")
         block_ms = 2000.0
-        add(f"realistic throughput ({real.get('config')})", None if rate is None else rate >= 500,
-            f"{fmt_num(rate)} cmd/s", ">= 500 cmd/s at 2 s blocks")
-        add(f"realistic p99 latency ({real.get('config')})", None if p99 is None else p99 <= 2 * block_ms,
-            f"{fmt_num(p99)} ms", "<= 2 x block time (4,000 ms)")
+        add(
+            f"realistic throughput ({real.get('config')})",
+            None if rate is None else rate >= 500,
+            f"{fmt_num(rate)} cmd/s",
+            ">= 500 cmd/s at 2 s blocks",
+        )
+        add(
+            f"realistic p99 latency ({real.get('config')})",
+            None if p99 is None else p99 <= 2 * block_ms,
+            f"{fmt_num(p99)} ms",
+            "<= 2 x block time (4,000 ms)",
+        )
     orig = _get(results, "original")
     if real and orig:
         r, o = real.get("commands_per_s"), orig.get("commands_per_s")
         ratio = (r / o) if r and o else None
-        add("speed-up over the original algorithm", None if ratio is None else ratio >= 1000,
-            f"{fmt_num(ratio)} x", ">= 1,000 x")
+        add(
+            "speed-up over the original algorithm",
+            None if ratio is None else ratio >= 1000,
+            f"{fmt_num(ratio)} x",
+            ">= 1,000 x",
+        )
     oc = results.get("official_client")
     if oc and not oc.get("skipped"):
         cfgs = {c.get("client"): c for c in oc.get("configs", []) if not c.get("skipped")}
         node, gx = cfgs.get("node"), cfgs.get("gxsubmit")
         if node and gx:
             a, b = gx.get("gxsubmit_cpu_ms_per_command"), node.get("client_cpu_ms_per_tx")
-            add("CPU per transaction vs official Node client", None if a is None or b is None else a <= b,
-                f"{fmt_num(a)} vs {fmt_num(b)} ms", "gxsubmit <= Node")
+            add(
+                "CPU per transaction vs official Node client",
+                None if a is None or b is None else a <= b,
+                f"{fmt_num(a)} vs {fmt_num(b)} ms",
+                "gxsubmit <= Node",
+            )
     q = results.get("queue")
     if q and not q.get("skipped"):
         rates = {c.get("system"): c.get("jobs_per_s") for c in q.get("configs", []) if not c.get("skipped")}
@@ -119,26 +162,46 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         peers = {k: v for k, v in rates.items() if v}
         if mine and peers:
             best_name, best = max(peers.items(), key=lambda kv: kv[1])
-            add("queue mechanics vs best peer", mine >= 1.5 * best,
-                f"{fmt_num(mine / best)} x ({best_name})", ">= 1.5 x best peer")
+            add(
+                "queue mechanics vs best peer",
+                mine >= 1.5 * best,
+                f"{fmt_num(mine / best)} x ({best_name})",
+                ">= 1.5 x best peer",
+            )
     idle = results.get("idle")
     if idle and not idle.get("skipped"):
         cfg = {c.get("config"): c for c in idle.get("configs", [])}
         qi = cfg.get("idle", {}).get("db_queries_per_s_per_replica")
-        add("idle database queries per replica", None if qi is None else qi <= 1.0, f"{fmt_num(qi)} /s",
-            "<= 1 query/s")
+        add(
+            "idle database queries per replica",
+            None if qi is None else qi <= 1.0,
+            f"{fmt_num(qi)} /s",
+            "<= 1 query/s",
+        )
         p50 = cfg.get("pickup", {}).get("p50_ms")
-        add("pickup delay p50 (INSERT commit -> claim)", None if p50 is None else p50 <= 10.0,
-            f"{fmt_num(p50)} ms", "<= 10 ms")
+        add(
+            "pickup delay p50 (INSERT commit -> claim)",
+            None if p50 is None else p50 <= 10.0,
+            f"{fmt_num(p50)} ms",
+            "<= 10 ms",
+        )
     st = results.get("startup")
     if st and not st.get("skipped"):
         cfg = {c.get("config"): c for c in st.get("configs", [])}
         ready = cfg.get("startup", {}).get("ready_s_max")
-        add("start to /readyz 200 (3 identities)", None if ready is None else ready <= 1.5,
-            f"{fmt_num(ready)} s", "<= 1.5 s")
+        add(
+            "start to /readyz 200 (3 identities)",
+            None if ready is None else ready <= 1.5,
+            f"{fmt_num(ready)} s",
+            "<= 1.5 s",
+        )
         rss = cfg.get("memory", {}).get("peak_rss_mb")
-        add("total peak RSS at full in-flight", None if rss is None else rss <= 300, f"{fmt_num(rss)} MB",
-            "<= 300 MB")
+        add(
+            "total peak RSS at full in-flight",
+            None if rss is None else rss <= 300,
+            f"{fmt_num(rss)} MB",
+            "<= 300 MB",
+        )
     return out
 
 
@@ -196,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     say(f"bench: work directory {workdir}")
     db = BenchDB(workdir, args.db)
     results: dict[str, Any] = {}
-    meta: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
-                            "scenarios": names}
+    meta: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "scenarios": names,
+    }
     ctx: Context | None = None
     try:
         db.open()
@@ -206,10 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         wallet = workdir / "wallet"
         make_dev_wallet(wallet)
         ctx = Context(workdir=workdir, quick=args.quick, db=db, wallet=wallet)
-        meta.update({"database": db.server, "postgres": db.server_version,
-                     "db_queries_method": db.counter_method, "versions": versions()})
-        say(f"bench: PostgreSQL {db.server_version} ({db.server}), database {db.dbname}; "
-            f"queries counted by {db.counter_method}")
+        meta.update(
+            {
+                "database": db.server,
+                "postgres": db.server_version,
+                "db_queries_method": db.counter_method,
+                "versions": versions(),
+            }
+        )
+        say(
+            f"bench: PostgreSQL {db.server_version} ({db.server}), database {db.dbname}; "
+            f"queries counted by {db.counter_method}"
+        )
         for name in names:
             module, _ = SCENARIOS[name]
             t0 = time.monotonic()
@@ -231,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     targets = evaluate_targets(results)
     print(render_results(results, targets))
-    print(f"\n(total {meta['elapsed_s']} s; PostgreSQL {meta.get('postgres')} via {meta.get('database')}; "
-          f"db q/cmd = {meta.get('db_queries_method')})")
+    print(
+        f"\n(total {meta['elapsed_s']} s; PostgreSQL {meta.get('postgres')} via {meta.get('database')}; "
+        f"db q/cmd = {meta.get('db_queries_method')})"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {"meta": meta, "results": results, "targets": targets}

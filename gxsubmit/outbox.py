@@ -425,6 +425,16 @@ class OutboxStore:
         rows = await self._rows("release", _pairs(leases))
         return int(rows[0][0])
 
+    async def release_owned(self, owners: Sequence[str]) -> int:
+        """Hand back every leased row of these worker ids (processes known to have exited).
+
+        Only safe when no live process uses those ids. The attempt stays counted; the nonce is kept.
+        """
+        if not owners:
+            return 0
+        rows = await self._rows("release_owned", {"owners": list(owners)})
+        return int(rows[0][0])
+
     async def fail_unroutable(self, routed_types: Sequence[str]) -> int:
         """Dead-letter PENDING rows whose type no catalogue route serves (pass every routed type)."""
         rows = await self._rows("fail_unroutable", {"types": list(routed_types)})

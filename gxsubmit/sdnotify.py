@@ -53,6 +53,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Never block the supervisor loop on a full receive queue: drop the message instead.
+                self._sock.setblocking(False)
             self._sock.sendto(message.encode(), self._address)
             return True
         except OSError:

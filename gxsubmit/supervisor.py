@@ -55,6 +55,8 @@ TICK = 0.25
 BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 60.0
 BACKOFF_RESET_AFTER = 60.0
+#: The first heartbeat of a new worker may take this long (interpreter start, gRPC import, key load).
+BOOT_TIMEOUT = 30.0
 #: After SIGABRT a hung worker gets this long to dump its stacks and die before SIGKILL.
 ABORT_GRACE = 5.0
 #: How often the supervisor refreshes queue statistics and fails unroutable rows.
@@ -654,7 +656,11 @@ class Supervisor:
             if self.draining:
                 continue
             silent = wall - slot.beat
-            if slot.abort_sent is None and silent > self.cfg.heartbeat_timeout:
+            # Until its first heartbeat a worker is importing gRPC and loading its key, which can take
+            # a while on a busy host: allow at least BOOT_TIMEOUT for that.
+            limit = self.cfg.heartbeat_timeout if slot.status is not None else max(
+                self.cfg.heartbeat_timeout, BOOT_TIMEOUT)
+            if slot.abort_sent is None and silent > limit:
                 log.error(
                     "Worker timed out (no heartbeat), aborting it",
                     extra={"worker": slot.identity, "worker_pid": slot.pid, "silent_s": round(silent, 1)},

@@ -114,6 +114,21 @@ def _load_cert(path: Path) -> tuple[bytes, x509.Certificate]:
     return data, cert
 
 
+def _is_projected_secret(st: os.stat_result, euid: int | None = None, groups: set[int] | None = None) -> bool:
+    """A Kubernetes Secret mounted for a non-root pod: owned by root, group = our fsGroup, mode 0440.
+
+    Kubelet adds group read to ``defaultMode`` when ``fsGroup`` is set (kubernetes/kubernetes#57923),
+    so 0440 is the strictest mode such a pod can get. Group read is accepted only in that shape:
+    root-owned, not writable by anyone, nothing for others, and the group is one of ours.
+    """
+    euid = os.geteuid() if euid is None else euid
+    groups = {os.getegid(), *os.getgroups()} if groups is None else groups
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o037 or st.st_uid != 0 or euid == 0:
+        return False
+    return st.st_gid in groups
+
+
 def _check_key_mode(path: Path) -> None:
     try:
         st = os.stat(path)  # follows the Kubernetes ..data symlink to the real file
@@ -123,7 +138,7 @@ def _check_key_mode(path: Path) -> None:
         raise WalletError(path, f"cannot stat file ({exc.strerror or type(exc).__name__})") from None
     if not stat.S_ISREG(st.st_mode):
         raise WalletError(path, "not a regular file")
-    if st.st_mode & 0o077:
+    if st.st_mode & 0o077 and not _is_projected_secret(st):
         raise WalletError(
             path,
             f"private key is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "

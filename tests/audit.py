@@ -107,7 +107,7 @@ def audit_exactly_once(
                 report.problems.append(f"{cid}: COMMITTED but {len(txs)} VALID txs on the ledger")
             elif row["fabric_tx_id"] != txs[0]:
                 report.problems.append(f"{cid}: row tx {row['fabric_tx_id']} != ledger tx {txs[0]}")
-            elif row.get("commit_block") is not None and int(row["commit_block"]) != int(by_tx[txs[0]]["block"]):
+            elif row.get("commit_block") is not None and int(row["commit_block"]) != int(by_tx[txs[0]]["block"]):  # noqa: E501
                 report.problems.append(f"{cid}: row block {row['commit_block']} != {by_tx[txs[0]]['block']}")
         elif require_committed:
             report.problems.append(

@@ -16,17 +16,34 @@ from bench.scenarios.realistic import SPEC
 def run(ctx: Context) -> dict[str, Any]:
     emu = ctx.emulator("realistic", SPEC)
     identities = [i for i, _, _ in WORKLOAD]
-    warmup, duration = (2.0, 16.0) if ctx.quick else (4.0, 60.0)
+    warmup, duration = (2.0, 12.0) if ctx.quick else (4.0, 60.0)
     schema = ctx.db.new_schema()
-    proc = OriginalProc(ctx.workdir, "original", url=ctx.db.url, schema=schema, gateway=emu.target,
-                        wallet=ctx.wallet)
-    stats = run_load(ctx, label="original algorithm", sups=[proc], emu=emu, schema=schema,  # type: ignore[list-item]
-                     types=workload_for(identities), target=30, warmup=warmup, duration=duration)
+    proc = OriginalProc(
+        ctx.workdir, "original", url=ctx.db.url, schema=schema, gateway=emu.target, wallet=ctx.wallet
+    )
+    stats = run_load(
+        ctx,
+        label="original algorithm",
+        sups=[proc],
+        emu=emu,
+        schema=schema,  # type: ignore[list-item]
+        types=workload_for(identities),
+        target=30,
+        warmup=warmup,
+        duration=duration,
+    )
     ctx.db.drop_schema(schema)
     stats["config"] = "poll 100ms, claim 10, sequential"
     stats["note"] = "sequential: one commit wait per command"
-    return {"configs": [stats],
-            "settings": {"emulator": SPEC.describe(), "batch_size": 10, "poll_interval_s": 0.1,
-                         "warmup_s": warmup, "window_s": duration,
-                         "implementation": "bench/original_worker.py: gxsubmit.outbox store + gxsubmit.fabric "
-                                           "client driven sequentially (not the real worker with flags)"}}
+    return {
+        "configs": [stats],
+        "settings": {
+            "emulator": SPEC.describe(),
+            "batch_size": 10,
+            "poll_interval_s": 0.1,
+            "warmup_s": warmup,
+            "window_s": duration,
+            "implementation": "bench/original_worker.py: gxsubmit.outbox store + gxsubmit.fabric "
+            "client driven sequentially (not the real worker with flags)",
+        },
+    }

@@ -18,17 +18,33 @@ def run(ctx: Context) -> dict[str, Any]:
     emu = ctx.emulator("realistic", SPEC)
     identities = [i for i, _, _ in WORKLOAD]
     limits = (1, 16, 256) if ctx.quick else (1, 4, 16, 64, 256, 512)
-    warmup, duration = (2.5, 6.0) if ctx.quick else (5.0, 30.0)
+    warmup, duration = (2.5, 5.0) if ctx.quick else (5.0, 30.0)
     configs = []
     for limit in limits:
         schema = ctx.db.new_schema()
-        sup = SupervisorProc(ctx.workdir, f"realistic-{limit}", database_url=ctx.db.url, schema=schema,
-                             gateway=emu.target, wallet=ctx.wallet, insecure=True,
-                             max_in_flight=limit)
+        sup = SupervisorProc(
+            ctx.workdir,
+            f"realistic-{limit}",
+            database_url=ctx.db.url,
+            schema=schema,
+            gateway=emu.target,
+            wallet=ctx.wallet,
+            insecure=True,
+            max_in_flight=limit,
+        )
         population = len(identities) * limit
         population += max(6, population // 4)
-        stats = run_load(ctx, label=f"realistic in-flight {limit}", sups=[sup], emu=emu, schema=schema,
-                         types=workload_for(identities), target=population, warmup=warmup, duration=duration)
+        stats = run_load(
+            ctx,
+            label=f"realistic in-flight {limit}",
+            sups=[sup],
+            emu=emu,
+            schema=schema,
+            types=workload_for(identities),
+            target=population,
+            warmup=warmup,
+            duration=duration,
+        )
         stats["config"] = f"in-flight {limit}"
         stats["max_in_flight"] = limit
         configs.append(stats)
@@ -36,7 +52,15 @@ def run(ctx: Context) -> dict[str, Any]:
     best = max(configs, key=lambda c: c.get("commands_per_s") or 0.0)
     ctx.shared["realistic_best"] = best
     ctx.shared["realistic_rss"] = max(configs, key=lambda c: c.get("max_in_flight", 0))
-    return {"configs": configs, "best_config": best["config"],
-            "settings": {"emulator": SPEC.describe(), "identities": identities, "in_flight_limits": list(limits),
-                         "warmup_s": warmup, "window_s": duration,
-                         "population": "1.25 x identities x in-flight unfinished rows (at least +6)"}}
+    return {
+        "configs": configs,
+        "best_config": best["config"],
+        "settings": {
+            "emulator": SPEC.describe(),
+            "identities": identities,
+            "in_flight_limits": list(limits),
+            "warmup_s": warmup,
+            "window_s": duration,
+            "population": "1.25 x identities x in-flight unfinished rows (at least +6)",
+        },
+    }

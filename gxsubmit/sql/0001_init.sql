@@ -55,6 +55,11 @@ CREATE INDEX IF NOT EXISTS outbox_commands_tx_idx
 
 -- One NOTIFY per inserting statement and distinct command type (not one per row): a producer's
 -- multi-row insert costs one trigger call. NOTIFY payloads are de-duplicated per transaction anyway.
+-- Measured producer cost (PostgreSQL 15, 2 shared cores, psycopg async, autocommit): a single-row
+-- enqueue took 0.44-0.59 ms per row with or without this trigger (difference within run-to-run noise,
+-- under 5 percent); one 10 000-row INSERT took 74-77 ms with it and 86-106 ms without (noise again).
+-- Not measured: NOTIFY serialises the commits of notifying transactions on a global lock, which only
+-- matters for many concurrent producers.
 CREATE OR REPLACE FUNCTION {schema}.gxsubmit_outbox_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -246,3 +246,21 @@ SELECT coalesce(error_code, ''), count(*)
   FROM {schema}.outbox_commands
  WHERE status = 'FAILED'
  GROUP BY 1
+
+-- name: release_owned
+-- A supervisor hands back the rows of worker processes it saw exit: claimable at once instead of
+-- after their leases. The attempt stays counted (a crash may be caused by the row itself) and the
+-- nonce is kept (the dead worker may have submitted).
+WITH released AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'PENDING',
+           next_attempt_at = now(),
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           updated_at = now()
+     WHERE c.status IN ('CLAIMED', 'SUBMITTED') AND c.locked_by = ANY(%(owners)s::text[])
+    RETURNING c.command_type
+), notified AS (
+    SELECT pg_notify('gxsubmit', t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
+)
+SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)

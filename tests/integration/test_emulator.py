@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from fabric_protos.common import common_pb2
@@ -80,7 +81,9 @@ def create_user_args(user: str) -> list[str]:
 def test_endorse_builds_the_gateway_envelope_and_commits(start_emulator: Any, wallet: Path) -> None:
     emu, gw = start_emulator()
     me = ident(wallet)
-    p = build_proposal(me, "IdentityContract:CreateUser", create_user_args("env-1"), transient={"secret": b"x"})
+    p = build_proposal(
+        me, "IdentityContract:CreateUser", create_user_args("env-1"), transient={"secret": b"x"}
+    )
     env = gw.endorse(p)
     assert not isinstance(env, Failure), env
     assert env.signature == b""  # Endorse returns the UNSIGNED envelope
@@ -95,9 +98,12 @@ def test_endorse_builds_the_gateway_envelope_and_commits(start_emulator: Any, wa
     cpp = proposal_pb2.ChaincodeProposalPayload.FromString(cap.chaincode_proposal_payload)
     assert len(cpp.TransientMap) == 0 and cpp.input  # transient stripped, input kept
     prp = proposal_response_pb2.ProposalResponsePayload.FromString(cap.action.proposal_response_payload)
-    assert prp.proposal_hash == hashlib.sha256(
-        p.header.channel_header + p.header.signature_header + cap.chaincode_proposal_payload
-    ).digest()
+    assert (
+        prp.proposal_hash
+        == hashlib.sha256(
+            p.header.channel_header + p.header.signature_header + cap.chaincode_proposal_payload
+        ).digest()
+    )
     action = proposal_pb2.ChaincodeAction.FromString(prp.extension)
     assert action.chaincode_id.name == "gxtv3" and action.response.status == 200
     assert json.loads(action.response.payload)["userId"] == "env-1"
@@ -106,8 +112,6 @@ def test_endorse_builds_the_gateway_envelope_and_commits(start_emulator: Any, wa
     for e in cap.action.endorsements:
         sid = identities_pb2.SerializedIdentity.FromString(e.endorser)
         endorsers.append(sid.mspid)
-        from cryptography import x509
-
         pub = x509.load_pem_x509_certificate(sid.id_bytes).public_key()
         assert isinstance(pub, ec.EllipticCurvePublicKey)
         pub.verify(e.signature, cap.action.proposal_response_payload + e.endorser, ec.ECDSA(hashes.SHA256()))
@@ -127,8 +131,13 @@ def test_endorse_builds_the_gateway_envelope_and_commits(start_emulator: Any, wa
 
 def _expired_identity(wallet: Path) -> RawIdentity:
     now = datetime.now(UTC)
-    cert, key = issue_identity(load_ca(wallet), "old", "gx_partner_api", not_before=now - timedelta(days=30),
-                               not_after=now - timedelta(days=1))
+    cert, key = issue_identity(
+        load_ca(wallet),
+        "old",
+        "gx_partner_api",
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
     return RawIdentity.from_pems(cert, key)
 
 
@@ -140,10 +149,16 @@ def _foreign_identity() -> RawIdentity:
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("bad_signature", "error validating proposal: access denied: channel [gxchannel] creator org [Org1MSP]"),
+        (
+            "bad_signature",
+            "error validating proposal: access denied: channel [gxchannel] creator org [Org1MSP]",
+        ),
         ("high_s", "error validating proposal: access denied: channel [gxchannel] creator org [Org1MSP]"),
         ("unknown_ca", "error validating proposal: access denied: channel [gxchannel] creator org [Org1MSP]"),
-        ("unknown_msp", "error validating proposal: access denied: channel [gxchannel] creator org [Org9MSP]"),
+        (
+            "unknown_msp",
+            "error validating proposal: access denied: channel [gxchannel] creator org [Org9MSP]",
+        ),
         ("tx_id_mismatch", "error validating proposal: incorrectly computed txid"),
         ("unsigned", "error validating proposal: empty signature bytes"),
         ("expired", "proposal client identity expired"),
@@ -232,7 +247,9 @@ def test_submit_requires_a_signed_envelope_and_a_valid_signature(start_emulator:
     env = gw.endorse(p)
     res = gw.submit(p.tx_id, env)
     assert isinstance(res, Failure)
-    assert res.code == grpc.StatusCode.INVALID_ARGUMENT and res.message == "prepared transaction must be signed"
+    assert (
+        res.code == grpc.StatusCode.INVALID_ARGUMENT and res.message == "prepared transaction must be signed"
+    )
     bad = signed(env, ident(wallet, "org1-admin"))  # signed by someone other than the creator
     res = gw.submit(p.tx_id, bad)
     assert isinstance(res, Failure) and res.code == grpc.StatusCode.ABORTED
@@ -246,7 +263,9 @@ def test_submit_requires_a_signed_envelope_and_a_valid_signature(start_emulator:
     assert st.result == TX.VALID
 
 
-def test_bad_envelope_signature_at_commit_when_the_committer_checks(start_emulator: Any, wallet: Path) -> None:
+def test_bad_envelope_signature_at_commit_when_the_committer_checks(
+    start_emulator: Any, wallet: Path
+) -> None:
     emu, gw = start_emulator(envelope_check="committer")
     me = ident(wallet)
     p = build_proposal(me, "IdentityContract:CreateUser", create_user_args("bcs"))
@@ -258,10 +277,15 @@ def test_bad_envelope_signature_at_commit_when_the_committer_checks(start_emulat
     assert not isinstance(gw.submit(p.tx_id, signed(env, me)), Failure)
     wait_for(lambda: len(ledger_lines(emu.ledger_path)) == 2, timeout=10)
     assert gw.commit_status(me, p.tx_id).result == TX.BAD_CREATOR_SIGNATURE
-    assert [x["validation_code"] for x in ledger_lines(emu.ledger_path)] == ["BAD_CREATOR_SIGNATURE", "DUPLICATE_TXID"]
+    assert [x["validation_code"] for x in ledger_lines(emu.ledger_path)] == [
+        "BAD_CREATOR_SIGNATURE",
+        "DUPLICATE_TXID",
+    ]
 
 
-def test_resubmitted_envelope_is_duplicate_and_commit_status_reports_first(start_emulator: Any, wallet: Path) -> None:
+def test_resubmitted_envelope_is_duplicate_and_commit_status_reports_first(
+    start_emulator: Any, wallet: Path
+) -> None:
     # block_size 2 + a long block time: the first two submissions land in one block.
     emu, gw = start_emulator(block_size=2, block_time=30)
     me = ident(wallet)
@@ -292,10 +316,26 @@ def test_mvcc_conflict_within_a_block_but_not_for_unrelated_keys(start_emulator:
     emu._core.block_time = 30  # type: ignore[union-attr]
     # Two transfers from alice, one from carol, and one unrelated user creation: endorsed on the same state.
     props = [
-        (admin, build_proposal(admin, "TokenomicsContract:TransferWithFees", ["alice", "bob", "10", "", "r", ""])),
-        (admin, build_proposal(admin, "TokenomicsContract:TransferWithFees", ["alice", "dave", "10", "", "r", ""])),
-        (admin, build_proposal(admin, "TokenomicsContract:TransferWithFees", ["carol", "erin", "10", "", "r", ""])),
-        (ident(wallet), build_proposal(ident(wallet), "IdentityContract:CreateUser", create_user_args("zed"))),
+        (
+            admin,
+            build_proposal(admin, "TokenomicsContract:TransferWithFees", ["alice", "bob", "10", "", "r", ""]),
+        ),
+        (
+            admin,
+            build_proposal(
+                admin, "TokenomicsContract:TransferWithFees", ["alice", "dave", "10", "", "r", ""]
+            ),
+        ),
+        (
+            admin,
+            build_proposal(
+                admin, "TokenomicsContract:TransferWithFees", ["carol", "erin", "10", "", "r", ""]
+            ),
+        ),
+        (
+            ident(wallet),
+            build_proposal(ident(wallet), "IdentityContract:CreateUser", create_user_args("zed")),
+        ),
     ]
     envs = [(who, p, signed(gw.endorse(p), who)) for who, p in props]
     for _who, p, env in envs:
@@ -327,7 +367,10 @@ def test_business_rules(start_emulator: Any, wallet: Path) -> None:
     _, frozen = gw.run(admin, "TokenomicsContract:TransferWithFees", ["ann", "ben", "5", "", "r", ""])
     assert isinstance(frozen, Failure) and "frozen" in frozen.detail_text()
     assert gw.run(sa, "TokenomicsContract:UnfreezeWallet", ["ann"])[1].result == TX.VALID
-    assert gw.run(admin, "TokenomicsContract:TransferWithFees", ["ann", "ben", "5", "", "r", ""])[1].result == TX.VALID
+    assert (
+        gw.run(admin, "TokenomicsContract:TransferWithFees", ["ann", "ben", "5", "", "r", ""])[1].result
+        == TX.VALID
+    )
     assert gw.run(partner, "GovernanceContract:VoteOnProposal", ["p1", "yes"])[1].result == TX.VALID
 
 
@@ -351,7 +394,9 @@ def test_ledger_survives_restart(tmp_path: Path, wallet: Path) -> None:
         assert emu2.stats()["replayed"] == 1
         st = gw2.commit_status(me, tx1)  # answered from the reloaded index
         assert (st.result, st.block_number) == (TX.VALID, st1.block_number)
-        dup = gw2.endorse(build_proposal(me, "IdentityContract:CreateUser", create_user_args("keep"), nonce=nonce))
+        dup = gw2.endorse(
+            build_proposal(me, "IdentityContract:CreateUser", create_user_args("keep"), nonce=nonce)
+        )
         assert isinstance(dup, Failure) and "duplicate transaction found" in dup.detail_text()
         _, exists = gw2.run(me, "IdentityContract:CreateUser", create_user_args("keep"))
         assert isinstance(exists, Failure) and "already exists" in exists.detail_text()
@@ -453,7 +498,10 @@ def test_faults(start_emulator: Any, wallet: Path) -> None:
     assert gw.commit_status(me, p.tx_id).result == TX.VALID
     # Endorse faults.
     f.endorse_unavailable = 1.0
-    assert gw.run(me, "IdentityContract:CreateUser", create_user_args("x1"))[1].code == grpc.StatusCode.UNAVAILABLE
+    assert (
+        gw.run(me, "IdentityContract:CreateUser", create_user_args("x1"))[1].code
+        == grpc.StatusCode.UNAVAILABLE
+    )
     f.endorse_unavailable = 0.0
     f.endorse_timeout = 1.0
     res = gw.endorse(build_proposal(me, "IdentityContract:CreateUser", create_user_args("x2")), timeout=0.3)
@@ -461,7 +509,10 @@ def test_faults(start_emulator: Any, wallet: Path) -> None:
     f.endorse_timeout = 0.0
     # Commit-time faults.
     f.policy_failure = 1.0
-    assert gw.run(me, "IdentityContract:CreateUser", create_user_args("x3"))[1].result == TX.ENDORSEMENT_POLICY_FAILURE
+    assert (
+        gw.run(me, "IdentityContract:CreateUser", create_user_args("x3"))[1].result
+        == TX.ENDORSEMENT_POLICY_FAILURE
+    )
     f.policy_failure = 0.0
     p = build_proposal(me, "IdentityContract:CreateUser", create_user_args("x4"))
     env = signed(gw.endorse(p, orgs=["Org1MSP"]), me)  # the MAJORITY policy needs Org2 too
@@ -474,7 +525,10 @@ def test_faults(start_emulator: Any, wallet: Path) -> None:
     # A gateway outage: every RPC UNAVAILABLE until it ends.
     f.outage(60)
     assert gw.commit_status(me, p.tx_id).code == grpc.StatusCode.UNAVAILABLE
-    assert gw.run(me, "IdentityContract:CreateUser", create_user_args("x5"))[1].code == grpc.StatusCode.UNAVAILABLE
+    assert (
+        gw.run(me, "IdentityContract:CreateUser", create_user_args("x5"))[1].code
+        == grpc.StatusCode.UNAVAILABLE
+    )
     f.outage_until = 0.0
     assert gw.run(me, "IdentityContract:CreateUser", create_user_args("x5"))[1].result == TX.VALID
     # Latency is injected but calls still succeed.
@@ -504,7 +558,9 @@ def test_aio_client_in_another_event_loop(start_emulator: Any, wallet: Path) -> 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{emu.port}") as ch:
             stub = gateway_pb2_grpc.GatewayStub(ch)
             res = await stub.Evaluate(
-                gateway_pb2.EvaluateRequest(transaction_id=p.tx_id, channel_id="gxchannel", proposed_transaction=p.signed),
+                gateway_pb2.EvaluateRequest(
+                    transaction_id=p.tx_id, channel_id="gxchannel", proposed_transaction=p.signed
+                ),
                 timeout=5,
             )
             return bytes(res.result.payload)
@@ -514,7 +570,7 @@ def test_aio_client_in_another_event_loop(start_emulator: Any, wallet: Path) -> 
 
 def test_cpu_per_committed_transaction(start_emulator: Any, wallet: Path) -> None:
     """Drive 400 transactions from 8 client threads and report the emulator's CPU per committed tx."""
-    emu, gw = start_emulator(block_time=0.1)
+    emu, _gw = start_emulator(block_time=0.1)
     admin = ident(wallet, "org1-admin")
     n_threads, per_thread = 8, 50
     errors: list[Any] = []
@@ -523,7 +579,7 @@ def test_cpu_per_committed_transaction(start_emulator: Any, wallet: Path) -> Non
         local = RawGateway(emu.port)
         try:
             for i in range(per_thread):
-                tx, st = local.run(admin, "GovernanceContract:SubmitProposal", [f"param-{k}-{i}", "v"])
+                _tx, st = local.run(admin, "GovernanceContract:SubmitProposal", [f"param-{k}-{i}", "v"])
                 if isinstance(st, Failure) or st.result != TX.VALID:
                     errors.append(st)
         finally:
@@ -539,7 +595,10 @@ def test_cpu_per_committed_transaction(start_emulator: Any, wallet: Path) -> Non
     st = emu.stats()
     assert st["valid"] == n_threads * per_thread
     per_tx_ms = (st["cpu_s"] - before) * 1000 / st["committed"]
-    print(f"\nemulator CPU per committed tx: {per_tx_ms:.3f} ms over {st['committed']} txs in {st['blocks']} blocks")
+    print(
+        f"\nemulator CPU per committed tx: {per_tx_ms:.3f} ms "
+        f"over {st['committed']} txs in {st['blocks']} blocks"
+    )
     assert per_tx_ms > 0
 
 
@@ -547,10 +606,29 @@ def test_cli_serves_until_sigterm_and_reports_cpu(tmp_path: Path, wallet: Path) 
     ready = tmp_path / "port"
     ledger = tmp_path / "cli-ledger.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gxsubmit.emulator.cli", "--listen", "127.0.0.1:0", "--wallet", str(wallet),
-         "--ledger", str(ledger), "--insecure", "--block-time", "0.05", "--ready-file", str(ready),
-         "--outage-after", "30", "--outage-for", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gxsubmit.emulator.cli",
+            "--listen",
+            "127.0.0.1:0",
+            "--wallet",
+            str(wallet),
+            "--ledger",
+            str(ledger),
+            "--insecure",
+            "--block-time",
+            "0.05",
+            "--ready-file",
+            str(ready),
+            "--outage-after",
+            "30",
+            "--outage-for",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=30)
@@ -574,18 +652,40 @@ def test_cli_serves_until_sigterm_and_reports_cpu(tmp_path: Path, wallet: Path) 
 def test_cli_outage_flags(tmp_path: Path, wallet: Path) -> None:
     ready = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gxsubmit.emulator.cli", "--listen", "127.0.0.1:0", "--wallet", str(wallet),
-         "--ledger", str(tmp_path / "l.jsonl"), "--insecure", "--ready-file", str(ready),
-         "--outage-after", "0", "--outage-for", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gxsubmit.emulator.cli",
+            "--listen",
+            "127.0.0.1:0",
+            "--wallet",
+            str(wallet),
+            "--ledger",
+            str(tmp_path / "l.jsonl"),
+            "--insecure",
+            "--ready-file",
+            str(ready),
+            "--outage-after",
+            "0",
+            "--outage-for",
+            "600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=30)
         gw = RawGateway(int(ready.read_text()))
         me = ident(wallet)
         try:
-            wait_for(lambda: isinstance(r := gw.commit_status(me, "00" * 32, timeout=1), Failure)
-                     and r.code == grpc.StatusCode.UNAVAILABLE, timeout=10)
+            wait_for(
+                lambda: (
+                    isinstance(r := gw.commit_status(me, "00" * 32, timeout=1), Failure)
+                    and r.code == grpc.StatusCode.UNAVAILABLE
+                ),
+                timeout=10,
+            )
         finally:
             gw.close()
     finally:

@@ -139,7 +139,9 @@ class RawGateway:
         target = f"127.0.0.1:{port}"
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=tls_ca)
-            self.channel = grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+            self.channel = grpc.secure_channel(
+                target, creds, options=[("grpc.ssl_target_name_override", "localhost")]
+            )
         else:
             self.channel = grpc.insecure_channel(target)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
@@ -148,31 +150,50 @@ class RawGateway:
         self.channel.close()
 
     def evaluate(self, p: Proposal, timeout: float = 5.0) -> Any:
-        req = gateway_pb2.EvaluateRequest(transaction_id=p.tx_id, channel_id="gxchannel", proposed_transaction=p.signed)
+        req = gateway_pb2.EvaluateRequest(
+            transaction_id=p.tx_id, channel_id="gxchannel", proposed_transaction=p.signed
+        )
         return _call(self.stub.Evaluate, req, timeout)
 
-    def endorse(self, p: Proposal, *, orgs: Sequence[str] = ("Org1MSP", "Org2MSP"), timeout: float = 15.0) -> Any:
+    def endorse(
+        self, p: Proposal, *, orgs: Sequence[str] = ("Org1MSP", "Org2MSP"), timeout: float = 15.0
+    ) -> Any:
         req = gateway_pb2.EndorseRequest(
-            transaction_id=p.tx_id, channel_id="gxchannel", proposed_transaction=p.signed,
+            transaction_id=p.tx_id,
+            channel_id="gxchannel",
+            proposed_transaction=p.signed,
             endorsing_organizations=list(orgs),
         )
         res = _call(self.stub.Endorse, req, timeout)
         return res if isinstance(res, Failure) else res.prepared_transaction
 
     def submit(self, tx_id: str, env: common_pb2.Envelope, timeout: float = 5.0) -> Any:
-        req = gateway_pb2.SubmitRequest(transaction_id=tx_id, channel_id="gxchannel", prepared_transaction=env)
+        req = gateway_pb2.SubmitRequest(
+            transaction_id=tx_id, channel_id="gxchannel", prepared_transaction=env
+        )
         return _call(self.stub.Submit, req, timeout)
 
-    def commit_status(self, ident: RawIdentity, tx_id: str, timeout: float = 10.0, *, signer: RawIdentity | None = None) -> Any:
-        req = gateway_pb2.CommitStatusRequest(transaction_id=tx_id, channel_id="gxchannel", identity=ident.creator)
+    def commit_status(
+        self, ident: RawIdentity, tx_id: str, timeout: float = 10.0, *, signer: RawIdentity | None = None
+    ) -> Any:
+        req = gateway_pb2.CommitStatusRequest(
+            transaction_id=tx_id, channel_id="gxchannel", identity=ident.creator
+        )
         raw = req.SerializeToString()
         signed = gateway_pb2.SignedCommitStatusRequest(request=raw, signature=(signer or ident).sign(raw))
         return _call(self.stub.CommitStatus, signed, timeout)
 
     def events(
-        self, ident: RawIdentity, *, start: int | None = None, after_tx: str | None = None, newest: bool = False
+        self,
+        ident: RawIdentity,
+        *,
+        start: int | None = None,
+        after_tx: str | None = None,
+        newest: bool = False,
     ) -> Iterator[gateway_pb2.ChaincodeEventsResponse]:
-        req = gateway_pb2.ChaincodeEventsRequest(channel_id="gxchannel", chaincode_id="gxtv3", identity=ident.creator)
+        req = gateway_pb2.ChaincodeEventsRequest(
+            channel_id="gxchannel", chaincode_id="gxtv3", identity=ident.creator
+        )
         if newest:
             req.start_position.newest.SetInParent()
         elif start is not None:
@@ -182,8 +203,9 @@ class RawGateway:
         if after_tx:
             req.after_transaction_id = after_tx
         raw = req.SerializeToString()
-        call = self.stub.ChaincodeEvents(gateway_pb2.SignedChaincodeEventsRequest(request=raw, signature=ident.sign(raw)),
-                                         timeout=20)
+        call = self.stub.ChaincodeEvents(
+            gateway_pb2.SignedChaincodeEventsRequest(request=raw, signature=ident.sign(raw)), timeout=20
+        )
         return call  # type: ignore[no-any-return]
 
     def run(self, ident: RawIdentity, function: str, args: Sequence[str] = (), **kw: Any) -> tuple[str, Any]:
@@ -204,4 +226,3 @@ def signed(env: common_pb2.Envelope, ident: RawIdentity) -> common_pb2.Envelope:
     out.CopyFrom(env)
     out.signature = ident.sign(env.payload)
     return out
-

@@ -367,3 +367,19 @@ async def test_a_rolled_back_insert_does_not_notify_a_committed_one_does(pg_url:
             if n.payload == "COMMITTED_TYPE":
                 break
         assert "COMMITTED_TYPE" in seen and "ROLLED_BACK_TYPE" not in seen
+
+
+async def test_release_owned_hands_back_rows_of_exited_workers(
+    conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
+) -> None:
+    await add(conn, schema, 3)
+    mine = await store.claim(["MINT"], 2, 300.0)
+    (other,) = await store2.claim(["MINT"], 1, 300.0)
+    await store.mark_submitted([(mine[0].id, mine[0].lease_token)])
+    assert await store2.release_owned(["w1", "no-such-worker"]) == 2
+    assert (await row(conn, schema, other.id))["status"] == "CLAIMED"
+    again = await store2.claim(["MINT"], 5, 300.0)
+    assert [c.id for c in again] == [c.id for c in mine]
+    assert [c.attempts for c in again] == [2, 2]  # the crashed try counts
+    assert again[0].submitted_before
+    assert not await store.mark_failed(mine[0].id, mine[0].lease_token, error_code="E", error="e")

@@ -6,6 +6,7 @@ command, and it is the one the outbox row recorded.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -19,16 +20,16 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from audit import ArgsKey, args_key, audit_exactly_once, outbox_rows, read_ledger
+from conftest import run_sync
 from psycopg import sql
+from waiting import wait_for
 
 from gxsubmit.catalog import load_catalog
 from gxsubmit.config import Config
 from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.emulator import Emulator
 from gxsubmit.outbox import enqueue
-from audit import ArgsKey, args_key, audit_exactly_once, outbox_rows, read_ledger
-from conftest import run_sync
-from waiting import wait_for
 
 IDENTITIES = ("org1-super-admin", "org1-admin", "org1-partner-api")
 BIO = "ab" * 32
@@ -66,7 +67,7 @@ class Harness:
     def spawn(self, identity: str, **overrides: Any) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GXSUBMIT_")}
         env.update(self.config(**overrides).to_env())
-        log = open(self.tmp / f"worker-{identity}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        log = open(self.tmp / f"worker-{identity}-{len(self.procs)}.log", "wb")
         p = subprocess.Popen([sys.executable, "-m", "gxsubmit", "worker", "--identity", identity],
                              env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -243,8 +244,11 @@ def test_mvcc_conflicts_retry_with_new_nonce(h: Harness) -> None:
     h.spawn("org1-admin")
     (mint,) = h.enqueue([_mint("src", to="alice", amount=1000)])
     wait_for(lambda: h.all_final([mint]), 30, 0.1, "mint committed")
-    transfers = h.enqueue([("TRANSFER_TOKENS", {"fromUserId": "alice", "toUserId": f"bob{n}", "amount": 1,
-                                                "remark": f"t-{n}-{uuid.uuid4().hex[:6]}"}) for n in range(6)])
+    transfers = h.enqueue([
+        ("TRANSFER_TOKENS", {"fromUserId": "alice", "toUserId": f"bob{n}", "amount": 1,
+                             "remark": f"t-{n}-{uuid.uuid4().hex[:6]}"})
+        for n in range(6)
+    ])
     wait_for(lambda: h.all_final(transfers), 60, 0.1, "transfers final")
     h.audit([mint, *transfers])
     ledger = read_ledger(h.ledger)
@@ -261,7 +265,8 @@ def test_permanent_failures_fail_once_and_do_not_block(h: Harness) -> None:
     h.catalog_path.write_text(
         'extends = "default"\n\n[types.WEAK_MINT]\nidentity = "org1-admin"\n'
         'function = "TokenomicsContract:Mint"\n'
-        'args = [{ field = "toUserId" }, { field = "amount", kind = "number" }, { field = "remark", default = "" }]\n'
+        'args = [{ field = "toUserId" }, { field = "amount", kind = "number" },'
+        ' { field = "remark", default = "" }]\n'
     )
     bad_cc = h.enqueue([("CREATE_USER", {"userId": "old", "biometricHash": BIO, "nationality": "KE",
                                          "age": 200})])[0]
@@ -306,16 +311,18 @@ def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None
     mid = h.rows()
     assert not [r for r in mid.values() if r["status"] == "FAILED"], "an outage never exhausts attempts"
     assert any(r["attempts"] > 2 for r in mid.values()), "rows kept being retried past max_attempts"
-    assert {r["error_code"] for r in mid.values() if r["error_code"]} <= {"GATEWAY_UNAVAILABLE", "BREAKER_OPEN"}
+    codes = {r["error_code"] for r in mid.values() if r["error_code"]}
+    assert codes <= {"GATEWAY_UNAVAILABLE", "BREAKER_OPEN"}, codes
     # Retry delays grow with the attempt number (equal jitter keeps at least half the ceiling).
     grew = False
     for hist in seen.values():
-        gaps = [(b[1] - a[1]).total_seconds() for a, b in zip(hist, hist[1:], strict=False)]
-        grew = grew or any(g2 > g1 for g1, g2 in zip(gaps, gaps[1:], strict=False))
+        gaps = [(b[1] - a[1]).total_seconds() for a, b in itertools.pairwise(hist)]
+        grew = grew or any(g2 > g1 for g1, g2 in itertools.pairwise(gaps))
     assert grew, seen
     wait_for(lambda: h.all_final(ids), 60, 0.2, "all committed after the outage")
     h.audit(ids)
-    assert not (h.status("org1-partner-api") or {}).get("breaker_open")
+    wait_for(lambda: (h.status("org1-partner-api") or {}).get("breaker_open") is False, 10, 0.05,
+             "breaker closed again")
 
 
 def test_sigterm_drains_and_hands_back(h: Harness) -> None:
@@ -365,3 +372,27 @@ def test_bad_role_in_wallet_exits_78(h: Harness) -> None:
         n = conn.execute(sql.SQL("SELECT count(*) FROM {}.outbox_commands").format(
             sql.Identifier(h.schema))).fetchone()
     assert n == (0,)
+
+
+def test_rotated_certificate_is_used_without_restart(h: Harness) -> None:
+    from gxsubmit.devwallet import issue_identity, load_ca, write_cert, write_key
+    from gxsubmit.wallet import fingerprint_of
+
+    first = h.enqueue([_user("before")])
+    p = h.spawn("org1-partner-api")
+    wait_for(lambda: h.all_final(first), 30, 0.1, "first committed")
+    old_fp = fingerprint_of((h.wallet / "org1-partner-api-cert").read_bytes())
+    cert, key = issue_identity(load_ca(h.wallet), "org1-partner-api", "gx_partner_api")
+    write_key(h.wallet / "org1-partner-api-key", key)
+    write_cert(h.wallet / "org1-partner-api-cert", cert)
+    new_fp = fingerprint_of(cert)
+    assert new_fp != old_fp
+    wait_for(lambda: "Loaded rotated certificate" in h.logs(), 20, 0.1, "rotation picked up")
+    second = h.enqueue([_user("after")])
+    wait_for(lambda: h.all_final(second), 30, 0.1, "second committed")
+    h.audit([*first, *second])
+    by_tx = {t["tx_id"]: t for t in read_ledger(h.ledger)}
+    rows = h.rows()
+    assert by_tx[rows[first[0]]["fabric_tx_id"]]["creator_fingerprint"] == old_fp
+    assert by_tx[rows[second[0]]["fabric_tx_id"]]["creator_fingerprint"] == new_fp
+    assert p.poll() is None

@@ -1,0 +1,7 @@
+"""Fixtures of the acceptance tests (real processes): see harness.py."""
+
+from __future__ import annotations
+
+from harness import emulator, procs, wallet
+
+__all__ = ["emulator", "procs", "wallet"]
