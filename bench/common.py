@@ -66,7 +66,7 @@ def fmt_num(value: float | int | None, digits: int = 3) -> str:
     mag = abs(v)
     if mag >= 1000:
         return f"{v:,.0f}"
-    decimals = max(0, digits - 1 - int(math.floor(math.log10(mag))))
+    decimals = max(0, digits - 1 - math.floor(math.log10(mag)))
     return f"{v:.{decimals}f}"
 
 
@@ -283,7 +283,8 @@ class BenchDB:
             self.counter_method = "pg_stat_statements calls (statements) in the bench database"
         else:
             self.counter_method = (
-                "pg_stat_database xact_commit+xact_rollback (transactions; autocommit statements count 1 each)"
+                "pg_stat_database xact_commit+xact_rollback (transactions; "
+                "autocommit statements count 1 each)"
                 + (" of the bench's own database" if self.own_database else " of a SHARED database: noisy")
             )
 
@@ -291,7 +292,8 @@ class BenchDB:
         """Statements (or transactions) executed so far in the bench database."""
         if self.counter_method.startswith("pg_stat_statements"):
             row = self._base.execute(
-                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s"
+                " JOIN pg_database d ON d.oid = s.dbid"
                 " WHERE d.datname = %s",
                 (self.dbname,),
             ).fetchone()
@@ -560,7 +562,8 @@ WORKLOAD: tuple[tuple[str, str, str], ...] = (
     (
         "org1-partner-api",
         "CREATE_USER",
-        "jsonb_build_object('userId', 'u-' || p || '-' || g, 'biometricHash', md5(p || g::text) || md5(g::text || p),"
+        "jsonb_build_object('userId', 'u-' || p || '-' || g, 'biometricHash',"
+        " md5(p || g::text) || md5(g::text || p),"
         " 'nationality', 'US', 'age', 30)",
     ),
     (
@@ -616,7 +619,8 @@ class Feeder:
             self._seq += count
             parts.append(
                 f"SELECT 'bench', '{ctype}', 'bench-{self.prefix}-{ctype}-' || g, ({expr}) "
-                f"FROM generate_series({start}, {start + count - 1}) AS g, (SELECT '{self.prefix}'::text AS p) AS pp"
+                f"FROM generate_series({start}, {start + count - 1}) AS g,"
+                f" (SELECT '{self.prefix}'::text AS p) AS pp"
             )
         q = (
             f'INSERT INTO "{self.schema}".outbox_commands (service, command_type, request_id, payload) '
@@ -806,7 +810,7 @@ def run_load(
                 el = time.monotonic() - a.mono
                 prog.tick(
                     lambda: (
-                        f"measuring {el:4.1f}/{duration:g}s, done~{done_est} unfinished={feeder.unfinished}"
+                        f"measuring {el:4.1f}/{duration:g}s, done~{done_est} unfinished={feeder.unfinished}"  # noqa: B023
                     )
                 )
                 await asyncio.sleep(0.1)

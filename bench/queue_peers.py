@@ -98,7 +98,8 @@ async def procrastinate_drain(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "done": done,
         "seconds": seconds,
-        "settings": f"concurrency {args.concurrency}, poll 1 ms, wait=False, delete_jobs=successful (fetches one job per "
+        "settings": f"concurrency {args.concurrency}, poll 1 ms, wait=False, delete_jobs=successful "
+        "(fetches one job per "
         "query: no batch fetch in procrastinate)",
     }
 

@@ -124,7 +124,7 @@ def _is_projected_secret(st: os.stat_result, euid: int | None = None, groups: se
     euid = os.geteuid() if euid is None else euid
     groups = {os.getegid(), *os.getgroups()} if groups is None else groups
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o037 or st.st_uid != 0 or euid == 0:
+    if mode & 0o237 or st.st_uid != 0 or euid == 0:
         return False
     return st.st_gid in groups
 

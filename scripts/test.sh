@@ -10,6 +10,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+# checkov pins packaging<24 (pytest needs >=24), so the security scan gets a venv of its own.
+if [ ! -x .venv-checkov/bin/checkov ]; then
+  "$PY" -m venv .venv-checkov
+  .venv-checkov/bin/python -m pip install -q --disable-pip-version-check 'checkov==3.3.30'
+fi
+export GXSUBMIT_CHECKOV="$PWD/.venv-checkov/bin/checkov"
 if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then
   (cd tests/node && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
 fi

@@ -90,7 +90,8 @@ async def _pickup(ctx: Context, schema: str, n: int, spacing: float) -> dict[str
             rid = f"pickup-{g}"
             await conn.execute(
                 f"INSERT INTO {table} (service, command_type, request_id, payload) "
-                f"SELECT 'bench', '{ctype}', %(rid)s, ({expr}) FROM (SELECT %(g)s::int AS g, 'pk'::text AS p) AS x",
+                f"SELECT 'bench', '{ctype}', %(rid)s, ({expr})"
+                f" FROM (SELECT %(g)s::int AS g, 'pk'::text AS p) AS x",
                 {"rid": rid, "g": g},
             )
             commit_ts[rid] = time.time()

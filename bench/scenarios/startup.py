@@ -44,7 +44,7 @@ def run(ctx: Context) -> dict[str, Any]:
         }
     ]
     mem = ctx.shared.get("realistic_rss")
-    source = "realistic scenario, in-flight %s" % (mem or {}).get("max_in_flight")
+    source = f"realistic scenario, in-flight {(mem or {}).get('max_in_flight')}"
     if not mem or "peak_rss_mb" not in mem:
         remu = ctx.emulator("realistic", REALISTIC)
         identities = [i for i, _, _ in WORKLOAD]

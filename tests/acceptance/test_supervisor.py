@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -233,13 +234,20 @@ def test_hung_worker_is_aborted_and_systemd_is_notified(
         NOTIFY_SOCKET=name,
         WATCHDOG_USEC="400000",
     )
-    svc = start(procs, tmp_path, "svc", settings)
     got: list[str] = []
+    done = threading.Event()
+
+    def collect() -> None:  # systemd's side: read every datagram as it comes
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                got.extend(sock.recv(4096).decode().splitlines())
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    svc = start(procs, tmp_path, "svc", settings)
 
     def received(prefix: str) -> bool:
-        with contextlib.suppress(TimeoutError):
-            got.extend(sock.recv(4096).decode().splitlines())
-        return any(m.startswith(prefix) for m in got)
+        return any(m.startswith(prefix) for m in list(got))
 
     wait_for(lambda: received("READY=1"), 60, what="READY=1")
     wait_for(lambda: received("WATCHDOG=1"), 10, what="WATCHDOG=1")
@@ -259,6 +267,8 @@ def test_hung_worker_is_aborted_and_systemd_is_notified(
 
     assert svc.terminate(timeout=15) == 0
     wait_for(lambda: received("STOPPING=1"), 5, what="STOPPING=1")
+    done.set()
+    reader.join(2)
     sock.close()
 
 
