@@ -222,10 +222,12 @@ SETTINGS: tuple[Setting, ...] = (
        "graceful shutdown: time to finish or hand back in-flight work"),
     _S("heartbeat_interval", _seconds(0.05, 60), _const(1.0), "worker status-file refresh"),
     _S("heartbeat_timeout", _seconds(1, 3600), _const(30.0), "a worker silent this long is killed"),
-    _S("breaker_threshold", _int_range(1, 10000), _const(5), "consecutive gateway failures that open the breaker"),
+    _S("breaker_threshold", _int_range(1, 10000), _const(5),
+       "consecutive gateway failures that open the breaker"),
     _S("breaker_cooldown", _seconds(0.1, 3600), _const(10.0), "breaker open time before a probe"),
     _S("keepalive", _seconds(1, 3600), _const(60.0), "gRPC keepalive ping interval"),
-    _S("log_level", _log_level, _const("info"), "debug, info, warning or error", (("LOG_LEVEL", _log_level),)),
+    _S("log_level", _log_level, _const("info"), "debug, info, warning or error",
+       (("LOG_LEVEL", _log_level),)),
     _S("runtime_dir", _path, _default_runtime_dir, "worker status files"),
     _S("multiproc_dir", _opt_path, _const(None), "Prometheus multiprocess directory (default: "
        "$PROMETHEUS_MULTIPROC_DIR or <runtime_dir>/metrics)", (("PROMETHEUS_MULTIPROC_DIR", _opt_path),)),
@@ -284,7 +286,9 @@ class Config:
                 f"expected at least GXSUBMIT_BACKOFF_BASE ({self.backoff_base:g})"
             )
         if (self.client_cert is None) != (self.client_key is None):
-            raise ConfigError("GXSUBMIT_CLIENT_CERT and GXSUBMIT_CLIENT_KEY must be given together (mutual TLS)")
+            raise ConfigError(
+                "GXSUBMIT_CLIENT_CERT and GXSUBMIT_CLIENT_KEY must be given together (mutual TLS)"
+            )
 
     @property
     def tls_ca_path(self) -> Path:

@@ -71,7 +71,7 @@ class _AtomicStreamHandler(logging.Handler):
         try:
             data = (self.format(record) + "\n").encode()
             os.write(self._fd, data)
-        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+        except Exception:
             self.handleError(record)
 
 

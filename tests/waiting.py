@@ -23,7 +23,10 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
 
 
 async def async_wait_for(
-    predicate: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = 30.0,  # noqa: ASYNC109 - a deadline for the condition, not a cancellation timeout
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
     """Async twin of :func:`wait_for`."""
     deadline = time.monotonic() + timeout
