@@ -205,7 +205,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("batch_size", _int_range(1, 10000), _const(256), "most rows claimed per statement",
        (("BATCH_SIZE", _int_range(1, 10000)),)),
     _S("max_in_flight", _int_range(1, 100000), _const(256), "most commands in flight per identity"),
-    _S("poll_interval", _seconds(0.01, 3600), _const(5.0), "fallback poll when no NOTIFY arrives",
+    _S("poll_interval", _seconds(0.01, 3600), _const(30.0),
+       "fallback poll when no NOTIFY arrives (rows a worker retries later wake it at their due time)",
        (("POLL_INTERVAL", _millis_as_seconds(_seconds(0.01, 3600))),)),
     _S("max_attempts", _int_range(1, 1000), _const(10), "attempts before a retryable failure is final",
        (("MAX_RETRIES", _int_range(1, 1000)),)),
@@ -259,7 +260,7 @@ class Config:
     worker_id: str = field(default_factory=socket.gethostname)
     batch_size: int = 256
     max_in_flight: int = 256
-    poll_interval: float = 5.0
+    poll_interval: float = 30.0
     max_attempts: int = 10
     lease_seconds: float = 30.0
     backoff_base: float = 1.0

@@ -33,6 +33,7 @@ __all__ = [
     "OutboxStore",
     "QueueStats",
     "SchemaNotMigrated",
+    "TxRecord",
     "enqueue",
     "latest_version",
     "migrate",
@@ -187,6 +188,17 @@ class Committed:
     tx_id: str | None
     block: int | None
     validation_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxRecord:
+    """One row's nonce + tx id to store before its first Endorse (see ``record_tx_many``)."""
+
+    id: uuid.UUID
+    token: uuid.UUID
+    nonce: bytes
+    tx_id: str
+    creator_fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +370,19 @@ class OutboxStore:
             "creator_fingerprint": creator_fingerprint,
         }
         return bool(await self._rows("record_tx", params))
+
+    async def record_tx_many(self, items: Sequence[TxRecord]) -> set[uuid.UUID]:
+        """Batched :meth:`record_tx`: one statement for many rows; returns the ids whose lease held."""
+        if not items:
+            return set()
+        params = {
+            "ids": [r.id for r in items],
+            "tokens": [r.token for r in items],
+            "nonces": [r.nonce for r in items],
+            "tx_ids": [r.tx_id for r in items],
+            "fps": [r.creator_fingerprint for r in items],
+        }
+        return await self._ids("record_tx_many", params)
 
     async def mark_submitted(self, items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
         if not items:

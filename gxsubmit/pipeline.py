@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import logging
 import time
 import uuid
@@ -49,7 +50,7 @@ from gxsubmit.fabric import (
 )
 from gxsubmit.fabric.codes import BOUNDED_RETRY_CODES
 from gxsubmit.metrics import WorkerMetrics
-from gxsubmit.outbox import ClaimedCommand, Committed
+from gxsubmit.outbox import ClaimedCommand, Committed, TxRecord
 
 __all__ = [
     "INFRA_ERROR_CODES",
@@ -74,6 +75,8 @@ INFRA_ERROR_CODES = frozenset({"GATEWAY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "CAN
 _BOUNDED_RETRIES = 3
 #: Proposal reuse window: Fabric 3 peers reject proposals older than 15 minutes.
 _PROPOSAL_TTL_S = 300.0
+#: Wake a little after a put-back row's next_attempt_at (the database clock decides "due").
+_RETRY_WAKE_SLACK_S = 0.05
 
 
 class Stage(enum.IntEnum):
@@ -241,6 +244,7 @@ class Pipeline:
         backoff_cap: float,
         submitted: Batcher[tuple[uuid.UUID, uuid.UUID]],
         committed: Batcher[Committed],
+        recorded: Batcher[TxRecord],
         lease_s: float,
     ) -> None:
         self.s = settings
@@ -254,7 +258,10 @@ class Pipeline:
         self.backoff_cap = backoff_cap
         self.submitted = submitted
         self.committed = committed
+        self.recorded = recorded
         self.lease_s = lease_s
+        #: monotonic times at which rows this worker put back with retry_later become due (a heap)
+        self.retry_due: list[float] = []
         self._proposals: OrderedDict[str, tuple[Proposal, float]] = OrderedDict()
         self._proposal_cap = 4096
         self.n_committed = 0
@@ -262,6 +269,16 @@ class Pipeline:
         self.last_error: str | None = None
         self.gateway_ok = True
         self._info = log.isEnabledFor(logging.INFO)
+
+    def next_retry_in(self, now: float, claimed_at: float) -> float | None:
+        """Seconds until the earliest put-back row is due; forgets those a claim at ``claimed_at``
+        (monotonic) already saw as due. None when nothing is pending."""
+        due = self.retry_due
+        while due and due[0] <= claimed_at:
+            heapq.heappop(due)
+        if not due:
+            return None
+        return max(0.0, due[0] - now) + _RETRY_WAKE_SLACK_S
 
     # -- entry -------------------------------------------------------------------------------------
 
@@ -367,8 +384,9 @@ class Pipeline:
         signer = self.ring.current
         nonce = new_nonce()
         tx_id = compute_tx_id(nonce, signer.creator)
-        ok = await self.db.call(lambda st: st.record_tx(
-            cmd.id, cmd.lease_token, nonce=nonce, tx_id=tx_id, creator_fingerprint=signer.fingerprint))
+        # Batched with the other rows of the same burst; put() returns only after the commit, so the
+        # nonce is durable before the first Endorse.
+        ok = await self.recorded.put(TxRecord(cmd.id, cmd.lease_token, nonce, tx_id, signer.fingerprint))
         if not ok:
             raise _Gone
         job.may_be_on_ledger = False  # a fresh tx id has never been anywhere
@@ -525,6 +543,8 @@ class Pipeline:
             burn_nonce=action.burn_nonce))
         if not ok:
             raise _Gone
+        # The claim loop wakes at this row's next_attempt_at (NOTIFY only covers new rows).
+        heapq.heappush(self.retry_due, time.monotonic() + delay)
         self.m.retried(action.reason or "transient")
         log.warning("Command failed, will retry", extra={
             "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": job.tx_id,

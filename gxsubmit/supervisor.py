@@ -59,8 +59,12 @@ BACKOFF_RESET_AFTER = 60.0
 BOOT_TIMEOUT = 30.0
 #: After SIGABRT a hung worker gets this long to dump its stacks and die before SIGKILL.
 ABORT_GRACE = 5.0
-#: How often the supervisor refreshes queue statistics and fails unroutable rows.
-STATS_INTERVAL = 3.0
+#: How often the supervisor refreshes queue statistics when the queue is idle (no unfinished rows and
+#: nothing changed since the last refresh): an idle replica must cost the database almost nothing.
+STATS_INTERVAL = 15.0
+#: ... and while rows are moving, so the outbox gauges stay current.
+STATS_INTERVAL_BUSY = 3.0
+_UNFINISHED = ("PENDING", "CLAIMED", "SUBMITTED")
 #: Database reconnect backoff of the supervisor's own connection.
 DB_RETRY_FIRST = 1.0
 DB_RETRY_CAP = 30.0
@@ -165,10 +169,17 @@ def _read_status(path: Path, pid: int) -> tuple[dict[str, Any] | None, float]:
 # --- database thread ------------------------------------------------------------------------
 
 
+def _has_unroutable(stats: QueueStats, routed: Sequence[str]) -> bool:
+    known = set(routed)
+    return any(status == "PENDING" and n and ctype not in known
+               for (status, ctype), n in stats.by_status_type.items())
+
+
 class OutboxWatcher:
     """The supervisor's own database work, on a thread with its own event loop.
 
-    Refreshes queue statistics and fails unroutable rows every ``STATS_INTERVAL``; hands back
+    Refreshes queue statistics every ``STATS_INTERVAL`` (``STATS_INTERVAL_BUSY`` while rows move)
+    and fails the unroutable rows those statistics reveal; hands back
     rows of dead workers on request. Survives the database being down: it logs once per
     outage, retries with backoff and reports the state through :attr:`ok` and :attr:`error`.
     """
@@ -242,8 +253,19 @@ class OutboxWatcher:
             try:
                 async with self._lock:
                     store = await self._connect()
-                    n = await store.fail_unroutable(list(self._routed_types()))
                     stats = await store.stats()
+                    routed = list(self._routed_types())
+                    n = 0
+                    if _has_unroutable(stats, routed):
+                        # Only when the statistics show PENDING rows no route serves: an idle
+                        # replica does not pay a statement for it every pass.
+                        n = await store.fail_unroutable(routed)
+                        if n:
+                            stats = await store.stats()
+                busy = any(stats.by_status.get(s, 0) for s in _UNFINISHED) or (
+                    self.stats is not None and self.stats.by_status != stats.by_status)
+                if busy:
+                    wait = STATS_INTERVAL_BUSY
                 if n:
                     self.unroutable_failed += n
                     log.warning("Failed unroutable commands", extra={"count": n, "error_code": "UNROUTABLE"})

@@ -58,7 +58,7 @@ from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
 from gxsubmit.fabric import Deadlines, FabricError, GatewayClient, SigningIdentity
 from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
-from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore
+from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, TxRecord
 from gxsubmit.pipeline import IdentityRing, Job, Pipeline, PipelineSettings, Stage
 from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_client, wallet_signature
 
@@ -68,7 +68,17 @@ log = logging.getLogger("gxsubmit.worker")
 
 _WALLET_CHECK_S = 3.0
 _MIN_CLAIM_GAP_S = 0.005  # coalesce NOTIFY bursts into one claim
-_SLOT_WAIT_S = 0.02  # with a backlog, wait this long for more free slots before a small claim
+_SLOT_WAIT_S = 0.02
+#: A claim only counts as having seen a put-back row when it ran this long after the row's due time.
+_RETRY_CLOCK_SKEW_S = 0.05  # with a backlog, wait this long for more free slots before a small claim
+
+
+def _handled_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM always; SIGINT only if it was not ignored at process start (the supervisor spawns
+    workers with SIGINT ignored so a terminal Ctrl-C reaches only the supervisor)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return (signal.SIGTERM,)
+    return (signal.SIGTERM, signal.SIGINT)
 
 
 class ConfigProblem(Exception):
@@ -206,7 +216,7 @@ class Worker:
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in _handled_signals():
             loop.add_signal_handler(sig, self._on_signal, sig)
         cfg = self.cfg
         self.m.cert_expiry.set(self._wallet_identity.not_after.timestamp())
@@ -238,8 +248,11 @@ class Worker:
             "committed", lambda items: self.db.call(lambda st: st.mark_committed(items)), lambda c: c.id)
         submitted: Batcher[tuple[uuid.UUID, uuid.UUID]] = Batcher(
             "submitted", lambda items: self.db.call(lambda st: st.mark_submitted(items)), lambda p: p[0])
+        recorded: Batcher[TxRecord] = Batcher(
+            "recorded", lambda items: self.db.call(lambda st: st.record_tx_many(items)), lambda r: r.id)
         committed.start()
         submitted.start()
+        recorded.start()
         self.pipeline = Pipeline(
             settings=PipelineSettings(
                 identity=self.identity, max_attempts=cfg.max_attempts,
@@ -248,9 +261,9 @@ class Worker:
             catalog=self.b.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
             metrics=self.m,
             backoff=lambda attempt: compute_delay(attempt, cfg.backoff_base, cfg.backoff_cap, jitter=0.5),
-            backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed,
+            backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed, recorded=recorded,
             lease_s=cfg.lease_seconds)
-        self._batchers = (submitted, committed)
+        self._batchers = (recorded, submitted, committed)
         self._ring = ring
         self.ready = True
         self._write_status()  # readiness visible at once, not a heartbeat later
@@ -322,6 +335,7 @@ class Worker:
                 await asyncio.sleep(gap)
             limit = min(free, cfg.batch_size)
             last_claim = loop.time()
+            claimed_mono = time.monotonic() - _RETRY_CLOCK_SKEW_S
             try:
                 rows = await self.db.once(
                     lambda st, n=limit: st.claim(self.b.types, n, cfg.lease_seconds))  # type: ignore[misc]
@@ -337,7 +351,12 @@ class Worker:
                 self._start(cmd)
             backlog = len(rows) >= limit
             if not backlog:
-                await self._wait_wake(self._poll_timeout())
+                timeout = self._poll_timeout()
+                if self.pipeline is not None:
+                    due = self.pipeline.next_retry_in(time.monotonic(), claimed_mono)
+                    if due is not None:
+                        timeout = min(timeout, due)
+                await self._wait_wake(timeout)
 
     def _start(self, cmd: ClaimedCommand) -> None:
         assert self.pipeline is not None

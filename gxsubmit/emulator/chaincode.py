@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+import orjson
+
 __all__ = [
     "CHAINCODE_NAME",
     "CHAINCODE_VERSION",
@@ -75,7 +77,8 @@ class Simulator:
 
 
 def _j(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+    """Compact JSON with sorted keys (non-ASCII as UTF-8, as a Go or Node contract writes it)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 def _amount(text: str, what: str = "amount") -> Decimal:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -166,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
         except EmulatorError as exc:
             print(f"emulator: {exc}", file=sys.stderr)
             return 1
+        # Our own process: start-up objects never die, and per-call garbage is acyclic, so the
+        # cyclic collector only needs to run rarely (it was ~2% of the CPU under load).
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         host = args.listen.rsplit(":", 1)[0]
         print(f"emulator listening on {host}:{port}", flush=True)
         if args.ready_file is not None:
@@ -186,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     per_s = f"{per:.3f} ms" if per is not None else "n/a"
     print(
         f"emulator stopped: committed={st['committed']} valid={st['valid']} rejected={st['rejected']} "
-        f"blocks={st.get('blocks', 0)} cpu={st['cpu_s']:.3f}s cpu_per_committed_tx={per_s} "
+        f"blocks={st.get('blocks', 0)} cpu={st['cpu_s']:.3f}s (process; loop thread "
+        f"{st.get('loop_cpu_s', 0.0):.3f}s) cpu_per_committed_tx={per_s} "
         f"by_code={st.get('by_code', {})}",
         flush=True,
     )

@@ -32,6 +32,8 @@ from fabric_protos.peer import (
 )
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
+from gxsubmit.emulator import wire
+
 __all__ = [
     "CODE_NAMES",
     "Creator",
@@ -252,7 +254,7 @@ def unpack_proposal(signed: proposal_pb2.SignedProposal) -> ParsedProposal:
         raise UnpackError("chaincode invocation spec did not contain a chaincode spec with input")
     if not cis.chaincode_spec.chaincode_id.name:
         raise UnpackError("chaincode id name is empty")
-    input_only = proposal_pb2.ChaincodeProposalPayload(input=cpp.input).SerializeToString(deterministic=True)
+    input_only = wire.input_only_payload(cpp.input)
     return ParsedProposal(
         signed=signed,
         channel_header_bytes=hdr.channel_header,
@@ -320,19 +322,18 @@ def validate_proposal(
         raise EndorserError(f"{prefix}incorrectly computed txid '{pp.tx_id}' -- expected '{expected}'")
     if not pp.signed.signature:
         raise EndorserError(f"{prefix}empty signature bytes")
-    sid = identities_pb2.SerializedIdentity()
+    if creator is not None and verify_signature(
+        creator.public_key, pp.signed.proposal_bytes, pp.signed.signature
+    ):
+        return creator
+    sid = identities_pb2.SerializedIdentity()  # only to word the refusal
     try:
         sid.ParseFromString(pp.creator_bytes)
     except DecodeError:
         raise EndorserError(
             f"{prefix}access denied: channel [{pp.channel}] creator org unknown, creator is malformed"
         ) from None
-    denied = f"{prefix}access denied: channel [{pp.channel}] creator org [{sid.mspid}]"
-    if creator is None or not verify_signature(
-        creator.public_key, pp.signed.proposal_bytes, pp.signed.signature
-    ):
-        raise EndorserError(denied)
-    return creator
+    raise EndorserError(f"{prefix}access denied: channel [{pp.channel}] creator org [{sid.mspid}]")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class SigningIdentity:
     interoperability test). Random nonces are equally valid for Fabric.
     """
 
-    __slots__ = ("_deterministic", "_key", "cert_pem", "creator", "fingerprint", "msp_id", "name")
+    __slots__ = ("_algo", "_deterministic", "_key", "cert_pem", "creator", "fingerprint", "msp_id", "name")
 
     def __init__(
         self,
@@ -58,6 +58,8 @@ class SigningIdentity:
         self.fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
         self._key = private_key
         self._deterministic = deterministic
+        # Built once: three signatures per command, and the algorithm object is immutable.
+        self._algo = ec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=deterministic)
 
     @classmethod
     def from_wallet(cls, identity: WalletIdentity, *, deterministic: bool = False) -> SigningIdentity:
@@ -74,8 +76,7 @@ class SigningIdentity:
         return self.sign_digest(hashlib.sha256(data).digest())
 
     def sign_digest(self, digest: bytes) -> bytes:
-        algo = ec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=self._deterministic)
-        r, s = decode_dss_signature(self._key.sign(digest, algo))
+        r, s = decode_dss_signature(self._key.sign(digest, self._algo))
         if s > P256_ORDER // 2:
             s = P256_ORDER - s
         return encode_dss_signature(r, s)

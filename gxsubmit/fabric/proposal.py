@@ -6,6 +6,7 @@ so that a stored nonce reproduces the same transaction id and proposal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -77,6 +78,12 @@ def _seconds_nanos(ts: datetime) -> tuple[int, int]:
     return delta.days * 86400 + delta.seconds, delta.microseconds * 1000
 
 
+@functools.lru_cache(maxsize=64)
+def _header_extension(chaincode: str) -> bytes:
+    """The serialised ChaincodeHeaderExtension: the same bytes for every proposal to a chaincode."""
+    return _ser(proposal_pb2.ChaincodeHeaderExtension(chaincode_id=chaincode_pb2.ChaincodeID(name=chaincode)))
+
+
 def _as_bytes(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
@@ -106,7 +113,7 @@ def build_proposal(
         type=common_pb2.ENDORSER_TRANSACTION,
         channel_id=channel,
         tx_id=tx_id,
-        extension=_ser(proposal_pb2.ChaincodeHeaderExtension(chaincode_id=cc_id)),
+        extension=_header_extension(chaincode),
     )
     ch.timestamp.seconds, ch.timestamp.nanos = _seconds_nanos(timestamp or datetime.now(UTC))
     channel_header = _ser(ch)

@@ -107,6 +107,18 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
 RETURNING c.id
 
+-- name: record_tx_many
+-- Batched record_tx: one statement for a burst of claimed rows, each fenced by its lease token.
+UPDATE {schema}.outbox_commands AS c
+   SET tx_nonce = u.nonce,
+       fabric_tx_id = u.tx_id,
+       creator_fingerprint = u.fp,
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(nonces)s::bytea[], %(tx_ids)s::text[],
+              %(fps)s::text[]) AS u(id, token, nonce, tx_id, fp)
+ WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+RETURNING c.id
+
 -- name: mark_submitted
 UPDATE {schema}.outbox_commands AS c
    SET status = 'SUBMITTED',

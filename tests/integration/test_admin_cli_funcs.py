@@ -7,7 +7,7 @@ import dataclasses
 import json
 
 import pytest
-from conftest import new_schema_name
+from dbutil import new_schema_name
 
 from gxsubmit import admin
 from gxsubmit.config import Config, load_config
@@ -57,7 +57,7 @@ def test_enqueue_status_requeue_round_trip(
 
 
 def test_migrate_command(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import drop_schema
+    from dbutil import drop_schema
 
     name = new_schema_name()
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import drop_schema, new_schema_name
+from dbutil import drop_schema, new_schema_name
 from psycopg import sql
 
 from gxsubmit.outbox import latest_version, migrate, schema_version

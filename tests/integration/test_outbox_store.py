@@ -18,6 +18,7 @@ from gxsubmit.outbox import (
     Notifier,
     OutboxStore,
     SchemaNotMigrated,
+    TxRecord,
     enqueue,
     truncate_error,
 )
@@ -123,6 +124,29 @@ async def test_claim_is_fifo_by_type_and_counts_an_attempt(
     rest = await store.claim(["MINT", "CREATE_USER"], 10, 30.0)
     assert len(rest) == 3 and mints[2] in {c.id for c in rest}
     assert await store.claim(["MINT", "CREATE_USER"], 10, 30.0) == []  # leases hold
+
+
+async def test_record_tx_many_stores_each_nonce_and_is_fenced(
+    conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
+) -> None:
+    ids = await add(conn, schema, 3)
+    claimed = await store.claim(["MINT"], 10, 30.0)
+    assert {c.id for c in claimed} == set(ids)
+    a, b, c = claimed
+    recs = [TxRecord(x.id, x.lease_token, bytes([i]) * 24, f"tx{i}", f"fp{i}") for i, x in enumerate(claimed)]
+    stale = TxRecord(c.id, uuid.uuid4(), b"z" * 24, "txz", "fpz")  # wrong token: fenced out
+    assert await store.record_tx_many([*recs[:2], stale]) == {a.id, b.id}
+    assert await store.record_tx_many([]) == set()
+    for i, x in enumerate((a, b)):
+        r = await row(conn, schema, x.id)
+        assert (bytes(r["tx_nonce"]), r["fabric_tx_id"], r["creator_fingerprint"]) == (
+            bytes([i]) * 24, f"tx{i}", f"fp{i}")
+    r = await row(conn, schema, c.id)
+    assert (r["tx_nonce"], r["fabric_tx_id"]) == (None, None)
+    await expire(conn, schema, a.id)
+    (taken,) = await store2.claim(["MINT"], 10, 30.0)
+    assert taken.id == a.id and taken.tx_nonce == bytes([0]) * 24
+    assert await store.record_tx_many([recs[0]]) == set()  # the old holder lost its lease
 
 
 async def test_expired_lease_is_taken_over_and_old_holder_is_fenced(

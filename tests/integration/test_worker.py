@@ -21,7 +21,7 @@ import orjson
 import psycopg
 import pytest
 from audit import ArgsKey, args_key, audit_exactly_once, outbox_rows, read_ledger
-from conftest import run_sync
+from dbutil import run_sync
 from psycopg import sql
 from waiting import wait_for
 
