@@ -182,6 +182,20 @@ async def _send_abort(context: grpc.aio.ServicerContext[Any, Any], err: _Abort) 
     raise AssertionError("unreachable")  # abort_with_status raises
 
 
+def _orderers_unavailable() -> _Abort:
+    return _Abort(
+        grpc.StatusCode.UNAVAILABLE,
+        "no orderers could successfully process transaction",
+        [
+            _detail(
+                ORDERER_ADDRESS,
+                ORDERER_MSP,
+                "rpc error: code = Unavailable desc = connection error: connection refused",
+            )
+        ],
+    )
+
+
 def _expire(fut: asyncio.Future[TxLocation]) -> None:
     if not fut.done():
         fut.set_exception(_Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded"))
@@ -574,19 +588,8 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "prepared transaction must be signed")
             if request.channel_id != CHANNEL:
                 raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, f"channel '{request.channel_id}' not found")
-            unavailable = _Abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "no orderers could successfully process transaction",
-                [
-                    _detail(
-                        ORDERER_ADDRESS,
-                        ORDERER_MSP,
-                        "rpc error: code = Unavailable desc = connection error: connection refused",
-                    )
-                ],
-            )
             if core.roll(core.faults.submit_unavailable):
-                raise unavailable
+                raise _orderers_unavailable()
             if core.roll(core.faults.submit_timeout):
                 await self._hang(context, 10.0)
                 raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
@@ -596,7 +599,7 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             core.counters["submitted"] += 1
             if lost:
                 core.counters["lost_acks"] += 1
-                raise unavailable
+                raise _orderers_unavailable()
             return gateway_pb2.SubmitResponse()
         except _Abort as err:
             await self._fail(context, err)

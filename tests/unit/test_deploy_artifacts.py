@@ -263,7 +263,7 @@ def test_security_context(overlay: dict[tuple[str, str], dict[str, Any]]) -> Non
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     assert env["GXSUBMIT_RUNTIME_DIR"].startswith("/tmp/")
-    assert c["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"},
+    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "320Mi"},
                               "limits": {"cpu": "1", "memory": "512Mi"}}
 
 
