@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tooling import missing_tool
 from waiting import wait_for
 
 from gxsubmit.devwallet import make_dev_wallet
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.node
 def node() -> str:
     exe = shutil.which("node")
     if exe is None:
-        pytest.skip("node is not installed")
+        missing_tool("node is not installed (Node.js 20 and npm)")
     if not (NODE_DIR / "node_modules" / "@hyperledger" / "fabric-gateway").exists():
         subprocess.run(
             ["npm", "install", "--omit=optional", "--no-audit", "--no-fund"],

@@ -21,6 +21,7 @@ import pytest
 from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2
 from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_pb2
+from tooling import missing_tool
 
 from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.fabric.identity import SigningIdentity
@@ -84,7 +85,7 @@ def _ser(msg: Any) -> bytes:
 def node_ready() -> Path:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        missing_tool("node is not installed (Node.js 20 and npm)")
     if not (NODE_DIR / "node_modules" / "@hyperledger" / "fabric-gateway").exists():
         npm = shutil.which("npm")
         assert npm is not None, "node without npm"

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tooling import missing_tool
 
 from gxsubmit import config as gxconfig
 from gxsubmit.metrics import exposed_metric_names
@@ -146,7 +147,7 @@ def overlay() -> dict[tuple[str, str], dict[str, Any]]:
 def test_renderer_agrees_with_kustomize(directory: Path) -> None:
     command = _kustomize_binary()
     if command is None:
-        pytest.skip("no kustomize or kubectl binary on PATH: only the Python renderer ran")
+        missing_tool("no kustomize or kubectl binary on PATH: only the Python renderer ran")
     out = subprocess.run([*command, str(directory)], capture_output=True, text=True, timeout=120, check=True)
     theirs = sorted((d for d in yaml.safe_load_all(out.stdout) if d), key=_key)
     ours = sorted(render(directory), key=_key)
@@ -358,7 +359,7 @@ def _checkov() -> str | None:
 def test_checkov_finds_no_unjustified_failures(tmp_path: Path) -> None:
     checkov = _checkov()
     if checkov is None:
-        pytest.skip("checkov not installed (set GXSUBMIT_CHECKOV; it needs its own venv: packaging<24)")
+        missing_tool("checkov not installed (set GXSUBMIT_CHECKOV; it needs its own venv: packaging<24)")
     # The overlay is what gets applied (the base alone has no namespace: CKV_K8S_21 by design).
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump_all(render(OVERLAY), sort_keys=False))
     proc = subprocess.run(
@@ -434,7 +435,7 @@ def _verify(tool: str, unit: Path) -> subprocess.CompletedProcess[str]:
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+        missing_tool("systemd-analyze not installed (Debian package systemd)")
     # verify checks that ExecStart exists: point it at this interpreter.
     unit = tmp_path / "gxsubmit.service"
     unit.write_text(UNIT.read_text().replace("/opt/gxsubmit/bin/python", sys.executable))
@@ -450,7 +451,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 def test_systemd_verify_catches_errors(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+        missing_tool("systemd-analyze not installed (Debian package systemd)")
     unit = tmp_path / "gxsubmit.service"
     unit.write_text(UNIT.read_text().replace("/opt/gxsubmit/bin/python", str(tmp_path / "missing-python")))
     proc = _verify(tool, unit)
