@@ -50,3 +50,13 @@ def schema(pg_url: str) -> Iterator[str]:
 @pytest.fixture
 def db_url_with_schema(pg_url: str, schema: str) -> str:
     return url_with_search_path(pg_url, schema)
+
+
+@pytest.fixture(scope="session")
+def wallet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One development wallet for the session; tests that change a wallet copy it first."""
+    from gxsubmit.devwallet import make_dev_wallet
+
+    path = tmp_path_factory.mktemp("devwallet") / "wallet"
+    make_dev_wallet(path)
+    return path

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from harness import emulator, procs, wallet
+from harness import emulator, procs
 
-__all__ = ["emulator", "procs", "wallet"]
+__all__ = ["emulator", "procs"]

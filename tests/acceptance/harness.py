@@ -341,15 +341,6 @@ def audit(url: str, schema: str, ledger: Path) -> Audit:
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def wallet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gxsubmit.devwallet import make_dev_wallet
-
-    path = tmp_path_factory.mktemp("acceptance") / "wallet"
-    make_dev_wallet(path)
-    return path
-
-
 @pytest.fixture
 def procs() -> Any:
     """Registry of started processes; every one is killed (whole group) at teardown."""

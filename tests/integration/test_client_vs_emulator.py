@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.emulator import Emulator
 from gxsubmit.fabric.client import Deadlines, GatewayClient
 from gxsubmit.fabric.codes import classify_validation_code
@@ -57,13 +56,6 @@ class Env:
                 client_key=client_key,
             )
         return GatewayClient(target=target, tls_root=None, deadlines=deadlines)
-
-
-@pytest.fixture(scope="module")
-def wallet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    w = tmp_path_factory.mktemp("gw") / "wallet"
-    make_dev_wallet(w)
-    return w
 
 
 @pytest.fixture(scope="module", params=["tls", "plaintext"])

@@ -30,18 +30,11 @@ from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_
 from test_emulator_support import Failure, RawGateway, RawIdentity, build_proposal, signed
 from waiting import wait_for
 
-from gxsubmit.devwallet import issue_identity, load_ca, make_dev_wallet, new_ca
+from gxsubmit.devwallet import issue_identity, load_ca, new_ca
 from gxsubmit.emulator import Emulator, Faults
 
 TX = transaction_pb2.TxValidationCode
 ABORTED_ENDORSE = "failed to endorse transaction, see attached details for more info"
-
-
-@pytest.fixture(scope="module")
-def wallet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    w = tmp_path_factory.mktemp("wallet") / "w"
-    make_dev_wallet(w)
-    return w
 
 
 @pytest.fixture

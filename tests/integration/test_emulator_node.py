@@ -18,7 +18,6 @@ import pytest
 from tooling import missing_tool
 from waiting import wait_for
 
-from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.emulator import Emulator
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
@@ -41,13 +40,6 @@ def node() -> str:
             timeout=300,
         )
     return exe
-
-
-@pytest.fixture(scope="module")
-def wallet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    w = tmp_path_factory.mktemp("nodewallet") / "w"
-    make_dev_wallet(w)
-    return w
 
 
 @pytest.fixture

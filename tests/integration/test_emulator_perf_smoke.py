@@ -22,7 +22,6 @@ from fabric_protos.peer import (
 )
 from test_emulator_support import RawGateway, RawIdentity
 
-from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.emulator import Emulator, wire
 from gxsubmit.emulator.loadgen import main as loadgen_main
 from gxsubmit.emulator.validation import TX
@@ -125,13 +124,6 @@ def test_wire_bytes_equal_protobuf_serialization(
     assert prp == want_prp
     assert wire.endorsed_payload(chdr, shdr, input_only, prp, ends) == want_payload
     assert wire.input_only_payload(b"") == proposal_pb2.ChaincodeProposalPayload().SerializeToString()
-
-
-@pytest.fixture(scope="module")
-def wallet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    w = tmp_path_factory.mktemp("perf") / "wallet"
-    make_dev_wallet(w)
-    return w
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from fabric_protos.gateway import gateway_pb2
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2, proposal_response_pb2, transaction_pb2
 
-from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.fabric.codes import classify_validation_code, code_name
 from gxsubmit.fabric.errors import ErrorClass
 from gxsubmit.fabric.identity import P256_ORDER, SigningIdentity
@@ -35,13 +34,6 @@ from gxsubmit.wallet import load_identity
 
 TS = datetime(2026, 11, 27, 12, 30, 45, 123000, tzinfo=UTC)
 NONCE = bytes(range(24))
-
-
-@pytest.fixture(scope="module")
-def wallet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    w = tmp_path_factory.mktemp("w") / "wallet"
-    make_dev_wallet(w)
-    return w
 
 
 def _ident(wallet: Path, *, deterministic: bool = True) -> SigningIdentity:
