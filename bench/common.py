@@ -582,10 +582,14 @@ def workload_for(identities: Sequence[str]) -> list[tuple[str, str]]:
 
 
 class Feeder:
-    """Keeps the number of unfinished rows (PENDING + CLAIMED + SUBMITTED) near ``target``.
+    """Keeps the number of unfinished rows (PENDING + CLAIMED + SUBMITTED) of each command type near
+    ``target / types`` (so ``target`` in all), topping each type up separately.
 
     A closed system with a fixed population: throughput is the service's capacity and latency is
-    service time plus a bounded queue wait. Counts its own statements so they can be subtracted.
+    service time plus whatever queue wait the population allows (none when ``target`` is the in-flight
+    capacity). Per type, because each type is one identity with its own in-flight slots: a total-only
+    count lets one identity's queue grow while another starves. Counts its own statements so they can
+    be subtracted.
     """
 
     def __init__(
@@ -599,6 +603,8 @@ class Feeder:
     ) -> None:
         self.url, self.schema, self.types = url, schema, list(types)
         self.target, self.tick, self.max_insert = target, tick, max_insert
+        k = len(self.types)
+        self.per_type = {t: target // k + (1 if i < target % k else 0) for i, (t, _) in enumerate(self.types)}
         self.inserted = 0
         self.statements = 0
         self.unfinished = 0
@@ -606,22 +612,23 @@ class Feeder:
         self._stop = asyncio.Event()
         self._seq = 0
 
-    async def insert(self, conn: Any, n: int) -> None:
-        if n <= 0:
-            return
-        k = len(self.types)
+    async def insert(self, conn: Any, counts: Mapping[str, int]) -> None:
         parts = []
-        for i, (ctype, expr) in enumerate(self.types):
-            count = n // k + (1 if i < n % k else 0)
-            if count == 0:
+        n = 0
+        for ctype, expr in self.types:
+            count = min(counts.get(ctype, 0), self.max_insert)
+            if count <= 0:
                 continue
             start = self._seq + 1
             self._seq += count
+            n += count
             parts.append(
                 f"SELECT 'bench', '{ctype}', 'bench-{self.prefix}-{ctype}-' || g, ({expr}) "
                 f"FROM generate_series({start}, {start + count - 1}) AS g,"
                 f" (SELECT '{self.prefix}'::text AS p) AS pp"
             )
+        if not parts:
+            return
         q = (
             f'INSERT INTO "{self.schema}".outbox_commands (service, command_type, request_id, payload) '
             + " UNION ALL ".join(parts)
@@ -630,26 +637,27 @@ class Feeder:
         self.statements += 1
         self.inserted += n
 
-    async def count_unfinished(self, conn: Any) -> int:
+    async def count_unfinished(self, conn: Any) -> dict[str, int]:
         s = f'"{self.schema}".outbox_commands'
         cur = await conn.execute(
-            f"SELECT (SELECT count(*) FROM {s} WHERE status = 'PENDING')"
-            f" + (SELECT count(*) FROM {s} WHERE status IN ('CLAIMED', 'SUBMITTED'))"
+            f"SELECT command_type, count(*) FROM {s}"
+            " WHERE status IN ('PENDING', 'CLAIMED', 'SUBMITTED') GROUP BY command_type"
         )
         self.statements += 1
-        row = await cur.fetchone()
-        return int(row[0])
+        return {str(t): int(n) for t, n in await cur.fetchall()}
 
     async def run(self) -> None:
         import psycopg
 
         async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-            await self.insert(conn, min(self.target, self.max_insert))
+            await self.insert(conn, self.per_type)
             while not self._stop.is_set():
-                self.unfinished = await self.count_unfinished(conn)
-                deficit = self.target - self.unfinished
-                if deficit > max(1, self.target // 20):
-                    await self.insert(conn, min(deficit, self.max_insert))
+                have = await self.count_unfinished(conn)
+                self.unfinished = sum(have.values())
+                need = {t: want - have.get(t, 0) for t, want in self.per_type.items()}
+                # top up a type once it is 5 % short (at least 1 row), so inserts stay bulk
+                if any(d >= max(1, self.per_type[t] // 20) for t, d in need.items()):
+                    await self.insert(conn, need)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.tick)
 

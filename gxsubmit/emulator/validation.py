@@ -113,6 +113,8 @@ class Creator:
 
 
 def _role_of(cert: x509.Certificate) -> str | None:
+    # Deliberately not gxsubmit.wallet's parser: the emulator plays the chaincode's client-identity
+    # library, and a shared bug on both sides would let a wrong certificate pass every test.
     try:
         ext = cert.extensions.get_extension_for_oid(ROLE_ATTR_OID)
     except x509.ExtensionNotFound:
