@@ -1,14 +1,16 @@
 """Drain N no-op jobs through one queue implementation and print one JSON line (bench/scenarios/queue.py).
 
-``python bench/queue_peers.py SYSTEM --url URL --schema S --jobs N``; SYSTEM is gxsubmit-outbox, procrastinate
-or pgqueuer. Jobs are enqueued in bulk first (not timed); the drain (claim/fetch -> run a no-op -> mark done)
-is timed from the first fetch until the queue is empty. Each system uses its own schema (search_path).
+``python bench/queue_peers.py SYSTEM --url URL --schema PREFIX --jobs N --configs JSON``; SYSTEM is
+gxsubmit-outbox, procrastinate or pgqueuer; JSON is a list of settings, one trial each. Jobs are enqueued in
+bulk first (not timed); the drain (claim/fetch -> run a no-op -> mark done) is timed from the first fetch
+until the queue is empty. Each trial uses a fresh schema (search_path), dropped afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -24,12 +26,19 @@ def _with_search_path(url: str, schema: str) -> str:
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
 
 
-async def gxsubmit_outbox(args: argparse.Namespace) -> dict[str, Any]:
-    """gxsubmit's store alone: claim up to B rows per statement, mark them committed in one statement."""
+async def gxsubmit_outbox(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """gxsubmit's store alone: ``OutboxStore.claim`` up to B rows per statement, ``mark_committed`` per batch.
+
+    mode ``lanes``: C connections, each looping claim -> mark on its own connection.
+    mode ``pipelined``: C connections shared; one claim at a time (as the worker claims), and the
+    completion of each batch runs on another free connection while the next batch is claimed (at most
+    C - 1 completions outstanding). With C = 1 both modes are the same sequential loop.
+    """
     import psycopg
 
     from gxsubmit.outbox import Committed, OutboxStore, migrate
 
+    conns, batch, mode = int(cfg["connections"]), int(cfg["batch"]), str(cfg["mode"])
     async with await psycopg.AsyncConnection.connect(args.url, autocommit=True) as conn:
         await migrate(conn, args.schema)
         await conn.execute(
@@ -37,34 +46,71 @@ async def gxsubmit_outbox(args: argparse.Namespace) -> dict[str, Any]:
             "SELECT 'bench', 'NOOP', 'q-' || g, '{}'::jsonb FROM generate_series(1, %s) g",
             (args.jobs,),
         )
+        await conn.execute(f'ANALYZE "{args.schema}".outbox_commands')
     stores = [
-        await OutboxStore.connect(args.url, schema=args.schema, worker_id=f"q{i}")
-        for i in range(args.concurrency)
+        await OutboxStore.connect(args.url, schema=args.schema, worker_id=f"q{i}") for i in range(conns)
     ]
     done = 0
 
-    async def consumer(store: OutboxStore) -> None:
+    def outcome(rows: list[Any]) -> list[Any]:
+        return [Committed(c.id, c.lease_token, None, None, "VALID") for c in rows]
+
+    async def lane(store: OutboxStore) -> None:
         nonlocal done
         while True:
-            batch = await store.claim(["NOOP"], args.batch, 60.0)
-            if not batch:
+            rows = await store.claim(["NOOP"], batch, 60.0)
+            if not rows:
                 return
-            await store.mark_committed([Committed(c.id, c.lease_token, None, None, "VALID") for c in batch])
-            done += len(batch)
+            await store.mark_committed(outcome(rows))
+            done += len(rows)
+
+    free: asyncio.Queue[OutboxStore] = asyncio.Queue()
+    for st in stores:
+        free.put_nowait(st)
+
+    async def complete(rows: list[Any]) -> None:
+        nonlocal done
+        st = await free.get()
+        try:
+            await st.mark_committed(outcome(rows))
+        finally:
+            free.put_nowait(st)
+        done += len(rows)
+
+    async def pipelined() -> None:
+        pending: set[asyncio.Task[None]] = set()
+        while True:
+            st = await free.get()
+            try:
+                rows = await st.claim(["NOOP"], batch, 60.0)
+            finally:
+                free.put_nowait(st)
+            if not rows:
+                break
+            task = asyncio.create_task(complete(rows))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            while len(pending) >= max(1, conns - 1):
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if pending:
+            await asyncio.gather(*pending)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(consumer(s) for s in stores))
+    if mode == "pipelined" and conns > 1:
+        await pipelined()
+    else:
+        await asyncio.gather(*(lane(s) for s in stores))
     seconds = time.perf_counter() - t0
-    for s in stores:
-        await s.close()
+    for st in stores:
+        await st.close()
     return {
         "done": done,
         "seconds": seconds,
-        "settings": f"{args.concurrency} connections, claim {args.batch}/statement, batch mark_committed",
+        "settings": f"{conns} conn, claim {batch}/statement, {mode if conns > 1 else 'sequential'}",
     }
 
 
-async def procrastinate_drain(args: argparse.Namespace) -> dict[str, Any]:
+async def procrastinate_drain(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
     import logging
 
     import procrastinate
@@ -72,14 +118,18 @@ async def procrastinate_drain(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
     url = _with_search_path(args.url, args.schema)
     app = procrastinate.App(
-        connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=args.concurrency + 2)
+        connector=procrastinate.PsycopgConnector(
+            conninfo=url, min_size=1, max_size=int(cfg["concurrency"]) + 2
+        )
     )
-    done = 0
+    done, t_end = 0, 0.0
 
     @app.task(name="noop")
     async def noop() -> None:
-        nonlocal done
+        nonlocal done, t_end
         done += 1
+        if done >= args.jobs:  # the drain ends when the last job ran, not at shutdown
+            t_end = time.perf_counter()
 
     async with app.open_async():
         await app.schema_manager.apply_schema_async()
@@ -87,24 +137,23 @@ async def procrastinate_drain(args: argparse.Namespace) -> dict[str, Any]:
             await noop.batch_defer_async(*({} for _ in range(min(1000, args.jobs - start))))
         t0 = time.perf_counter()
         await app.run_worker_async(
-            concurrency=args.concurrency,
+            concurrency=int(cfg["concurrency"]),
             wait=False,
             listen_notify=False,
             install_signal_handlers=False,
-            delete_jobs="successful",
+            delete_jobs=str(cfg["delete_jobs"]),
             fetch_job_polling_interval=0.001,
         )
-        seconds = time.perf_counter() - t0
+        seconds = (t_end or time.perf_counter()) - t0
     return {
         "done": done,
         "seconds": seconds,
-        "settings": f"concurrency {args.concurrency}, poll 1 ms, wait=False, delete_jobs=successful "
-        "(fetches one job per "
-        "query: no batch fetch in procrastinate)",
+        "settings": f"concurrency {cfg['concurrency']}, poll 1 ms, wait=False, "
+        f"delete_jobs={cfg['delete_jobs']} (one job per fetch: procrastinate has no batch fetch)",
     }
 
 
-async def pgqueuer_drain(args: argparse.Namespace) -> dict[str, Any]:
+async def pgqueuer_drain(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
     import logging
     from datetime import timedelta
 
@@ -123,26 +172,38 @@ async def pgqueuer_drain(args: argparse.Namespace) -> dict[str, Any]:
         n = min(5000, args.jobs - start)
         await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
     qm = QueueManager(queries)
-    done = 0
+    done, t_end = 0, 0.0
 
     @qm.entrypoint("noop")
     async def noop(job: Any) -> None:
-        nonlocal done
+        nonlocal done, t_end
         done += 1
+        if done >= args.jobs:  # the drain ends when the last job ran; then stop (shutdown is not timed)
+            t_end = time.perf_counter()
+            qm.shutdown.set()
 
     t0 = time.perf_counter()
-    await qm.run(
-        batch_size=args.batch,
-        mode=QueueExecutionMode.drain,
-        dequeue_timeout=timedelta(seconds=1),
-        log_aggregation_interval=timedelta(0),
+    run = asyncio.create_task(
+        qm.run(
+            batch_size=int(cfg["batch"]),
+            mode=QueueExecutionMode.drain,
+            dequeue_timeout=timedelta(seconds=1),
+            log_aggregation_interval=timedelta(0),
+        )
     )
-    seconds = time.perf_counter() - t0
+    finished = asyncio.create_task(qm.shutdown.wait())
+    await asyncio.wait({run, finished}, return_when=asyncio.FIRST_COMPLETED)
+    # the drain is over when the last job ran; pgqueuer's exit after that takes ~5 s here whatever
+    # the job count (not timed), so give it a moment and cancel it
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(run, 0.3)
+    finished.cancel()
+    seconds = (t_end or time.perf_counter()) - t0
     await conn.close()
     return {
         "done": done,
         "seconds": seconds,
-        "settings": f"batch_size {args.batch}, drain mode, one connection",
+        "settings": f"batch_size {cfg['batch']}, drain mode, one connection",
     }
 
 
@@ -153,15 +214,59 @@ SYSTEMS = {
 }
 
 
+async def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def _trial(args: argparse.Namespace, cfg: dict[str, Any], schema: str) -> dict[str, Any]:
+    """One drain in a fresh schema of its own (dropped afterwards), so no trial sees another's dead rows."""
+    import psycopg
+
+    if args.system != "gxsubmit-outbox":
+        async with await psycopg.AsyncConnection.connect(args.url, autocommit=True) as conn:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    sub = argparse.Namespace(**{**vars(args), "schema": schema})
+    try:
+        res = await SYSTEMS[args.system](sub, cfg)
+    finally:
+        await _drop_schema(args.url, schema)
+    res["params"] = cfg
+    res["jobs_per_s"] = res["done"] / res["seconds"]
+    return res
+
+
+async def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Every configuration once, then the best one twice more: the reported rate is the mean of those two
+    confirmation runs, independent samples, so a system with more configurations is not favoured by
+    picking a lucky maximum.
+    """
+    configs = json.loads(args.configs)
+    trials = [await _trial(args, cfg, f"{args.schema}_{i}") for i, cfg in enumerate(configs)]
+    best = max(trials, key=lambda t: t["jobs_per_s"])
+    confirm = [await _trial(args, best["params"], f"{args.schema}_c{k}") for k in range(2)]
+    return {
+        "done": sum(c["done"] for c in confirm),
+        "seconds": sum(c["seconds"] for c in confirm),
+        "jobs_per_s": sum(c["jobs_per_s"] for c in confirm) / len(confirm),
+        "confirm_jobs_per_s": [round(c["jobs_per_s"], 1) for c in confirm],
+        "settings": best["settings"],
+        "params": best["params"],
+        "sweep_best_jobs_per_s": best["jobs_per_s"],
+        "trials": [{"settings": t["settings"], "jobs_per_s": round(t["jobs_per_s"], 1)} for t in trials],
+    }
+
+
 def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("system", choices=sorted(SYSTEMS))
     p.add_argument("--url", required=True)
-    p.add_argument("--schema", required=True)
+    p.add_argument("--schema", required=True, help="prefix of the per-trial schemas")
     p.add_argument("--jobs", type=int, default=5000)
-    p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--configs", required=True, help="JSON list of settings dicts, one trial each")
     args = p.parse_args()
     try:
         import uvloop
@@ -169,18 +274,11 @@ def main() -> int:
         uvloop.install()
     except ImportError:
         pass
-    res = asyncio.run(SYSTEMS[args.system](args))
+    res = asyncio.run(sweep(args))
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    res.update(
-        {
-            "system": args.system,
-            "jobs": args.jobs,
-            "jobs_per_s": res["done"] / res["seconds"],
-            "cpu_s_total": ru.ru_utime + ru.ru_stime,
-        }
-    )
+    res.update({"system": args.system, "jobs": args.jobs, "cpu_s_total": ru.ru_utime + ru.ru_stime})
     print(json.dumps(res))
     return 0
 

@@ -95,8 +95,8 @@ def _migrated_schema(url: str) -> str:
 
 def run(ctx: Context) -> dict[str, Any]:
     emu = ctx.emulator("fast", SPEC)
-    settle, window = (2.0, 30.0) if ctx.quick else (5.0, 90.0)
-    n_inserts, spacing = (60, 0.04) if ctx.quick else (200, 0.05)
+    settle, window = (1.5, 30.0) if ctx.quick else (5.0, 90.0)
+    n_inserts, spacing = (40, 0.04) if ctx.quick else (200, 0.05)
     pg, url, observer_url, dbname = _start_server(ctx)
     counter: StatementCounter | None = None
     configs: list[dict[str, Any]] = []

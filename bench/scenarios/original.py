@@ -16,7 +16,7 @@ from bench.scenarios.realistic import SPEC
 def run(ctx: Context) -> dict[str, Any]:
     emu = ctx.emulator("realistic", SPEC)
     identities = [i for i, _, _ in WORKLOAD]
-    warmup, duration = (2.0, 12.0) if ctx.quick else (4.0, 60.0)
+    warmup, duration = (1.5, 8.0) if ctx.quick else (4.0, 60.0)
     schema = ctx.db.new_schema()
     proc = OriginalProc(
         ctx.workdir, "original", url=ctx.db.url, schema=schema, gateway=emu.target, wallet=ctx.wallet
@@ -31,6 +31,7 @@ def run(ctx: Context) -> dict[str, Any]:
         target=30,
         warmup=warmup,
         duration=duration,
+        block_aligned=True,
     )
     ctx.db.drop_schema(schema)
     stats["config"] = "poll 100ms, claim 10, sequential"

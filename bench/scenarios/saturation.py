@@ -17,7 +17,7 @@ def run(ctx: Context) -> dict[str, Any]:
     emu = ctx.emulator("fast", SPEC)
     identities = [i for i, _, _ in WORKLOAD]
     in_flight = 256
-    warmup, duration = (2.0, 4.0) if ctx.quick else (5.0, 20.0)
+    warmup, duration = (1.0, 3.0) if ctx.quick else (5.0, 20.0)
     configs = []
     for n_sup in (1, 2):
         schema = ctx.db.new_schema()

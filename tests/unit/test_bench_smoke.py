@@ -89,3 +89,59 @@ def test_targets_pass_and_miss_without_asserting() -> None:
     verdicts = {t["name"]: t["verdict"] for t in evaluate_targets(results)}
     assert verdicts["saturation throughput, 1 supervisor"] == "PASS"
     assert verdicts["saturation gxsubmit CPU per command"] == "MISS"
+
+
+def test_speedup_uses_best_realistic_config_and_names_it() -> None:
+    results = {
+        "realistic": {
+            "configs": [
+                {"config": "in-flight 1", "commands_per_s": 1.5},
+                {"config": "in-flight 512", "commands_per_s": 600.0, "p99_ms": 3000.0},
+                {"config": "in-flight 256", "commands_per_s": 350.0},
+            ]
+        },
+        "original": {"configs": [{"config": "orig", "commands_per_s": 0.5}]},
+    }
+    by_name = {t["name"]: t for t in evaluate_targets(results)}
+    speed = by_name["speed-up over the original algorithm (realistic in-flight 512)"]
+    assert speed["verdict"] == "PASS" and speed["measured"].startswith("1,200 x")
+    assert by_name["realistic p99 latency (in-flight 512)"]["verdict"] == "PASS"
+
+
+def test_feeder_tops_up_each_identity_to_its_share() -> None:
+    from bench.common import Feeder
+
+    f = Feeder("postgresql://unused", "s", [("A", "1"), ("B", "1"), ("C", "1")], target=3 * 512 + 1)
+    assert f.per_type == {"A": 513, "B": 512, "C": 512}
+    assert sum(f.per_type.values()) == f.target  # population = capacity, never above it
+
+
+def test_idle_statement_diff_counts_only_new_calls() -> None:
+    from bench.scenarios.idle import diff
+
+    before = {1: (10, "claim"), 2: (4, "stats")}
+    after = {1: (13, "claim"), 2: (4, "stats"), 3: (2, "poll")}
+    assert diff(before, after) == [(3, "claim"), (2, "poll")]
+
+
+def test_queue_sweep_gives_gxsubmit_one_to_four_connections() -> None:
+    from bench.scenarios.queue import _gx_configs
+
+    for quick in (True, False):
+        cfgs = _gx_configs(quick)
+        assert {c["connections"] for c in cfgs} >= {1, 2, 4}
+        assert all(200 <= c["batch"] <= 1000 for c in cfgs)
+        assert any(c["mode"] == "pipelined" for c in cfgs)
+
+
+def test_block_rate_counts_whole_block_periods() -> None:
+    from datetime import datetime, timedelta
+
+    from bench.common import block_rate
+
+    t0 = datetime(2026, 1, 1)
+    # blocks every 2.2 s carrying 100 rows: the rate is 100 / 2.2 whatever the window's edges cut
+    blocks = [(7 + i, t0 + timedelta(seconds=2.2 * i), 100) for i in range(3)]
+    assert block_rate(blocks) == pytest.approx(100 / 2.2)
+    assert block_rate(list(reversed(blocks))) == pytest.approx(100 / 2.2)
+    assert block_rate(blocks[:1]) is None
