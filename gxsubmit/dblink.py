@@ -189,14 +189,20 @@ class Batcher(Generic[I]):
         self._items: list[tuple[I, asyncio.Future[bool]]] = []
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Cached: get_running_loop() costs a getpid() system call per item on CPython 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=f"batch-{self.name}")
 
     async def put(self, item: I) -> bool:
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
         self._items.append((item, fut))
         self._idle.clear()
         self._kick.set()

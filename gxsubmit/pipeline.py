@@ -243,7 +243,7 @@ class Pipeline:
         backoff: Callable[[int], float],
         backoff_cap: float,
         submitted: Batcher[tuple[uuid.UUID, uuid.UUID]],
-        committed: Batcher[Committed],
+        committed: Batcher[tuple[Committed, str]],  # (row, command_type): the batch counts commits
         recorded: Batcher[TxRecord],
         lease_s: float,
     ) -> None:
@@ -478,12 +478,12 @@ class Pipeline:
     async def _committed(self, job: Job, result: CommitResult) -> None:
         job.stage = Stage.FINISHING
         cmd = job.cmd
-        ok = await self.committed.put(Committed(cmd.id, cmd.lease_token, result.tx_id, result.block_number,
-                                                result.code_name))
+        # The committed counter is incremented by the batch write itself (worker._flush_committed).
+        ok = await self.committed.put((Committed(cmd.id, cmd.lease_token, result.tx_id, result.block_number,
+                                                 result.code_name), cmd.command_type))
         if not ok:
             raise _Gone
         self.n_committed += 1
-        self.m.committed(cmd.command_type)
         self.m.latency.observe(max(0.0, (datetime.now(UTC) - cmd.created_at).total_seconds()))
         if self._info:
             log.info("Command committed", extra={

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,16 @@ def slow_emulator(wallet: Path, tmp_path: Path, procs: list[Any]) -> EmulatorPro
     return emu
 
 
+def busy_statements(url: str, prefix: str) -> int:
+    """Statements of the given application_name prefix PostgreSQL is still executing."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s AND state = 'active'",
+            (prefix + "%",),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def assert_exactly_once(pg_url: str, schema: str, emu: EmulatorProc, total: int) -> None:
     c = counts(pg_url, schema)
     assert c["COMMITTED"] == total, c  # none lost, none FAILED (only good commands here)
@@ -61,8 +73,23 @@ def test_sigkill_of_a_whole_supervisor_then_takeover(
         return c["SUBMITTED"] >= 50 and c["COMMITTED"] > 0
 
     wait_for(submitted_in_flight, 60, interval=0.05, what="submitted work in flight")
-    assert held_by(pg_url, schema, "a") > 0
+    # Freeze supervisor a and its workers, let statements they already sent finish, and only kill
+    # them once rows are seen held: a block cut just before the kill could otherwise leave nothing
+    # in flight, and the takeover below would have nothing to take over.
+    assert a.proc is not None
+    group = a.proc.pid
+
+    def frozen_with_rows_held() -> bool:
+        os.killpg(group, signal.SIGSTOP)
+        wait_for(lambda: not busy_statements(pg_url, "gxsubmit:a:"), 10, what="a's statements done")
+        if held_by(pg_url, schema, "a") > 0:
+            return True
+        os.killpg(group, signal.SIGCONT)
+        return False
+
+    wait_for(frozen_with_rows_held, 30, interval=0.05, what="supervisor a frozen with rows held")
     a.kill_group()
+    assert held_by(pg_url, schema, "a") > 0  # the dead supervisor's rows wait for their leases
 
     # Then a second supervisor takes the rows over when the leases expire and finishes them exactly once
     b = start(procs, tmp_path, "b", settings)
