@@ -70,11 +70,11 @@ log = logging.getLogger("gxsubmit.worker")
 
 _WALLET_CHECK_S = 3.0
 _MIN_CLAIM_GAP_S = 0.005  # coalesce NOTIFY bursts into one claim
-_SLOT_WAIT_S = 0.02
+_SLOT_WAIT_S = 0.02  # with a backlog, wait this long for more free slots before a small claim
 _GC_GEN0_THRESHOLD = 10_000  # CPython's default is 700
 _METRICS_FLUSH_S = 0.5  # buffered per-command metrics reach the mmap files at least this often
 #: A claim only counts as having seen a put-back row when it ran this long after the row's due time.
-_RETRY_CLOCK_SKEW_S = 0.05  # with a backlog, wait this long for more free slots before a small claim
+_RETRY_CLOCK_SKEW_S = 0.05
 
 
 def _handled_signals() -> tuple[signal.Signals, ...]:
