@@ -217,7 +217,10 @@ SETTINGS: tuple[Setting, ...] = (
     _S("evaluate_timeout", _seconds(0.1, 600), _const(5.0), "Evaluate deadline"),
     _S("endorse_timeout", _seconds(0.1, 600), _const(15.0), "Endorse deadline"),
     _S("submit_timeout", _seconds(0.1, 600), _const(5.0), "Submit deadline"),
-    _S("commit_timeout", _seconds(0.1, 3600), _const(60.0), "CommitStatus deadline"),
+    _S("commit_timeout", _seconds(0.1, 3600), _const(60.0),
+       "longest wait for a submitted transaction's commit"),
+    _S("commit_events", _bool, _const(True), "learn commits from one filtered-block stream per worker "
+       "(the peer's Deliver service); false = one CommitStatus call per transaction"),
     _S("connect_timeout", _seconds(0.1, 600), _const(5.0), "database and gateway connect deadline"),
     _S("drain_timeout", _seconds(0, 3600, positive=False), _const(25.0),
        "graceful shutdown: time to finish or hand back in-flight work"),
@@ -269,6 +272,7 @@ class Config:
     endorse_timeout: float = 15.0
     submit_timeout: float = 5.0
     commit_timeout: float = 60.0
+    commit_events: bool = True
     connect_timeout: float = 5.0
     drain_timeout: float = 25.0
     heartbeat_interval: float = 1.0

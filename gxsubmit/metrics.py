@@ -100,6 +100,12 @@ DB_RECONNECTS = Counter("gxsubmit_db_reconnects", "Database reconnections by a w
 GATEWAY_RECONNECTS = Counter(
     "gxsubmit_gateway_reconnects", "Gateway channel re-established after an outage", ["identity"]
 )
+COMMIT_STREAM_UP = Gauge(
+    "gxsubmit_commit_stream_up",
+    "1 while the worker learns commits from the peer's filtered-block stream (0: CommitStatus per tx)",
+    ["identity"],
+    multiprocess_mode="livemax",
+)
 WALLET_RELOADS = Counter(
     "gxsubmit_wallet_reloads", "Rotated wallet files picked up without restart", ["identity", "result"]
 )
@@ -136,6 +142,7 @@ _ALL: tuple[Counter | Gauge | Histogram, ...] = (
     BREAKER_OPEN,
     DB_RECONNECTS,
     GATEWAY_RECONNECTS,
+    COMMIT_STREAM_UP,
     WALLET_RELOADS,
     CERT_EXPIRY,
     WORKER_UP,
@@ -250,6 +257,8 @@ class WorkerMetrics:
         self.db_reconnects = DB_RECONNECTS.labels(identity=identity)
         self.gateway_reconnects = GATEWAY_RECONNECTS.labels(identity=identity)
         self.cert_expiry = CERT_EXPIRY.labels(identity=identity)
+        self.commit_stream_up = COMMIT_STREAM_UP.labels(identity=identity)
+        self.commit_stream_up.set(0)
         self.in_flight.set(0)
         self.breaker_open.set(0)
 

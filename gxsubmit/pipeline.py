@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -49,6 +49,7 @@ from gxsubmit.fabric import (
     new_nonce,
 )
 from gxsubmit.fabric.codes import BOUNDED_RETRY_CODES
+from gxsubmit.fabric.commits import CommitWatcher
 from gxsubmit.metrics import WorkerMetrics
 from gxsubmit.outbox import ClaimedCommand, Committed, TxRecord
 
@@ -111,6 +112,7 @@ class PipelineSettings:
     identity: str
     max_attempts: int = 10
     resolve_timeout: float = 5.0  # CommitStatus deadline when resolving an old tx id
+    commit_timeout: float = 60.0  # longest wait for a submitted tx's block before asking CommitStatus
     conflict_delay: float = 0.05  # first re-try after an MVCC conflict (jittered by backoff)
     endorsing_orgs: tuple[str, ...] = ()
     channel: str | None = None  # overrides of the catalogue's channel/chaincode
@@ -246,8 +248,11 @@ class Pipeline:
         committed: Batcher[tuple[Committed, str]],  # (row, command_type): the batch counts commits
         recorded: Batcher[TxRecord],
         lease_s: float,
+        watchers: Mapping[str, CommitWatcher] | None = None,
     ) -> None:
         self.s = settings
+        #: channel -> its filtered-block stream (empty: one CommitStatus call per transaction)
+        self.watchers: Mapping[str, CommitWatcher] = watchers or {}
         self.catalog = catalog
         self.db = db
         self.gateway = gateway
@@ -353,16 +358,21 @@ class Pipeline:
         job.may_be_on_ledger = True
         if not await self.submitted.put(job.lease):
             raise _Gone
+        # The wait is registered before Submit, so the block with this tx cannot pass unseen.
+        watcher = self.watchers.get(proposal.channel)
+        watch = watcher.expect(tx_id) if watcher is not None else None
         t0 = time.perf_counter()
         try:
             await self.gateway.submit(signer, prepared)
         except FabricError as err:
+            if watcher is not None:
+                watcher.forget(tx_id)
             self._note_gateway(err)
             await self._on_error(job, err, signer, proposal.channel)
             return
         self.m.submit.observe(time.perf_counter() - t0)
         self._proposals.pop(tx_id, None)
-        await self._wait_commit(job, signer, proposal.channel, tx_id)
+        await self._wait_commit(job, signer, proposal.channel, tx_id, watch)
 
     # -- nonce -------------------------------------------------------------------------------------
 
@@ -447,9 +457,24 @@ class Pipeline:
 
     # -- commit ------------------------------------------------------------------------------------
 
-    async def _wait_commit(self, job: Job, signer: SigningIdentity, channel: str, tx_id: str) -> None:
+    async def _wait_commit(self, job: Job, signer: SigningIdentity, channel: str, tx_id: str,
+                           watch: asyncio.Future[CommitResult | None] | None = None) -> None:
         job.stage = Stage.COMMIT_WAIT
         t0 = time.perf_counter()
+        if watch is not None:
+            try:
+                result = await asyncio.wait_for(watch, self.s.commit_timeout)
+            except TimeoutError:
+                result = None  # no block with it in time: CommitStatus decides (as without a stream)
+                watcher = self.watchers.get(channel)
+                if watcher is not None:
+                    watcher.forget(tx_id)
+            if result is not None:
+                self._gateway_up()
+                self.m.commit.observe(time.perf_counter() - t0)
+                await self._on_commit(job, result)
+                return
+            # Not seen on the stream (it broke, a later copy, or no block in time): ask the peer.
         try:
             result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id)
         except FabricError as err:

@@ -58,6 +58,7 @@ from gxsubmit.config import Config
 from gxsubmit.dblink import Batcher, DbLink, DbUnavailable
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
 from gxsubmit.fabric import Deadlines, FabricError, GatewayClient, SigningIdentity
+from gxsubmit.fabric.commits import CommitWatcher, tls_cert_hash
 from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
 from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, TxRecord
@@ -263,26 +264,44 @@ class Worker:
         committed.start()
         submitted.start()
         recorded.start()
+        watchers = self._commit_watchers(ring) if cfg.commit_events else {}
         self.pipeline = Pipeline(
             settings=PipelineSettings(
                 identity=self.identity, max_attempts=cfg.max_attempts,
-                resolve_timeout=min(5.0, cfg.commit_timeout), endorsing_orgs=tuple(cfg.endorsing_orgs),
+                resolve_timeout=min(5.0, cfg.commit_timeout), commit_timeout=cfg.commit_timeout,
+                endorsing_orgs=tuple(cfg.endorsing_orgs),
                 channel=cfg.channel, chaincode=cfg.chaincode),
             catalog=self.b.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
             metrics=self.m,
             backoff=lambda attempt: compute_delay(attempt, cfg.backoff_base, cfg.backoff_cap, jitter=0.5),
             backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed, recorded=recorded,
-            lease_s=cfg.lease_seconds)
+            lease_s=cfg.lease_seconds, watchers=watchers)
         self._batchers = (recorded, submitted, committed)
         self._ring = ring
         self.ready = True
         self._write_status()  # readiness visible at once, not a heartbeat later
+        for w in watchers.values():
+            self._spawn(w.run(self.stop), f"commits-{w.channel}")
         self._spawn(self._notify_loop(), "notify")
         self._spawn(self._renew_loop(), "renew")
         self._spawn(self._wallet_loop(), "wallet")
         self._spawn(self._metrics_loop(), "metrics")
         await self._claim_loop()
         return await self._shutdown()
+
+    def _commit_watchers(self, ring: IdentityRing) -> dict[str, CommitWatcher]:
+        """One filtered-block stream per channel this worker's commands go to."""
+        assert self.gateway is not None
+        channels = {self.cfg.channel or route.channel for t in self.b.types
+                    if (route := self.b.catalog.route(t)) is not None}
+        tls_hash = tls_cert_hash(self.b.client_cert) if self.b.client_cert else None
+        return {ch: CommitWatcher(self.gateway, lambda: ring.current, ch, tls_cert_hash=tls_hash,
+                                  on_state=self._on_commit_stream)
+                for ch in sorted(channels)}
+
+    def _on_commit_stream(self, up: bool) -> None:
+        self.m.commit_stream_up.set(1 if up else 0)
+        self._write_status()
 
     async def _gateway_ready(self) -> bool:
         assert self.gateway is not None
@@ -506,6 +525,7 @@ class Worker:
             or self.db.last_error,
             "draining": self.draining,
             "cert_not_after": self._wallet_identity.not_after.isoformat(),
+            "commit_stream": bool(p and any(w.live for w in p.watchers.values())),
         }
         path = self._status_file
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

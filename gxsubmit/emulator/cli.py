@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="RPC=MIN:MAX",
-        help="added latency per RPC (Evaluate, Endorse, Submit, CommitStatus, ChaincodeEvents or *)",
+        help="added latency per RPC (Evaluate, Endorse, Submit, CommitStatus, ChaincodeEvents, "
+        "DeliverFiltered (at stream start) or *)",
     )
     g.add_argument("--fail-endorse", type=_fraction, default=0.0, metavar="P", help="Endorse UNAVAILABLE")
     g.add_argument(

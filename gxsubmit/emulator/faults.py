@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["RPC_NAMES", "Faults", "parse_latency"]
 
-RPC_NAMES = ("Evaluate", "Endorse", "Submit", "CommitStatus", "ChaincodeEvents")
+RPC_NAMES = ("Evaluate", "Endorse", "Submit", "CommitStatus", "ChaincodeEvents", "DeliverFiltered")
 
 
 @dataclass

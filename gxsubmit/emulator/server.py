@@ -1,8 +1,9 @@
-"""The Fabric Gateway emulator: the five Gateway RPCs over a real grpc.aio server.
+"""The Fabric Gateway emulator: the five Gateway RPCs and the peer's DeliverFiltered over grpc.aio.
 
 It plays gateway peer (Org1), a second endorsing peer (Org2), the orderer and the committer. All
 state lives on one asyncio loop in a background thread, so nothing needs locks; the block cutter
-is a task on that loop.
+is a task on that loop. Deliver and DeliverWithPrivateData (full blocks) are not served: the ledger
+keeps no envelopes, so those methods answer UNIMPLEMENTED as for any unknown method.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from grpc_status import rpc_status
 
 from gxsubmit.emulator import chaincode as cc
 from gxsubmit.emulator import wire
+from gxsubmit.emulator.deliver import DEFAULT_TIME_WINDOW_S, FilteredBlocks, Seek, parse_seek
 from gxsubmit.emulator.faults import Faults
 from gxsubmit.emulator.ledger import Ledger, TxLocation
 from gxsubmit.emulator.validation import (
@@ -241,7 +243,7 @@ class _Core:
         self.pending: list[TxInfo] = []
         self.endorsed: dict[str, TxInfo] = {}
         self.waiters: dict[str, list[asyncio.Future[TxLocation]]] = {}
-        self.new_block = asyncio.Condition()
+        self.block_signal = asyncio.Event()  # set, then replaced, after each cut: wakes every stream
         self._have_pending = asyncio.Event()
         self._full = asyncio.Event()
         self.counters: Counter[str] = Counter()
@@ -351,8 +353,18 @@ class _Core:
             self.commit_block(batch)
         self._have_pending.clear()
         self._full.clear()
-        async with self.new_block:
-            self.new_block.notify_all()
+        signal, self.block_signal = self.block_signal, asyncio.Event()
+        signal.set()
+
+    async def wait_block(self, height: int, max_wait: float) -> None:
+        """Return once the ledger is taller than ``height``, or after ``max_wait`` seconds."""
+        if self.ledger.height > height:
+            return
+        try:
+            async with asyncio.timeout(max_wait):
+                await self.block_signal.wait()
+        except TimeoutError:
+            pass
 
     # -- validation and commit -----------------------------------------------------------------
 
@@ -755,14 +767,109 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                 if events:
                     yield gateway_pb2.ChaincodeEventsResponse(events=events, block_number=block)
                 block += 1
-            async with core.new_block:
-                if ledger.height <= block:
-                    try:
-                        await asyncio.wait_for(core.new_block.wait(), timeout=0.5)
-                    except TimeoutError:
-                        pass
+            await core.wait_block(block, 0.5)  # the timeout bounds how late an outage is noticed
             if core.faults.in_outage():
                 await self._fail(context, _Abort(grpc.StatusCode.UNAVAILABLE, "gateway unavailable"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The peer's Deliver service (DeliverFiltered only)
+
+
+_STATUS = {code: wire.deliver_status(code) for code in common_pb2.Status.values()}
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+class _Deliver:
+    """``/protos.Deliver/DeliverFiltered`` as a Fabric 2.5 peer serves it next to the Gateway.
+
+    Each Envelope read from the stream is a seek; its blocks are sent in order, then SUCCESS, then
+    the next seek is read. A refused seek (see ``deliver.parse_seek``), FAIL_IF_NOT_READY past the
+    head or an identity expiring mid-seek is answered with that status and ends the RPC (gRPC OK),
+    as the peer does. Outages and a failed committer end it with gRPC UNAVAILABLE instead.
+    Responses go out pre-serialized: a block is encoded once for every stream that follows the head.
+    """
+
+    def __init__(self, gateway: _Gateway) -> None:
+        self.gateway = gateway
+        self.core = gateway.core
+        self.blocks = FilteredBlocks(gateway.core.ledger, CHANNEL)
+        tw = gateway.core.time_window_s
+        self.time_window_s = tw if tw is not None else DEFAULT_TIME_WINDOW_S
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "protos.Deliver",
+            {
+                "DeliverFiltered": grpc.stream_stream_rpc_method_handler(
+                    self.DeliverFiltered,
+                    request_deserializer=common_pb2.Envelope.FromString,
+                    response_serializer=_raw,
+                )
+            },
+        )
+
+    async def _unavailable(self, context: Any) -> NoReturn:
+        core = self.core
+        message = core.fatal or "failed to connect to all addresses; peer unavailable"
+        await self.gateway._fail(context, _Abort(grpc.StatusCode.UNAVAILABLE, message))
+
+    async def DeliverFiltered(
+        self, requests: AsyncIterator[common_pb2.Envelope], context: Any
+    ) -> AsyncIterator[bytes]:
+        core = self.core
+        ledger = core.ledger
+        faults = core.faults
+        try:
+            await self.gateway._gate("DeliverFiltered")
+        except _Abort as err:
+            await self.gateway._fail(context, err)
+        async for env in requests:
+            if faults.in_outage() or core.fatal is not None:
+                await self._unavailable(context)
+            seek = parse_seek(
+                env,
+                registry=core.registry,
+                channel=CHANNEL,
+                height=ledger.height,
+                now=time.time(),
+                time_window_s=self.time_window_s,
+            )
+            if not isinstance(seek, Seek):
+                core.counters[f"deliver_status_{seek}"] += 1
+                yield _STATUS[seek]
+                return
+            core.counters["deliver_seeks"] += 1
+            status = common_pb2.SUCCESS
+            number = seek.start
+            while True:
+                if seek.fail_if_not_ready and number > ledger.height - 1:
+                    status = common_pb2.NOT_FOUND
+                    break
+                if seek.not_found:
+                    status = common_pb2.NOT_FOUND
+                    break
+                while number >= ledger.height:
+                    await core.wait_block(number, 0.5)  # the timeout bounds how late an outage is noticed
+                    if faults.in_outage() or core.fatal is not None:
+                        await self._unavailable(context)
+                if faults.in_outage() or core.fatal is not None:
+                    await self._unavailable(context)
+                if seek.creator.expired(time.time()):
+                    status = common_pb2.FORBIDDEN
+                    break
+                core.counters["deliver_blocks"] += 1
+                yield self.blocks.get(number)
+                if number == seek.stop:
+                    break
+                number += 1
+            core.counters[f"deliver_status_{status}"] += 1
+            yield _STATUS[status]
+            if status != common_pb2.SUCCESS:
+                return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -890,7 +997,9 @@ class Emulator:
                 ("grpc.http2.max_pings_without_data", 0),
             ]
         )
-        gateway_pb2_grpc.add_GatewayServicer_to_server(_Gateway(core), server)
+        gateway = _Gateway(core)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
+        server.add_generic_rpc_handlers((_Deliver(gateway).handler(),))
         try:
             port = (
                 server.add_secure_port(self.listen, creds)
@@ -970,6 +1079,9 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         """Counters: committed (all codes), valid, by_code, rejected (RPC errors), blocks, height, CPU.
 
+        ``deliver_seeks``: DeliverFiltered seeks accepted (start position fixed); ``deliver_blocks``:
+        filtered blocks sent over all streams.
+
         ``cpu_s``: whole-process CPU since start (see ``process_cpu_seconds``); ``loop_cpu_s``: the
         event-loop thread alone; ``cpu_ms_per_committed``: ``cpu_s`` per committed transaction.
         """
@@ -991,6 +1103,8 @@ class Emulator:
             "lost_acks": c["lost_acks"],
             "rpcs": {k[4:]: v for k, v in c.items() if k.startswith("rpc_")},
             "blocks": c["blocks"],
+            "deliver_seeks": c["deliver_seeks"],
+            "deliver_blocks": c["deliver_blocks"],
             "height": core.ledger.height,
             "pending": len(core.pending),
             "replayed": self.replayed,

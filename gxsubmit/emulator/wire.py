@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-__all__ = ["chaincode_event", "endorsed_payload", "input_only_payload", "proposal_response_payload", "rwset"]
+__all__ = [
+    "chaincode_event",
+    "deliver_status",
+    "endorsed_payload",
+    "filtered_block_response",
+    "input_only_payload",
+    "proposal_response_payload",
+    "rwset",
+]
 
 
 def _varint(n: int) -> bytes:
@@ -37,7 +45,8 @@ def _opt(tag: bytes, data: bytes) -> bytes:
 
 # Tags (field number << 3 | wire type) of fields 1..4: length-delimited (2) and varint (0).
 _L1, _L2, _L3, _L4 = b"\x0a", b"\x12", b"\x1a", b"\x22"
-_V1, _V2 = b"\x08", b"\x10"
+_V1, _V2, _V3 = b"\x08", b"\x10", b"\x18"
+_ENDORSER_TRANSACTION = 3  # common.HeaderType
 
 
 def input_only_payload(cis_input: bytes) -> bytes:
@@ -105,3 +114,34 @@ def endorsed_payload(
     tx = _ld(_L1, _opt(_L1, signature_header) + _opt(_L2, cap))
     header = _opt(_L1, channel_header) + _opt(_L2, signature_header)
     return _ld(_L1, header) + _opt(_L2, tx)
+
+
+def deliver_status(status: int) -> bytes:
+    """``DeliverResponse{status}`` (a oneof member: written even when zero)."""
+    return _V1 + _varint(status)
+
+
+def filtered_block_response(
+    channel: str, number: int, txs: Iterable[tuple[str, int, int, tuple[str, str] | None]]
+) -> bytes:
+    """``DeliverResponse{filtered_block}`` from (tx id, header type, validation code, event) rows.
+
+    Like the peer, an ENDORSER_TRANSACTION always carries ``transaction_actions`` (possibly empty)
+    with one FilteredChaincodeAction for an event of a named chaincode; the event payload is left out.
+    Other header types (the genesis CONFIG transaction) carry no actions.
+    """
+    parts: list[bytes] = []
+    for tx_id, header_type, code, event in txs:
+        body = _opt(_L1, tx_id.encode())
+        if header_type:
+            body += _V2 + _varint(header_type)
+        if code:
+            body += _V3 + _varint(code)
+        if header_type == _ENDORSER_TRANSACTION:
+            actions = b""
+            if event is not None and event[0]:
+                actions = _ld(_L1, _ld(_L1, chaincode_event(event[0], tx_id, event[1], b"")))
+            body += _ld(_L4, actions)
+        parts.append(_ld(_L4, body))
+    block = _opt(_L1, channel.encode()) + (_V2 + _varint(number) if number else b"") + b"".join(parts)
+    return _ld(_L3, block)

@@ -11,7 +11,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import grpc
+from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
+from fabric_protos.peer import events_pb2
 
 from gxsubmit.fabric.codes import code_name
 from gxsubmit.fabric.errors import ErrorClass, FabricError, from_rpc_error
@@ -25,11 +27,20 @@ from gxsubmit.fabric.proposal import (
     endorse_request,
     evaluate_request,
     parse_prepared,
+    seek_envelope,
     sign_envelope,
     submit_request,
 )
 
-__all__ = ["ChaincodeEvent", "CommitResult", "Deadlines", "EventBlock", "GatewayClient", "channel_options"]
+__all__ = [
+    "ChaincodeEvent",
+    "CommitResult",
+    "Deadlines",
+    "EventBlock",
+    "FilteredBlock",
+    "GatewayClient",
+    "channel_options",
+]
 
 #: Fabric's default maximum message size (peer.grpc maxRecvMsgSize / maxSendMsgSize).
 MAX_MESSAGE_BYTES = 100 * 1024 * 1024
@@ -70,6 +81,15 @@ class ChaincodeEvent:
 class EventBlock:
     block_number: int
     events: tuple[ChaincodeEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FilteredBlock:
+    """One committed block as the peer's filtered delivery shows it: every transaction's validation
+    code, in block order (a second copy of a tx id shows DUPLICATE_TXID here)."""
+
+    number: int
+    transactions: tuple[tuple[str, int], ...]
 
 
 def channel_options(*, server_name: str | None, keepalive_s: float) -> list[tuple[str, int | str]]:
@@ -132,6 +152,12 @@ class GatewayClient:
         self._commit_status = self._channel.unary_unary(
             "/gateway.Gateway/CommitStatus", response_deserializer=gateway_pb2.CommitStatusResponse.FromString
         )
+        # The peer's Deliver service shares the gateway's address (and this channel's connection).
+        self._deliver_filtered = self._channel.stream_stream(
+            "/protos.Deliver/DeliverFiltered",
+            request_serializer=common_pb2.Envelope.SerializeToString,
+            response_deserializer=events_pb2.DeliverResponse.FromString,
+        )
 
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 - contract name
         """Connect now; FabricError(stage="connect", TRANSIENT) if not ready within ``timeout``."""
@@ -160,9 +186,7 @@ class GatewayClient:
     async def endorse(self, p: Proposal) -> Prepared:
         """Collect endorsements; returns the unsigned envelope after checking it is our transaction."""
         try:
-            resp = await self._endorse(
-                endorse_request(p).SerializeToString(), timeout=self.deadlines.endorse
-            )
+            resp = await self._endorse(endorse_request(p).SerializeToString(), timeout=self.deadlines.endorse)
         except grpc.RpcError as err:
             raise from_rpc_error("endorse", err, tx_id=p.tx_id) from None
         if not resp.HasField("prepared_transaction"):
@@ -242,6 +266,49 @@ class GatewayClient:
         finally:
             call.cancel()
 
+    async def filtered_blocks(
+        self,
+        identity: SigningIdentity,
+        *,
+        channel: str,
+        start_block: int | None,
+        tls_cert_hash: bytes | None = None,
+    ) -> AsyncGenerator[FilteredBlock, None]:
+        """The peer's filtered blocks from ``start_block`` (None: the newest committed block first), for
+        ever. Any end of the stream is a FabricError at stage "deliver": the caller reconnects."""
+        envelope = seek_envelope(
+            identity, channel=channel, start_block=start_block, tls_cert_hash=tls_cert_hash
+        )
+        call = self._deliver_filtered()
+        try:
+            # The write side stays open: a peer reads the next seek only after this one has ended.
+            await call.write(envelope)
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise FabricError(
+                        stage="deliver",
+                        error_class=ErrorClass.TRANSIENT,
+                        error_code="DELIVER_ENDED",
+                        message=f"block stream on {channel} ended by the peer",
+                    )
+                kind = resp.WhichOneof("Type")
+                if kind == "filtered_block":
+                    fb = resp.filtered_block
+                    yield FilteredBlock(
+                        number=int(fb.number),
+                        transactions=tuple(
+                            (t.txid, int(t.tx_validation_code)) for t in fb.filtered_transactions
+                        ),
+                    )
+                elif kind == "status":
+                    raise _deliver_status(channel, int(resp.status))
+                # other kinds (full blocks) are not asked for: ignore them
+        except grpc.RpcError as err:
+            raise from_rpc_error("deliver", err) from None
+        finally:
+            call.cancel()
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -256,4 +323,23 @@ def _bad_response(stage: str, tx_id: str, message: str, *, code: str = "BAD_RESP
     # Nothing was signed or submitted: the same proposal can be endorsed again.
     return FabricError(
         stage=stage, error_class=ErrorClass.PERMANENT, error_code=code, message=message, tx_id=tx_id
+    )
+
+
+def _deliver_status(channel: str, status: int) -> FabricError:
+    """A deliver stream answered with a status instead of blocks (common.Status). 503 and 500 are the
+    peer being busy or behind; the 4xx ones are about this request or identity (bad seek, not a channel
+    member, unknown channel): retrying the same request will not help, but the worker falls back to
+    CommitStatus calls and keeps working either way."""
+    name = common_pb2.Status.Name(status) if status in common_pb2.Status.values() else str(status)
+    transient = status in (
+        common_pb2.SUCCESS,
+        common_pb2.SERVICE_UNAVAILABLE,
+        common_pb2.INTERNAL_SERVER_ERROR,
+    )
+    return FabricError(
+        stage="deliver",
+        error_class=ErrorClass.TRANSIENT if transient else ErrorClass.PERMANENT,
+        error_code=f"DELIVER_{name}",
+        message=f"block stream on {channel} answered {name} ({status})",
     )

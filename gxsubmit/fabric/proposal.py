@@ -34,6 +34,7 @@ __all__ = [
     "new_nonce",
     "parse_prepared",
     "proposed_transaction",
+    "seek_envelope",
     "sign_envelope",
     "submit_request",
 ]
@@ -272,3 +273,49 @@ def chaincode_events_request(
         req.after_transaction_id = after_tx_id
     request = _ser(req)
     return gateway_pb2.SignedChaincodeEventsRequest(request=request, signature=identity.sign(request))
+
+
+#: The stop position of a seek that never ends: the largest block number (the Go client's choice).
+_SEEK_FOREVER = 2**64 - 1
+
+
+def seek_envelope(
+    identity: SigningIdentity,
+    *,
+    channel: str,
+    start_block: int | None,
+    tls_cert_hash: bytes | None = None,
+    timestamp: datetime | None = None,
+) -> common_pb2.Envelope:
+    """The signed DELIVER_SEEK_INFO envelope that opens a block stream (the official clients' layout:
+    no tx id or nonce; the creator alone in the signature header).
+
+    ``start_block`` None asks for the newest committed block first, so the first answer also says
+    where the stream stands; it never stops by itself.
+    """
+    if start_block is not None and start_block < 0:
+        raise ValueError("start_block must be >= 0")
+    ch = common_pb2.ChannelHeader(type=common_pb2.DELIVER_SEEK_INFO, channel_id=channel, epoch=0)
+    ch.timestamp.seconds, ch.timestamp.nanos = _seconds_nanos(timestamp or datetime.now(UTC))
+    if tls_cert_hash:
+        ch.tls_cert_hash = tls_cert_hash
+    start = (
+        ab_pb2.SeekPosition(newest=ab_pb2.SeekNewest())
+        if start_block is None
+        else ab_pb2.SeekPosition(specified=ab_pb2.SeekSpecified(number=start_block))
+    )
+    seek = ab_pb2.SeekInfo(
+        start=start,
+        stop=ab_pb2.SeekPosition(specified=ab_pb2.SeekSpecified(number=_SEEK_FOREVER)),
+        behavior=ab_pb2.SeekInfo.BLOCK_UNTIL_READY,
+    )
+    payload = _ser(
+        common_pb2.Payload(
+            header=common_pb2.Header(
+                channel_header=_ser(ch),
+                signature_header=_ser(common_pb2.SignatureHeader(creator=identity.creator)),
+            ),
+            data=_ser(seek),
+        )
+    )
+    return common_pb2.Envelope(payload=payload, signature=identity.sign(payload))

@@ -1,6 +1,7 @@
 """The official Node client (@hyperledger/fabric-gateway 1.11.0) against the emulator.
 
-It must evaluate, submit, get commit status and read chaincode events, and raise the same error
+It must evaluate, submit, get commit status, read chaincode events and filtered blocks
+(``network.getFilteredBlockEvents``, the peer's DeliverFiltered), and raise the same error
 classes (GatewayError, EndorseError, SubmitError, CommitStatusError, CommitError) with the same gRPC
 codes for the corresponding faults as against a real gateway. Keys come from a dev wallet.
 """
@@ -263,3 +264,54 @@ def test_node_client_over_tls(node: str, tmp_path: Path, wallet: Path) -> None:
     finally:
         emu.stop()
     assert res["ok"] and res["successful"], res
+
+
+def test_node_client_filtered_block_events(
+    node: str, tmp_path: Path, wallet: Path, emulator: Emulator
+) -> None:
+    create = {
+        "op": "submit",
+        "identity": "org1-partner-api",
+        "contract": "IdentityContract",
+        "fn": "CreateUser",
+    }
+    (first,) = run_node(node, tmp_path, wallet, emulator.port, [{"name": "a", **create, "args": user("fb1")}])
+    assert first["ok"] and first["successful"], first
+    start = first["blockNumber"] + 1  # the block the next transaction will be in: no race with the seek
+    follow, replay, beyond = run_node(
+        node,
+        tmp_path,
+        wallet,
+        emulator.port,
+        [
+            {
+                "name": "follow",
+                "op": "filteredBlocks",
+                "startBlock": start,
+                "submit": {"name": "b", **create, "args": user("fb2")},
+            },
+            {"name": "replay", "op": "filteredBlocks", "startBlock": 0, "count": 2},
+            {"name": "beyond", "op": "filteredBlocks", "startBlock": 1000},
+        ],
+    )
+    assert follow["ok"], follow
+    sub = follow["submitted"]
+    assert sub["ok"] and sub["successful"] and sub["blockNumber"] == start
+    (block,) = follow["blocks"]
+    assert block["number"] == start and block["channelId"] == "gxchannel"
+    assert block["transactions"] == [
+        {
+            "txId": sub["transactionId"],
+            "type": 3,  # ENDORSER_TRANSACTION
+            "code": 0,  # VALID
+            "hasActions": True,
+            "events": [{"chaincodeId": "gxtv3", "txId": sub["transactionId"], "eventName": "UserCreated"}],
+        }
+    ]
+    assert replay["ok"], replay
+    genesis, b1 = replay["blocks"]
+    assert genesis["number"] == 0 and [(t["type"], t["code"]) for t in genesis["transactions"]] == [(1, 0)]
+    assert b1["number"] == first["blockNumber"] == 1
+    assert [t["txId"] for t in b1["transactions"]] == [first["transactionId"]]
+    # A start beyond the ledger: the peer answers with a NOT_FOUND status, which the client raises.
+    assert not beyond["ok"] and "Unexpected status response: 404" in beyond["message"], beyond

@@ -223,18 +223,64 @@ def test_sigkill_mid_flight_then_restart_is_exactly_once(h: Harness) -> None:
     assert taken_over, "the restarted worker took over expired leases (attempt counted)"
 
 
-def test_lost_acks_and_commit_status_faults_stay_exactly_once(h: Harness) -> None:
+@pytest.mark.parametrize("commit_events", [True, False], ids=["block-stream", "commit-status"])
+def test_lost_acks_and_commit_status_faults_stay_exactly_once(h: Harness, commit_events: bool) -> None:
     h.emu.faults.submit_lost_ack = 0.3
     h.emu.faults.commit_status_unavailable = 0.3
     ids = h.enqueue([_user(str(n)) for n in range(60)] + [_mint(str(n)) for n in range(20)])
-    h.spawn("org1-partner-api", max_attempts=3)
-    h.spawn("org1-super-admin", max_attempts=3)
+    h.spawn("org1-partner-api", max_attempts=3, commit_events=commit_events)
+    h.spawn("org1-super-admin", max_attempts=3, commit_events=commit_events)
     wait_for(lambda: h.all_final(ids), 60, 0.2, "all rows final")
     assert h.emu.stats()["lost_acks"] > 0
     h.audit(ids)
     # A lost ack re-submits the same tx id: the ledger holds the second copy as DUPLICATE_TXID at most.
     codes = {t["validation_code"] for t in read_ledger(h.ledger)}
     assert codes <= {"VALID", "DUPLICATE_TXID"}
+
+
+def test_commits_are_learnt_from_the_block_stream(h: Harness) -> None:
+    ids = h.enqueue([_user(str(n)) for n in range(40)])
+    h.spawn("org1-partner-api")
+    wait_for(lambda: h.all_final(ids), 30, 0.1, "all rows final")
+    h.audit(ids)
+    stats = h.emu.stats()
+    assert stats["deliver_seeks"] >= 1 and stats["deliver_blocks"] >= 1, stats
+    # every commit came off the stream: not one CommitStatus call for 40 submitted transactions
+    assert stats["rpcs"].get("CommitStatus", 0) == 0, stats
+    assert stats["rpcs"]["Submit"] >= 40, stats
+    st = wait_for(lambda: h.status("org1-partner-api"), 10, 0.05, "status file")
+    assert st["commit_stream"] is True, st
+
+
+def test_commit_status_per_transaction_when_the_stream_is_off(h: Harness) -> None:
+    ids = h.enqueue([_user(str(n)) for n in range(10)])
+    h.spawn("org1-partner-api", commit_events=False)
+    wait_for(lambda: h.all_final(ids), 30, 0.1, "all rows final")
+    h.audit(ids)
+    stats = h.emu.stats()
+    assert stats["deliver_seeks"] == 0 and stats["rpcs"]["CommitStatus"] >= 10, stats
+    assert h.status("org1-partner-api")["commit_stream"] is False  # type: ignore[index]
+
+
+@pytest.mark.parametrize("emu_opts", [{"block_time": 1.0}])  # rows sit in COMMIT_WAIT when the stream breaks
+def test_block_stream_loss_falls_back_and_resumes(h: Harness) -> None:
+    p = h.spawn("org1-partner-api", backoff_base=0.1, backoff_cap=1.0, breaker_cooldown=0.5)
+    wait_for(lambda: (h.status("org1-partner-api") or {}).get("commit_stream"), 20, 0.05, "stream live")
+    first = h.enqueue([_user(f"a{n}") for n in range(50)])
+    wait_for(lambda: sum(r["status"] == "SUBMITTED" for r in h.rows().values()) >= 20, 20, 0.01,
+             "transactions waiting for their block")
+    seeks = h.emu.stats()["deliver_seeks"]
+    h.emu.faults.outage(1.5)  # the stream breaks; the pending waits go to CommitStatus (also down)
+    wait_for(lambda: not (h.status("org1-partner-api") or {}).get("commit_stream", True), 10, 0.02,
+             "stream reported down")
+    wait_for(lambda: not h.emu.faults.in_outage(), 10, 0.05, "outage over")
+    wait_for(lambda: (h.status("org1-partner-api") or {}).get("commit_stream"), 20, 0.05, "stream back")
+    assert h.emu.stats()["deliver_seeks"] > seeks  # it reconnected (resuming after the last block seen)
+    second = h.enqueue([_user(f"b{n}") for n in range(30)])
+    wait_for(lambda: h.all_final(first + second), 60, 0.1, "all rows final")
+    h.audit(first + second)
+    assert p.poll() is None
+    assert "Commit stream on gxchannel lost; using CommitStatus until it is back" in h.logs()
 
 
 @pytest.mark.parametrize("emu_opts", [{"block_time": 0.4}])
@@ -324,6 +370,7 @@ def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None
              "breaker closed again")
 
 
+@pytest.mark.parametrize("emu_opts", [{"block_time": 2.0}])  # commits wait for the block: work in flight
 def test_sigterm_drains_and_hands_back(h: Harness) -> None:
     h.emu.faults.latency_s = {"Endorse": (0.05, 0.3), "CommitStatus": (0.5, 1.5)}
     ids = h.enqueue([_user(str(n)) for n in range(300)])

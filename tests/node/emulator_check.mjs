@@ -5,6 +5,8 @@
 // CONFIG: { target, tlsCaPath?, serverName?, mspId, identities: {name: {certPath, keyPath}},
 //           deadlinesMs?: {evaluate, endorse, submit, commitStatus}, steps: [...] }
 // step ops: evaluate | submit (submitAsync + getStatus) | submitTransaction (blocking; CommitError) | events
+//           | filteredBlocks (network.getFilteredBlockEvents: {startBlock?, count?, submit?: a submit step run once
+//             the stream is open; reading stops after `count` blocks or at the block holding that submit's tx})
 import { createRequire } from 'node:module';
 import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -59,6 +61,48 @@ function describeError(err) {
         out.details = err.details.map((d) => ({ address: d.address, mspId: d.mspId, message: d.message }));
     }
     return out;
+}
+
+function describeFilteredBlock(block) {
+    return {
+        number: Number(block.getNumber()),
+        channelId: block.getChannelId(),
+        transactions: block.getFilteredTransactionsList().map((tx) => ({
+            txId: tx.getTxid(),
+            type: tx.getType(),
+            code: tx.getTxValidationCode(),
+            hasActions: tx.hasTransactionActions(),
+            events: (tx.getTransactionActions()?.getChaincodeActionsList() ?? []).map((a) => ({
+                chaincodeId: a.getChaincodeEvent()?.getChaincodeId(),
+                txId: a.getChaincodeEvent()?.getTxId(),
+                eventName: a.getChaincodeEvent()?.getEventName(),
+            })),
+        })),
+    };
+}
+
+async function filteredBlocks(network, step) {
+    const options = {};
+    if (step.startBlock !== undefined) options.startBlock = BigInt(step.startBlock);
+    const blocks = await network.getFilteredBlockEvents(options);
+    const seen = [];
+    let submitted;
+    const timer = setTimeout(() => blocks.close(), step.timeoutMs || 10000);
+    try {
+        if (step.submit) submitted = { name: step.submit.name, ...(await runStep(step.submit)) };
+        const want = submitted?.transactionId;
+        for await (const block of blocks) {
+            const b = describeFilteredBlock(block);
+            seen.push(b);
+            if (want ? b.transactions.some((tx) => tx.txId === want) : seen.length >= (step.count || 1)) break;
+        }
+    } catch (err) {
+        return { ...describeError(err), blocks: seen, submitted };
+    } finally {
+        clearTimeout(timer);
+        blocks.close();
+    }
+    return { ok: true, blocks: seen, submitted };
 }
 
 async function runStep(step) {
@@ -127,6 +171,8 @@ async function runStep(step) {
             }
             return { ok: true, events: seen };
         }
+        case 'filteredBlocks':
+            return filteredBlocks(network, step);
         default:
             throw new Error(`unknown op ${step.op}`);
     }

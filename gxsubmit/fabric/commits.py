@@ -1,0 +1,155 @@
+"""Commit outcomes from one filtered-block stream per channel instead of one CommitStatus call per tx.
+
+Why: a unary gRPC call costs this process about as much CPU as everything else it does for a command,
+and CommitStatus was one of three per command. A peer's DeliverFiltered stream carries the validation
+code of every transaction of every block, so one stream answers all the waits of a worker.
+
+Rules that keep it exactly as safe as CommitStatus:
+
+- A wait is registered before Submit (:meth:`CommitWatcher.expect`), so the block holding the tx can
+  only arrive after it; the stream is followed block by block without gaps (a reconnect resumes at the
+  block after the last one seen).
+- Only a live stream takes waits: before the first block arrived, or while reconnecting, ``expect``
+  returns None and the caller asks CommitStatus as before. When the stream breaks, every pending wait
+  is answered None at once, which sends it to CommitStatus too.
+- DUPLICATE_TXID on the stream is the code of a later copy; the caller must ask CommitStatus, which
+  reports the first copy. Such a wait is answered None as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from gxsubmit.backoff import Backoff
+from gxsubmit.fabric.client import CommitResult, GatewayClient
+from gxsubmit.fabric.codes import DUPLICATE_TXID, code_name
+from gxsubmit.fabric.errors import FabricError
+from gxsubmit.fabric.identity import SigningIdentity
+
+__all__ = ["CommitWatcher", "tls_cert_hash"]
+
+log = logging.getLogger("gxsubmit.worker")
+
+
+def tls_cert_hash(pem: bytes) -> bytes:
+    """SHA-256 of the client TLS certificate (DER): binds a seek request to the mutual-TLS session."""
+    return hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).digest()
+
+
+class CommitWatcher:
+    """Follows one channel's filtered blocks on the gateway peer and answers waits for tx ids."""
+
+    def __init__(
+        self,
+        client: GatewayClient,
+        signer: Callable[[], SigningIdentity],
+        channel: str,
+        *,
+        tls_cert_hash: bytes | None = None,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._signer = signer
+        self.channel = channel
+        self._tls_cert_hash = tls_cert_hash
+        self._on_state = on_state
+        self._waiting: dict[str, asyncio.Future[CommitResult | None]] = {}
+        self.live = False
+        #: The next block this watcher needs; None until the first block arrived.
+        self.next_block: int | None = None
+        self.blocks_seen = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, tx_id: str) -> asyncio.Future[CommitResult | None] | None:
+        """A future for ``tx_id``'s commit, or None if the stream cannot promise to see it (not live)."""
+        if not self.live:
+            return None
+        fut = self._waiting.get(tx_id)
+        if fut is None or fut.done():
+            fut = self._waiting[tx_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def forget(self, tx_id: str) -> None:
+        """Drop a wait whose transaction was never handed to the orderer after all."""
+        fut = self._waiting.pop(tx_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the stream open until ``stop``; reconnect with backoff, resuming after the last block."""
+        pacer = Backoff(0.2, 10.0)
+        while not stop.is_set():
+            try:
+                async for block in self._client.filtered_blocks(
+                    self._signer(),
+                    channel=self.channel,
+                    start_block=self.next_block,
+                    tls_cert_hash=self._tls_cert_hash,
+                ):
+                    if self.next_block is not None and block.number < self.next_block:
+                        continue  # a replayed block this watcher already handled
+                    self._on_block(block.number, block.transactions)
+                    if pacer.failures:
+                        pacer.reset()
+            except FabricError as err:
+                self._down()
+                delay = pacer.next_delay()
+                if pacer.failures == 1 or pacer.failures % 10 == 0:
+                    log.warning(
+                        "Commit stream on %s lost; using CommitStatus until it is back",
+                        self.channel,
+                        extra={
+                            "error": str(err),
+                            "retry_in_s": round(delay, 3),
+                            "next_block": self.next_block,
+                        },
+                    )
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+            except asyncio.CancelledError:
+                self._down()
+                raise
+        self._down()
+
+    def _on_block(self, number: int, transactions: tuple[tuple[str, int], ...]) -> None:
+        if not self.live:
+            self.live = True
+            log.info("Commit stream on %s following blocks from %d", self.channel, number)
+            if self._on_state is not None:
+                self._on_state(True)
+        self.next_block = number + 1
+        self.blocks_seen += 1
+        waiting = self._waiting
+        if not waiting:
+            return
+        for tx_id, code in transactions:
+            fut = waiting.pop(tx_id, None)
+            if fut is None or fut.done():
+                continue
+            if code == DUPLICATE_TXID:
+                fut.set_result(None)  # a later copy: only CommitStatus knows the first copy's code
+            else:
+                fut.set_result(
+                    CommitResult(tx_id=tx_id, block_number=number, code=code, code_name=code_name(code))
+                )
+
+    def _down(self) -> None:
+        """Not live any more: every pending wait goes to CommitStatus now."""
+        if self.live and self._on_state is not None:
+            self._on_state(False)
+        self.live = False
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_result(None)
