@@ -119,20 +119,28 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     real = _get(results, "realistic", "best")
     if real:
-        rate, p99 = real.get("commands_per_s"), real.get("p99_ms")
-        block_ms = 2000.0
-        add(
-            f"realistic throughput ({real.get('config')})",
-            None if rate is None else rate >= 500,
-            f"{fmt_num(rate)} cmd/s",
-            ">= 500 cmd/s at 2 s blocks",
-        )
-        add(
-            f"realistic p99 latency ({real.get('config')})",
-            None if p99 is None else p99 <= 2 * block_ms,
-            f"{fmt_num(p99)} ms",
-            "<= 2 x block time (4,000 ms)",
-        )
+        # One configuration must give both: the fastest in-flight limit whose p99 stays within 2 blocks.
+        rs = results["realistic"]
+        name = rs.get("best_within_latency_bound")
+        bounded = next((c for c in rs.get("configs", []) if name and c.get("config") == name), None)
+        if bounded is None:
+            add("realistic >= 500 cmd/s with p99 <= 4 s", False, "no limit kept p99 <= 4,000 ms",
+                ">= 500 cmd/s at 2 s blocks, p99 <= 2 x block time")
+        else:
+            rate, p99 = bounded.get("commands_per_s"), bounded.get("p99_ms")
+            add(
+                f"realistic throughput, p99 <= 4 s ({bounded.get('config')})",
+                None if rate is None else rate >= 500,
+                f"{fmt_num(rate)} cmd/s at p99 {fmt_num(p99)} ms",
+                ">= 500 cmd/s at 2 s blocks, p99 <= 2 x block time",
+            )
+        if real is not bounded and real.get("config") != name:
+            add(
+                f"realistic fastest limit ({real.get('config')}), for information",
+                None,
+                f"{fmt_num(real.get('commands_per_s'))} cmd/s at p99 {fmt_num(real.get('p99_ms'))} ms",
+                "-",
+            )
     orig = _get(results, "original")
     if real and orig:
         # both rates from this run, on the same realistic emulator: gxsubmit's best in-flight limit

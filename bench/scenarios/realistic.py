@@ -23,7 +23,9 @@ SPEC = EmulatorSpec(block_time=2.0, block_size=10000, latency={"Endorse": (0.020
 def run(ctx: Context) -> dict[str, Any]:
     emu = ctx.emulator("realistic", SPEC)
     identities = [i for i, _, _ in WORKLOAD]
-    limits = (1, 256, 512) if ctx.quick else (1, 4, 16, 64, 256, 512)
+    # 448 is about the largest limit whose whole wave of transactions is endorsed and submitted within
+    # one 2 s block period on this 2-core box; past it the tail of the wave waits for the next block.
+    limits = (1, 448, 512) if ctx.quick else (1, 4, 16, 64, 256, 448, 512)
     warmup, duration = (2.5, 5.0) if ctx.quick else (5.0, 30.0)
     configs = []
     for limit in limits:
@@ -57,16 +59,21 @@ def run(ctx: Context) -> dict[str, Any]:
         ctx.db.drop_schema(schema)
     best = max(configs, key=lambda c: c.get("commands_per_s") or 0.0)
     ctx.shared["realistic_best"] = best
+    # The target is throughput AND p99 <= 2 x block time in one configuration: the fastest limit that
+    # keeps the latency bound (the fastest overall is reported too, with its p99).
+    bounded = [c for c in configs if (c.get("p99_ms") or float("inf")) <= 2 * SPEC.block_time * 1000]
+    within = max(bounded, key=lambda c: c.get("commands_per_s") or 0.0) if bounded else None
     # "Full in-flight" = the service's default limit (what operators run); larger limits are reported
-    # per config in the realistic rows' rss column.
+    # per config in the realistic rows' rss column. Quick mode has no such row: the saturation
+    # scenario's (default limit, every slot busy) is used then.
     default = Config().max_in_flight
-    ctx.shared["realistic_rss"] = next(
-        (c for c in configs if c.get("max_in_flight") == default),
-        max(configs, key=lambda c: c.get("max_in_flight", 0)),
-    )
+    rss = next((c for c in configs if c.get("max_in_flight") == default), None)
+    if rss is not None:
+        ctx.shared["realistic_rss"] = rss
     return {
         "configs": configs,
         "best_config": best["config"],
+        "best_within_latency_bound": within["config"] if within else None,
         "settings": {
             "emulator": SPEC.describe(),
             "identities": identities,

@@ -47,7 +47,10 @@ def run(ctx: Context) -> dict[str, Any]:
         )
         stats["config"] = f"{n_sup} sup x 3 ids, in-flight {in_flight}"
         stats["supervisors"] = n_sup
+        stats["max_in_flight"] = in_flight
         configs.append(stats)
+        if n_sup == 1:
+            ctx.shared["saturation_rss"] = stats  # every in-flight slot busy at the default limit
         ctx.db.drop_schema(schema)
     return {
         "configs": configs,

@@ -45,6 +45,10 @@ def run(ctx: Context) -> dict[str, Any]:
     ]
     mem = ctx.shared.get("realistic_rss")
     source = f"realistic scenario, in-flight {(mem or {}).get('max_in_flight')}"
+    if not mem and ctx.shared.get("saturation_rss"):
+        mem = ctx.shared["saturation_rss"]
+        limit = mem.get("max_in_flight", 256)
+        source = f"saturation scenario, 1 supervisor, in-flight {limit}, every slot busy"
     if not mem or "peak_rss_mb" not in mem:
         remu = ctx.emulator("realistic", REALISTIC)
         identities = [i for i, _, _ in WORKLOAD]
