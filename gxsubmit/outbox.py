@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import operator
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -179,6 +182,23 @@ class ClaimedCommand:
     created_at: datetime
 
 
+#: ClaimedCommand's exact slot layout, but not frozen: the claim fills one of these per row (plain slot
+#: stores) and then relabels it as a ClaimedCommand, which Python allows between classes of identical
+#: slots. A frozen dataclass's __init__ sets each of its 14 fields through object.__setattr__: 1.6 us a
+#: row here against 0.4 this way, more than reading the row off the wire costs.
+_ClaimedBuilder = make_dataclass(
+    "_ClaimedBuilder", [(f.name, f.type) for f in fields(ClaimedCommand)], slots=True
+)
+
+
+def _claimed(row: tuple[Any, ...], payload: Any) -> ClaimedCommand:
+    """The claim's row (in field order, payload still JSON text) as a ClaimedCommand."""
+    obj = _ClaimedBuilder(*row)
+    obj.payload = payload
+    obj.__class__ = ClaimedCommand
+    return cast(ClaimedCommand, obj)
+
+
 @dataclass(frozen=True, slots=True)
 class Committed:
     """A commit outcome to record (VALID, or another code the worker chose to record as COMMITTED)."""
@@ -207,6 +227,46 @@ class QueueStats:
     by_status_type: dict[tuple[str, str], int] = field(default_factory=dict)
     oldest_pending_age_s: float | None = None
     failed_by_code: dict[str, int] = field(default_factory=dict)
+
+
+#: bytes.translate table: every ASCII digit becomes "0", "-" stays, any other byte becomes a space.
+_DIGIT_RUNS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2D if b == 0x2D else 0x20 for b in range(256))
+#: orjson turns integers beyond 64 bits into floats; json.loads keeps them exact. Such a number has at
+#: least 20 digits, or 19 after a minus sign.
+_BIG_INTS = (b"0" * 20, b"-" + b"0" * 19)
+
+
+def _may_hold_big_int(text: bytes) -> bool:
+    digits = text.translate(_DIGIT_RUNS)
+    return _BIG_INTS[0] in digits or _BIG_INTS[1] in digits
+
+
+def _json_loads(text: str) -> Any:
+    """json.loads's result, faster: orjson unless the text may hold what orjson reads differently
+    (integers beyond 64 bits, lone surrogate escapes), which the stdlib keeps exact.
+    """
+    data = text.encode()
+    if not _may_hold_big_int(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
+def _decode_payloads(texts: list[str]) -> list[Any]:
+    """Decode the claim's payloads (JSON text) in one orjson call: psycopg's jsonb loader, a Python call
+    per row, cost 1.4 us a row against 0.2. Falls back to :func:`_json_loads` row by row if the batch may
+    need the stdlib.
+    """
+    data = ("[" + ",".join(texts) + "]").encode()
+    if not _may_hold_big_int(data):
+        try:
+            out: list[Any] = orjson.loads(data)
+            return out
+        except orjson.JSONDecodeError:
+            pass
+    return [_json_loads(t) for t in texts]
 
 
 # -- producer side ----------------------------------------------------------------------------------
@@ -252,6 +312,9 @@ async def enqueue(
 
 
 # -- worker side ------------------------------------------------------------------------------------
+
+
+_BY_SEQ = operator.attrgetter("seq")
 
 
 def _pairs(items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> dict[str, list[uuid.UUID]]:
@@ -328,8 +391,17 @@ class OutboxStore:
         cur = await conn.execute(self._q[name], params)
         return await cur.fetchall()
 
-    async def _ids(self, name: str, params: dict[str, Any]) -> set[uuid.UUID]:
-        return {r[0] for r in await self._rows(name, params)}
+    async def _held(self, name: str, params: dict[str, Any]) -> set[uuid.UUID]:
+        """Run a fenced batch update; the ids of ``params["ids"]`` whose lease held.
+
+        The statement sends the updated ids back only when some lease was lost (see queries.sql). Binary
+        results and the %b array parameters (queries.sql) spare psycopg's text array quoting and parsing.
+        """
+        conn = await self._get()
+        cur = await conn.execute(self._q[name], params, binary=True)
+        row = await cur.fetchone()
+        held = row[0] if row is not None else None
+        return set(params["ids"]) if held is None else set(held)
 
     def _claim_query(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> bytes:
         q = self._claim_q.get(limit)
@@ -346,17 +418,21 @@ class OutboxStore:
         cur = await conn.execute(
             self._claim_query(limit, conn),
             {"types": list(types), "worker_id": self.worker_id, "lease_s": float(lease_s)},
+            binary=True,
         )
-        rows = await cur.fetchall()
-        out = [ClaimedCommand(*r) for r in rows]
-        out.sort(key=lambda c: c.seq)
+        rows = await cur.fetchall()  # binary: cheaper uuid and timestamp decoding, bytea as is
+        if not rows:
+            return []
+        payloads = _decode_payloads([r[6] for r in rows])  # the query returns payload::text
+        out = [_claimed(r, p) for r, p in zip(rows, payloads, strict=True)]
+        out.sort(key=_BY_SEQ)
         return out
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_s: float) -> set[uuid.UUID]:
         """Extend the leases still held; return their ids (the others were lost)."""
         if not leases:
             return set()
-        return await self._ids("renew", {**_pairs(leases), "lease_s": float(lease_s)})
+        return await self._held("renew", {**_pairs(leases), "lease_s": float(lease_s)})
 
     async def record_tx(
         self, id: uuid.UUID, token: uuid.UUID, *, nonce: bytes, tx_id: str, creator_fingerprint: str
@@ -382,12 +458,12 @@ class OutboxStore:
             "tx_ids": [r.tx_id for r in items],
             "fps": [r.creator_fingerprint for r in items],
         }
-        return await self._ids("record_tx_many", params)
+        return await self._held("record_tx_many", params)
 
     async def mark_submitted(self, items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
         if not items:
             return set()
-        return await self._ids("mark_submitted", _pairs(items))
+        return await self._held("mark_submitted", _pairs(items))
 
     async def mark_committed(self, items: Sequence[Committed]) -> set[uuid.UUID]:
         if not items:
@@ -399,7 +475,7 @@ class OutboxStore:
             "blocks": [c.block for c in items],
             "codes": [c.validation_code for c in items],
         }
-        return await self._ids("mark_committed", params)
+        return await self._held("mark_committed", params)
 
     async def retry_later(
         self,

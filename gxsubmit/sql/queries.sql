@@ -35,7 +35,9 @@ SELECT max(version) FROM {schema}.gxsubmit_schema_version
 -- name: session_setup
 -- The claim must never run on a generic plan (DESIGN 3): plan it for the actual parameters each time.
 -- A stuck lock must not hang a worker for ever.
-SET plan_cache_mode = force_custom_plan; SET statement_timeout = '30s'
+-- Timestamps come back in UTC: psycopg converts them to the session's time zone, and UTC is the cheap
+-- one (created_at on every claimed row).
+SET plan_cache_mode = force_custom_plan; SET statement_timeout = '30s'; SET TimeZone = 'UTC'
 
 -- name: listen
 LISTEN gxsubmit
@@ -86,17 +88,24 @@ UPDATE {schema}.outbox_commands AS c
        lease_token = gen_random_uuid(),
        updated_at = now()
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
-RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload, c.attempts,
+RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint,
           c.submitted_at IS NOT NULL, c.created_at
 
 -- name: renew
-UPDATE {schema}.outbox_commands AS c
-   SET lease_expires_at = now() + make_interval(secs => %(lease_s)s),
-       updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
- WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
-RETURNING c.id
+-- The fenced batch updates (renew, record_tx_many, mark_submitted, mark_committed) return one row:
+-- NULL when every lease held (the caller has those ids already), else the ids whose lease held.
+WITH held AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[]) AS u(id, token)
+     WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+    RETURNING c.id
+)
+SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
+            THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
+  FROM held
 
 -- name: record_tx
 UPDATE {schema}.outbox_commands AS c
@@ -109,42 +118,57 @@ RETURNING c.id
 
 -- name: record_tx_many
 -- Batched record_tx: one statement for a burst of claimed rows, each fenced by its lease token.
-UPDATE {schema}.outbox_commands AS c
-   SET tx_nonce = u.nonce,
-       fabric_tx_id = u.tx_id,
-       creator_fingerprint = u.fp,
-       updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(nonces)s::bytea[], %(tx_ids)s::text[],
-              %(fps)s::text[]) AS u(id, token, nonce, tx_id, fp)
- WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
-RETURNING c.id
+WITH held AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET tx_nonce = u.nonce,
+           fabric_tx_id = u.tx_id,
+           creator_fingerprint = u.fp,
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[], %(nonces)b::bytea[], %(tx_ids)b::text[],
+                  %(fps)b::text[]) AS u(id, token, nonce, tx_id, fp)
+     WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+    RETURNING c.id
+)
+SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
+            THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
+  FROM held
 
 -- name: mark_submitted
-UPDATE {schema}.outbox_commands AS c
-   SET status = 'SUBMITTED',
-       submitted_at = coalesce(c.submitted_at, now()),
-       updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
- WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
-RETURNING c.id
+WITH held AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'SUBMITTED',
+           submitted_at = coalesce(c.submitted_at, now()),
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[]) AS u(id, token)
+     WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+    RETURNING c.id
+)
+SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
+            THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
+  FROM held
 
 -- name: mark_committed
-UPDATE {schema}.outbox_commands AS c
-   SET status = 'COMMITTED',
-       committed_at = now(),
-       submitted_at = coalesce(c.submitted_at, now()),
-       fabric_tx_id = coalesce(u.tx_id, c.fabric_tx_id),
-       commit_block = u.block,
-       validation_code = u.code,
-       error_code = NULL,
-       error = NULL,
-       lease_expires_at = NULL,
-       lease_token = NULL,
-       updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(tx_ids)s::text[], %(blocks)s::bigint[],
-              %(codes)s::text[]) AS u(id, token, tx_id, block, code)
- WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
-RETURNING c.id
+WITH held AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'COMMITTED',
+           committed_at = now(),
+           submitted_at = coalesce(c.submitted_at, now()),
+           fabric_tx_id = coalesce(u.tx_id, c.fabric_tx_id),
+           commit_block = u.block,
+           validation_code = u.code,
+           error_code = NULL,
+           error = NULL,
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[], %(tx_ids)b::text[], %(blocks)b::bigint[],
+                  %(codes)b::text[]) AS u(id, token, tx_id, block, code)
+     WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+    RETURNING c.id
+)
+SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
+            THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
+  FROM held
 
 -- name: retry_later
 -- Burning the nonce (after a definite INVALID commit of that tx id) forgets the tx id and its
@@ -191,7 +215,7 @@ WITH released AS (
            lease_expires_at = NULL,
            lease_token = NULL,
            updated_at = now()
-      FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[]) AS u(id, token)
+      FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[]) AS u(id, token)
      WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
     RETURNING c.command_type
 ), notified AS (
@@ -236,7 +260,7 @@ WITH requeued AS (
            commit_block = NULL,
            updated_at = now()
      WHERE c.status = 'FAILED'
-       AND (c.id = ANY(%(ids)s::uuid[]) OR c.error_code = %(error_code)s OR %(all_failed)s)
+       AND (c.id = ANY(%(ids)b::uuid[]) OR c.error_code = %(error_code)s OR %(all_failed)s)
     RETURNING c.command_type
 ), notified AS (
     SELECT pg_notify('gxsubmit', t.command_type) FROM (SELECT DISTINCT command_type FROM requeued) AS t

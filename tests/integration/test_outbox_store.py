@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from gxsubmit.outbox import (
+    ClaimedCommand,
     Committed,
     Notifier,
     OutboxStore,
@@ -200,6 +202,51 @@ async def test_renew_extends_only_held_leases(conn: Any, schema: str, store: Out
     assert held == {a.id}
     assert (await row(conn, schema, a.id))["lease_expires_at"] > before
     assert set(ids) == {a.id, b.id}
+
+
+async def test_batch_updates_return_exactly_the_held_ids(conn: Any, schema: str, store: OutboxStore) -> None:
+    """Every lease held, some lost, none held, and an id given twice (the statement only sends ids
+    back when some lease was lost)."""
+    await add(conn, schema, 4)
+    a, b, c, d = await store.claim(["MINT"], 10, 30.0)
+    lost = uuid.uuid4()
+    assert await store.renew([(a.id, a.lease_token), (b.id, b.lease_token)], 60.0) == {a.id, b.id}
+    assert await store.renew([(a.id, a.lease_token), (a.id, a.lease_token)], 60.0) == {a.id}
+    assert await store.renew([(a.id, lost), (b.id, lost)], 60.0) == set()
+    assert await store.mark_submitted([(a.id, a.lease_token), (b.id, lost), (c.id, c.lease_token)]) == {
+        a.id,
+        c.id,
+    }
+    recs = [TxRecord(x.id, x.lease_token, b"n" * 24, f"tx-{x.seq}", "fp") for x in (a, b)]
+    assert await store.record_tx_many([*recs, TxRecord(c.id, lost, b"n" * 24, "t", "fp")]) == {a.id, b.id}
+    done = [Committed(x.id, x.lease_token, None, None, "VALID") for x in (a, b, c)]
+    assert await store.mark_committed([*done, Committed(d.id, lost, None, 9, "VALID")]) == {a.id, b.id, c.id}
+    assert await store.mark_committed(done) == set()  # committed rows hold no lease any more
+    assert (await row(conn, schema, d.id))["status"] == "CLAIMED"
+
+
+async def test_claim_returns_payloads_and_columns_as_stored(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    """Payloads come back equal to json.loads of the stored jsonb, big integers included."""
+    payloads: list[Any] = [
+        {"amount": 123456789012345678901234567890, "neg": -9223372036854775809, "ok": 2**63 - 1},
+        {"id": "12345678901234567890123", "f": 0.1, "e": 1.5e-300, "u": "ü€😀", "n": None, "b": [True, {}]},
+        [1, "two", [3.5]],
+        "text",
+        42,
+    ]
+    for i, p in enumerate(payloads):
+        await enqueue(conn, command_type="MINT", payload=p, request_id=f"p{i}", schema=schema)
+    got = await store.claim(["MINT"], 10, 30.0)
+    assert [c.payload for c in got] == payloads
+    assert [type(v) for v in got[0].payload.values()] == [int, int, int]
+    first = got[0]
+    assert type(first) is ClaimedCommand
+    assert (first.tenant_id, first.service, first.request_id) == ("default", "cli", "p0")
+    assert first.tx_nonce is None and not first.submitted_before
+    assert first.created_at.utcoffset() is not None
+    assert abs((datetime.now(UTC) - first.created_at).total_seconds()) < 3600
 
 
 async def test_retry_later_waits_keeps_nonce_and_burns_on_request(

@@ -95,17 +95,32 @@ def test_speedup_uses_best_realistic_config_and_names_it() -> None:
     results = {
         "realistic": {
             "configs": [
-                {"config": "in-flight 1", "commands_per_s": 1.5},
-                {"config": "in-flight 512", "commands_per_s": 600.0, "p99_ms": 3000.0},
-                {"config": "in-flight 256", "commands_per_s": 350.0},
-            ]
+                {"config": "in-flight 1", "commands_per_s": 1.5, "p99_ms": 2100.0},
+                {"config": "in-flight 512", "commands_per_s": 600.0, "p99_ms": 4400.0},
+                {"config": "in-flight 448", "commands_per_s": 560.0, "p99_ms": 2300.0},
+            ],
+            "best_within_latency_bound": "in-flight 448",
         },
         "original": {"configs": [{"config": "orig", "commands_per_s": 0.5}]},
     }
     by_name = {t["name"]: t for t in evaluate_targets(results)}
     speed = by_name["speed-up over the original algorithm (realistic in-flight 512)"]
     assert speed["verdict"] == "PASS" and speed["measured"].startswith("1,200 x")
-    assert by_name["realistic p99 latency (in-flight 512)"]["verdict"] == "PASS"
+    # throughput and p99 are judged together, on the fastest limit that kept p99 <= 2 blocks
+    real = by_name["realistic throughput, p99 <= 4 s (in-flight 448)"]
+    assert real["verdict"] == "PASS" and real["measured"] == "560 cmd/s at p99 2,300 ms"
+    assert by_name["realistic fastest limit (in-flight 512), for information"]["verdict"] == "n/a"
+
+
+def test_realistic_misses_when_no_limit_keeps_the_latency_bound() -> None:
+    results = {
+        "realistic": {
+            "configs": [{"config": "in-flight 512", "commands_per_s": 700.0, "p99_ms": 4500.0}],
+            "best_within_latency_bound": None,
+        }
+    }
+    verdicts = {t["name"]: t["verdict"] for t in evaluate_targets(results)}
+    assert verdicts["realistic >= 500 cmd/s with p99 <= 4 s"] == "MISS"
 
 
 def test_feeder_tops_up_each_identity_to_its_share() -> None:
