@@ -112,7 +112,6 @@ class PipelineSettings:
     identity: str
     max_attempts: int = 10
     resolve_timeout: float = 5.0  # CommitStatus deadline when resolving an old tx id
-    commit_timeout: float = 60.0  # longest wait for a submitted tx's block before asking CommitStatus
     conflict_delay: float = 0.05  # first re-try after an MVCC conflict (jittered by backoff)
     endorsing_orgs: tuple[str, ...] = ()
     channel: str | None = None  # overrides of the catalogue's channel/chaincode
@@ -462,13 +461,9 @@ class Pipeline:
         job.stage = Stage.COMMIT_WAIT
         t0 = time.perf_counter()
         if watch is not None:
-            try:
-                result = await asyncio.wait_for(watch, self.s.commit_timeout)
-            except TimeoutError:
-                result = None  # no block with it in time: CommitStatus decides (as without a stream)
-                watcher = self.watchers.get(channel)
-                if watcher is not None:
-                    watcher.forget(tx_id)
+            # None: the stream broke, showed a later copy, or brought no block with it within the
+            # commit timeout; CommitStatus decides then, exactly as without a stream.
+            result = await watch
             if result is not None:
                 self._gateway_up()
                 self.m.commit.observe(time.perf_counter() - t0)

@@ -268,8 +268,7 @@ class Worker:
         self.pipeline = Pipeline(
             settings=PipelineSettings(
                 identity=self.identity, max_attempts=cfg.max_attempts,
-                resolve_timeout=min(5.0, cfg.commit_timeout), commit_timeout=cfg.commit_timeout,
-                endorsing_orgs=tuple(cfg.endorsing_orgs),
+                resolve_timeout=min(5.0, cfg.commit_timeout), endorsing_orgs=tuple(cfg.endorsing_orgs),
                 channel=cfg.channel, chaincode=cfg.chaincode),
             catalog=self.b.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
             metrics=self.m,
@@ -296,7 +295,7 @@ class Worker:
                     if (route := self.b.catalog.route(t)) is not None}
         tls_hash = tls_cert_hash(self.b.client_cert) if self.b.client_cert else None
         return {ch: CommitWatcher(self.gateway, lambda: ring.current, ch, tls_cert_hash=tls_hash,
-                                  on_state=self._on_commit_stream)
+                                  on_state=self._on_commit_stream, timeout_s=self.cfg.commit_timeout)
                 for ch in sorted(channels)}
 
     def _on_commit_stream(self, up: bool) -> None:

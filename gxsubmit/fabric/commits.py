@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 
 from cryptography import x509
@@ -53,6 +55,7 @@ class CommitWatcher:
         *,
         tls_cert_hash: bytes | None = None,
         on_state: Callable[[bool], None] | None = None,
+        timeout_s: float = 60.0,
     ) -> None:
         self._client = client
         self._signer = signer
@@ -60,6 +63,10 @@ class CommitWatcher:
         self._tls_cert_hash = tls_cert_hash
         self._on_state = on_state
         self._waiting: dict[str, asyncio.Future[CommitResult | None]] = {}
+        #: (deadline, tx id, future) in registration order: one sweep per second answers the overdue
+        #: ones None (cheaper than a timer per transaction)
+        self._deadlines: deque[tuple[float, str, asyncio.Future[CommitResult | None]]] = deque()
+        self.timeout_s = timeout_s
         self.live = False
         #: The next block this watcher needs; None until the first block arrived.
         self.next_block: int | None = None
@@ -70,12 +77,15 @@ class CommitWatcher:
         return len(self._waiting)
 
     def expect(self, tx_id: str) -> asyncio.Future[CommitResult | None] | None:
-        """A future for ``tx_id``'s commit, or None if the stream cannot promise to see it (not live)."""
+        """A future for ``tx_id``'s commit, or None if the stream cannot promise to see it (not live).
+
+        It is answered None (ask CommitStatus) if no block brings the tx within ``timeout_s``."""
         if not self.live:
             return None
         fut = self._waiting.get(tx_id)
         if fut is None or fut.done():
             fut = self._waiting[tx_id] = asyncio.get_running_loop().create_future()
+            self._deadlines.append((time.monotonic() + self.timeout_s, tx_id, fut))
         return fut
 
     def forget(self, tx_id: str) -> None:
@@ -87,6 +97,33 @@ class CommitWatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the stream open until ``stop``; reconnect with backoff, resuming after the last block."""
         pacer = Backoff(0.2, 10.0)
+        sweeper = asyncio.get_running_loop().create_task(
+            self._sweep(stop), name=f"commit-sweep-{self.channel}"
+        )
+        try:
+            await self._follow(stop, pacer)
+        finally:
+            sweeper.cancel()
+
+    async def _sweep(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+            self.expire(time.monotonic())
+
+    def expire(self, now: float) -> None:
+        """Answer None to the waits whose deadline passed (their tx ids go to CommitStatus)."""
+        deadlines, waiting = self._deadlines, self._waiting
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][2].done()):
+            _, tx_id, fut = deadlines.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                if waiting.get(tx_id) is fut:
+                    del waiting[tx_id]
+
+    async def _follow(self, stop: asyncio.Event, pacer: Backoff) -> None:
         while not stop.is_set():
             try:
                 async for block in self._client.filtered_blocks(
@@ -150,6 +187,7 @@ class CommitWatcher:
             self._on_state(False)
         self.live = False
         waiting, self._waiting = self._waiting, {}
+        self._deadlines.clear()
         for fut in waiting.values():
             if not fut.done():
                 fut.set_result(None)

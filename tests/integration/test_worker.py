@@ -262,6 +262,20 @@ def test_commit_status_per_transaction_when_the_stream_is_off(h: Harness) -> Non
     assert h.status("org1-partner-api")["commit_stream"] is False  # type: ignore[index]
 
 
+@pytest.mark.parametrize("emu_opts", [{"block_time": 3.0}])
+def test_a_commit_slower_than_the_timeout_goes_to_commit_status(h: Harness) -> None:
+    h.spawn("org1-partner-api", commit_timeout=1.0, backoff_base=0.1, backoff_cap=0.5)
+    wait_for(lambda: (h.status("org1-partner-api") or {}).get("commit_stream"), 20, 0.05, "stream live")
+    ids = h.enqueue([_user(str(n)) for n in range(5)])
+    wait_for(lambda: h.all_final(ids), 60, 0.1, "all rows final")
+    h.audit(ids)
+    stats = h.emu.stats()
+    # the stream's wait ran out before the 3 s block: CommitStatus was asked (and, with a 1 s deadline,
+    # timed out too, so the row was retried in doubt with the same tx id until its block came)
+    assert stats["rpcs"]["CommitStatus"] >= 5, stats
+    assert {r["status"] for r in h.rows().values()} == {"COMMITTED"}
+
+
 @pytest.mark.parametrize("emu_opts", [{"block_time": 1.0}])  # rows sit in COMMIT_WAIT when the stream breaks
 def test_block_stream_loss_falls_back_and_resumes(h: Harness) -> None:
     p = h.spawn("org1-partner-api", backoff_base=0.1, backoff_cap=1.0, breaker_cooldown=0.5)

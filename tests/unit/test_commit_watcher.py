@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,12 +122,31 @@ async def test_forget_drops_a_wait() -> None:
     w._on_block(2, (("t", 0),))  # a late block for it is ignored
 
 
-async def test_a_timed_out_wait_does_not_break_the_next_block() -> None:
+async def test_a_cancelled_wait_does_not_break_the_next_block() -> None:
     w = _watcher([])
     w._on_block(1, ())
     fut = w.expect("slow")
     assert fut is not None
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(fut, 0.001)
+        await asyncio.wait_for(fut, 0.001)  # e.g. the job was cancelled at shutdown
     w._on_block(2, (("slow", 0),))  # the cancelled future is skipped, not set
     assert fut.cancelled()
+
+
+async def test_overdue_waits_go_to_commit_status() -> None:
+    w = CommitWatcher(_NoClient(), lambda: None, "c", timeout_s=60.0)  # type: ignore[arg-type]
+    w._on_block(1, ())
+    t0 = time.monotonic()
+    early, late = w.expect("early"), None
+    assert early is not None
+    w._deadlines[0] = (t0 + 10.0, "early", early)  # registered "earlier": due first
+    late = w.expect("late")
+    assert late is not None
+    w.expire(t0 + 30.0)
+    assert early.result() is None and not late.done()  # only the overdue one is answered
+    assert w.waiting == 1
+    w._on_block(2, (("late", 0),))
+    res = late.result()
+    assert res is not None and res.valid
+    w.expire(t0 + 1000.0)  # answered waits are just dropped from the deadline queue
+    assert not w._deadlines
