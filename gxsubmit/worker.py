@@ -19,11 +19,12 @@ Shutdown order (SIGTERM/SIGINT; the handler only sets an event, the main task ac
 
 1. stop claiming;
 2. cancel jobs that have not reached Submit and ``release`` them at once (no attempt counted);
-3. let submitted jobs wait for their commit until ``drain_timeout``;
+3. let submitted jobs wait for their commit until ``drain_timeout`` (the commit stream keeps running
+   until step 5, so these waits are still answered from blocks);
 4. cancel what is left and ``release`` it too: its nonce stays in the row, so the next holder
    re-endorses the same tx id and duplicate detection resolves it — exactly once still holds;
-5. flush batched completion writes, then close the LISTEN connection, the gRPC channel and the
-   database connection; write a final status file; exit 0.
+5. flush batched completion writes, stop the commit streams, then close the LISTEN connection, the
+   gRPC channel and the database connection; write a final status file; exit 0.
 
 A second signal skips the waiting in 3 (cancel everything, release quickly, exit). After a graceful
 exit no row is left CLAIMED/SUBMITTED by this worker (unless the database itself is unreachable;
@@ -182,6 +183,8 @@ class Worker:
         self.jobs: dict[uuid.UUID, Job] = {}
         self.stop = asyncio.Event()
         self.hard_stop = asyncio.Event()
+        #: set at the end of shutdown: the commit streams keep answering the drain's commit waits
+        self.closing = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop  # set by main()
         self._signals = 0
@@ -280,7 +283,7 @@ class Worker:
         self.ready = True
         self._write_status()  # readiness visible at once, not a heartbeat later
         for w in watchers.values():
-            self._spawn(w.run(self.stop), f"commits-{w.channel}")
+            self._spawn(w.run(self.closing), f"commits-{w.channel}")
         self._spawn(self._notify_loop(), "notify")
         self._spawn(self._renew_loop(), "renew")
         self._spawn(self._wallet_loop(), "wallet")
@@ -584,6 +587,7 @@ class Worker:
             await b.drain(min(3.0, max(0.5, deadline - loop.time())))
         released_late = await self._release(rest, min(5.0, max(1.0, deadline - loop.time())))
         # 5. close everything
+        self.closing.set()
         for t in self._bg:
             t.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)

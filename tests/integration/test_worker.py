@@ -387,8 +387,9 @@ def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None
 @pytest.mark.parametrize("emu_opts", [{"block_time": 2.0}])  # commits wait for the block: work in flight
 def test_sigterm_drains_and_hands_back(h: Harness) -> None:
     h.emu.faults.latency_s = {"Endorse": (0.05, 0.3), "CommitStatus": (0.5, 1.5)}
-    ids = h.enqueue([_user(str(n)) for n in range(300)])
     p = h.spawn("org1-partner-api", drain_timeout=3.0)
+    wait_for(lambda: (h.status("org1-partner-api") or {}).get("commit_stream"), 20, 0.05, "stream live")
+    ids = h.enqueue([_user(str(n)) for n in range(300)])
     wait_for(lambda: ((h.status("org1-partner-api") or {}).get("in_flight") or 0) >= 100, 30, 0.02,
              "work in flight")
     p.send_signal(signal.SIGTERM)
@@ -396,6 +397,8 @@ def test_sigterm_drains_and_hands_back(h: Harness) -> None:
     assert _locked_by_pid(h.rows(), p.pid) == []
     st = h.status("org1-partner-api")
     assert st is not None and st["draining"] and st["in_flight"] == 0
+    # the drain's commit waits were answered by the block stream, not by a burst of CommitStatus calls
+    assert h.emu.stats()["rpcs"].get("CommitStatus", 0) == 0, h.emu.stats()
     # Whatever was handed back completes exactly once under the next worker.
     h.emu.faults.latency_s = {}
     h.spawn("org1-partner-api")
