@@ -1,4 +1,5 @@
-"""``gxsubmit check``: preflight of configuration, catalogue, wallet, database and gateway.
+"""``gxsubmit check``: preflight of configuration, catalogue, wallet, database, gateway and, when
+commits are learnt from the peer's block stream, whether each identity may open that stream.
 
 One line per item (``ok  ...`` or ``FAIL ...``) so that an operator sees every problem at once, not
 only the first; the exit status is non-zero if anything failed.
@@ -11,13 +12,16 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from cryptography import x509
 
 from gxsubmit.config import Config
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE
 from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_ca
+
+if TYPE_CHECKING:
+    from gxsubmit.fabric.client import GatewayClient
 
 __all__ = ["add_arguments", "run"]
 
@@ -70,7 +74,7 @@ def run(cfg: Config, args: argparse.Namespace | None = None, *, out: TextIO | No
     if not skip_db:
         asyncio.run(_check_database(cfg, rep))
     if not skip_gw and (cfg.insecure or tls_root is not None):
-        asyncio.run(_check_gateway(cfg, rep, tls_root))
+        asyncio.run(_check_gateway(cfg, rep, tls_root, loaded))
     if "config" in rep.failed:
         return RET_CONFIG
     if "unavailable" in rep.failed:
@@ -161,7 +165,9 @@ async def _check_database(cfg: Config, rep: _Report) -> None:
     rep.ok(f"database schema {cfg.schema}: outbox_commands readable ({pending} pending)")
 
 
-async def _check_gateway(cfg: Config, rep: _Report, tls_root: bytes | None) -> None:
+async def _check_gateway(
+    cfg: Config, rep: _Report, tls_root: bytes | None, identities: list[WalletIdentity]
+) -> None:
     from gxsubmit.fabric.client import GatewayClient
     from gxsubmit.fabric.errors import FabricError
 
@@ -176,13 +182,62 @@ async def _check_gateway(cfg: Config, rep: _Report, tls_root: bytes | None) -> N
         target=cfg.gateway, tls_root=tls_root, server_name=cfg.server_name, client_cert=cert, client_key=key
     )
     try:
-        await client.wait_ready(cfg.connect_timeout)
-    except FabricError as exc:
-        rep.fail("unavailable", f"gateway {cfg.gateway}: {exc}")
-        return
+        try:
+            await client.wait_ready(cfg.connect_timeout)
+        except FabricError as exc:
+            rep.fail("unavailable", f"gateway {cfg.gateway}: {exc}")
+            return
+        rep.ok(f"gateway {cfg.gateway} reachable ({'TLS' if tls_root is not None else 'plaintext'})")
+        if cfg.commit_events:
+            for wi in identities:
+                for channel in _channels_of(cfg, wi.name):
+                    await _check_commit_stream(cfg, rep, client, wi, channel, cert)
     finally:
         await client.close()
-    rep.ok(f"gateway {cfg.gateway} reachable ({'TLS' if tls_root is not None else 'plaintext'})")
+
+
+def _channels_of(cfg: Config, identity: str) -> list[str]:
+    from gxsubmit.catalog import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog(cfg.catalog)
+    except (CatalogError, OSError):
+        return []  # already reported by the catalogue check
+    channels = {
+        cfg.channel or route.channel
+        for t in catalog.all_types()
+        if (route := catalog.route(t)) is not None and route.identity == identity
+    }
+    return sorted(channels)
+
+
+async def _check_commit_stream(
+    cfg: Config, rep: _Report, client: GatewayClient, wi: WalletIdentity, channel: str, cert: bytes | None
+) -> None:
+    """Open the filtered-block stream as the worker will and wait for its first block. A refusal is a
+    warning, not a failure: the worker then asks CommitStatus per transaction (slower, still correct)."""
+    from gxsubmit.fabric.commits import tls_cert_hash
+    from gxsubmit.fabric.errors import FabricError
+    from gxsubmit.fabric.identity import SigningIdentity
+
+    stream = client.filtered_blocks(
+        SigningIdentity.from_wallet(wi),
+        channel=channel,
+        start_block=None,
+        tls_cert_hash=tls_cert_hash(cert) if cert else None,
+    )
+    try:
+        block = await asyncio.wait_for(anext(stream), cfg.connect_timeout)
+    except (FabricError, TimeoutError, StopAsyncIteration) as exc:
+        why = f"no block within {cfg.connect_timeout:g}s" if isinstance(exc, TimeoutError) else _one_line(exc)
+        rep.ok(
+            f"commit stream as {wi.name} on {channel}: WARNING: {why}; its worker will ask CommitStatus "
+            "per transaction (GXSUBMIT_COMMIT_EVENTS=false skips the stream)"
+        )
+        return
+    finally:
+        await stream.aclose()
+    rep.ok(f"commit stream as {wi.name} on {channel}: newest block {block.number}")
 
 
 def _one_line(exc: BaseException) -> str:
