@@ -639,9 +639,13 @@ class Feeder:
 
     async def count_unfinished(self, conn: Any) -> dict[str, int]:
         s = f'"{self.schema}".outbox_commands'
+        # Through the two partial indexes (PENDING; CLAIMED/SUBMITTED): one IN over the three statuses
+        # scans the whole table, COMMITTED rows included: 3 ms at 26k rows against 0.45, ten times a
+        # second, CPU the harness would take from the system under test.
         cur = await conn.execute(
-            f"SELECT command_type, count(*) FROM {s}"
-            " WHERE status IN ('PENDING', 'CLAIMED', 'SUBMITTED') GROUP BY command_type"
+            f"SELECT command_type, count(*) FROM (SELECT command_type FROM {s} WHERE status = 'PENDING'"
+            f" UNION ALL SELECT command_type FROM {s} WHERE status IN ('CLAIMED', 'SUBMITTED')) AS u"
+            " GROUP BY command_type"
         )
         self.statements += 1
         return {str(t): int(n) for t, n in await cur.fetchall()}
