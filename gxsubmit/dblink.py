@@ -171,7 +171,10 @@ class Batcher(Generic[I]):
     """Coalesces single fenced writes (mark_submitted / mark_committed) into one statement.
 
     No added latency when idle: the first item flushes at once; items that arrive while a flush
-    runs go out together in the next one. ``put`` returns True if the row's lease still held.
+    runs go out together in the next one. Under sustained load (the previous flush ended less than
+    ``busy_s`` ago) a flush first waits ``linger_s`` so that more rows share the statement: every
+    statement costs the database a plan and a WAL flush, whatever its size. ``put`` returns True if
+    the row's lease still held.
     """
 
     def __init__(
@@ -181,8 +184,12 @@ class Batcher(Generic[I]):
         key: Callable[[I], uuid.UUID],
         *,
         max_items: int = 500,
+        linger_s: float = 0.0,
+        busy_s: float = 0.05,
     ) -> None:
         self.name = name
+        self._linger = linger_s
+        self._busy = busy_s
         self._flush = flush
         self._key = key
         self._max = max_items
@@ -214,13 +221,19 @@ class Batcher(Generic[I]):
         return len(self._items)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_flush = float("-inf")
         while True:
             await self._kick.wait()
             self._kick.clear()
-            await asyncio.sleep(0)  # let items of the same loop tick join
+            if self._linger and loop.time() - last_flush < self._busy:
+                await asyncio.sleep(self._linger)  # busy: gather a bigger batch
+            else:
+                await asyncio.sleep(0)  # let items of the same loop tick join
             while self._items:
                 chunk, self._items = self._items[: self._max], self._items[self._max :]
                 await self._write(chunk)
+            last_flush = loop.time()
             self._idle.set()
 
     async def _write(self, chunk: Sequence[tuple[I, asyncio.Future[bool]]]) -> None:

@@ -75,6 +75,7 @@ _MIN_CLAIM_GAP_S = 0.005  # coalesce NOTIFY bursts into one claim
 _SLOT_WAIT_S = 0.02  # with a backlog, wait this long for more free slots before a small claim
 _GC_GEN0_THRESHOLD = 10_000  # CPython's default is 700
 _METRICS_FLUSH_S = 0.5  # buffered per-command metrics reach the mmap files at least this often
+_BATCH_LINGER_S = 0.005  # under load, a batched status write waits this long for more rows
 #: A claim only counts as having seen a put-back row when it ran this long after the row's due time.
 _RETRY_CLOCK_SKEW_S = 0.05
 
@@ -258,12 +259,15 @@ class Worker:
         log.info("Successfully connected Fabric client for %s", self.identity,
                  extra={"gateway": cfg.gateway, "fingerprint": ring.current.fingerprint[:16]})
 
+        linger = _BATCH_LINGER_S
         committed: Batcher[tuple[Committed, str]] = Batcher(
-            "committed", self._flush_committed, lambda c: c[0].id)
+            "committed", self._flush_committed, lambda c: c[0].id, linger_s=linger)
         submitted: Batcher[tuple[uuid.UUID, uuid.UUID]] = Batcher(
-            "submitted", lambda items: self.db.call(lambda st: st.mark_submitted(items)), lambda p: p[0])
+            "submitted", lambda items: self.db.call(lambda st: st.mark_submitted(items)), lambda p: p[0],
+            linger_s=linger)
         recorded: Batcher[TxRecord] = Batcher(
-            "recorded", lambda items: self.db.call(lambda st: st.record_tx_many(items)), lambda r: r.id)
+            "recorded", lambda items: self.db.call(lambda st: st.record_tx_many(items)), lambda r: r.id,
+            linger_s=linger)
         committed.start()
         submitted.start()
         recorded.start()

@@ -137,6 +137,32 @@ async def test_batcher_coalesces_and_reports_fence() -> None:
     await b.stop()
 
 
+async def test_batcher_lingers_only_under_load() -> None:
+    """Idle: the first item is written at once. Busy (a flush just ended): the next flush waits the
+    linger so that items arriving meanwhile share its statement."""
+    calls: list[list[uuid.UUID]] = []
+
+    async def flush(items: list[uuid.UUID]) -> set[uuid.UUID]:
+        calls.append(list(items))
+        return set(items)
+
+    b: Batcher[uuid.UUID] = Batcher("t", flush, lambda i: i, linger_s=0.05, busy_s=10.0)
+    b.start()
+    assert await b.put(uuid.uuid4())  # idle: written alone, without waiting for the linger
+    assert len(calls) == 1
+
+    async def trickle() -> list[bool]:
+        out = []
+        for _ in range(5):  # one item per loop tick, spread over a few ms: each joins the lingering batch
+            out.append(asyncio.ensure_future(b.put(uuid.uuid4())))
+            await asyncio.sleep(0.002)
+        return list(await asyncio.gather(*out))
+
+    assert await trickle() == [True] * 5
+    assert len(calls) == 2 and len(calls[1]) == 5  # busy: the five shared one statement
+    await b.stop()
+
+
 async def test_batcher_write_failure_is_reported_as_not_held() -> None:
     async def flush(items: list[uuid.UUID]) -> set[uuid.UUID]:
         raise RuntimeError("db gone")
