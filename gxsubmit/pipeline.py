@@ -469,7 +469,6 @@ class Pipeline:
                 self.m.commit.observe(time.perf_counter() - t0)
                 await self._on_commit(job, result)
                 return
-            # Not seen on the stream (it broke, a later copy, or no block in time): ask the peer.
         try:
             result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id)
         except FabricError as err:

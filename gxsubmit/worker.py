@@ -259,7 +259,7 @@ class Worker:
         log.info("Successfully connected Fabric client for %s", self.identity,
                  extra={"gateway": cfg.gateway, "fingerprint": ring.current.fingerprint[:16]})
 
-        linger = _BATCH_LINGER_S
+        linger = _BATCH_LINGER_S  # the same for the three: they share one connection
         committed: Batcher[tuple[Committed, str]] = Batcher(
             "committed", self._flush_committed, lambda c: c[0].id, linger_s=linger)
         submitted: Batcher[tuple[uuid.UUID, uuid.UUID]] = Batcher(

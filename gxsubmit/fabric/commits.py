@@ -104,6 +104,7 @@ class CommitWatcher:
             await self._follow(stop, pacer)
         finally:
             sweeper.cancel()
+            self._down()
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -137,7 +138,9 @@ class CommitWatcher:
                     self._on_block(block.number, block.transactions)
                     if pacer.failures:
                         pacer.reset()
-            except FabricError as err:
+            except Exception as err:  # the watcher must outlive any one stream
+                # A FabricError is the stream's own end; anything else is a bug, but the worker keeps
+                # running on CommitStatus meanwhile rather than leaving waits nobody will answer.
                 self._down()
                 delay = pacer.next_delay()
                 if pacer.failures == 1 or pacer.failures % 10 == 0:
@@ -145,7 +148,9 @@ class CommitWatcher:
                         "Commit stream on %s lost; using CommitStatus until it is back",
                         self.channel,
                         extra={
-                            "error": str(err),
+                            "error": str(err)
+                            if isinstance(err, FabricError)
+                            else f"{type(err).__name__}: {err}",
                             "retry_in_s": round(delay, 3),
                             "next_block": self.next_block,
                         },
@@ -154,9 +159,6 @@ class CommitWatcher:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
                     pass
-            except asyncio.CancelledError:
-                self._down()
-                raise
         self._down()
 
     def _on_block(self, number: int, transactions: tuple[tuple[str, int], ...]) -> None:

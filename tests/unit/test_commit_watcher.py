@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fabric_protos.common import common_pb2
 from fabric_protos.orderer import ab_pb2
 
+from gxsubmit.fabric.client import FilteredBlock
 from gxsubmit.fabric.codes import DUPLICATE_TXID, MVCC_READ_CONFLICT
 from gxsubmit.fabric.commits import CommitWatcher
 from gxsubmit.fabric.identity import SigningIdentity
@@ -150,3 +152,39 @@ async def test_overdue_waits_go_to_commit_status() -> None:
     assert res is not None and res.valid
     w.expire(t0 + 1000.0)  # answered waits are just dropped from the deadline queue
     assert not w._deadlines
+
+
+class _FlakyClient:
+    """A stand-in for GatewayClient.filtered_blocks: first a stream that breaks with an unexpected error
+    after one block, then one that works; records where each seek started."""
+
+    def __init__(self) -> None:
+        self.starts: list[int | None] = []
+
+    async def filtered_blocks(
+        self, identity: object, *, channel: str, start_block: int | None, tls_cert_hash: bytes | None = None
+    ) -> AsyncIterator[FilteredBlock]:
+        self.starts.append(start_block)
+        if len(self.starts) == 1:
+            yield FilteredBlock(5, ())
+            raise RuntimeError("a bug in a deserializer")
+        yield FilteredBlock(start_block or 0, (("t", 0),))
+        await asyncio.Event().wait()  # then nothing more until cancelled
+
+
+async def test_an_unexpected_error_does_not_kill_the_watcher() -> None:
+    client = _FlakyClient()
+    states: list[bool] = []
+    w = CommitWatcher(client, lambda: None, "c", on_state=states.append)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    deadline = time.monotonic() + 5
+    while len(client.starts) < 2 or w.next_block != 7:
+        assert time.monotonic() < deadline, (client.starts, w.next_block)
+        await asyncio.sleep(0.01)
+    # it went down (waits to CommitStatus), came back and resumed right after the last block seen
+    assert client.starts == [None, 6] and states == [True, False, True] and w.live
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not w.live and states[-1] is False
