@@ -18,7 +18,7 @@ from cryptography import x509
 
 from gxsubmit.config import Config
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE
-from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_ca
+from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_ca, load_tls_client
 
 if TYPE_CHECKING:
     from gxsubmit.fabric.client import GatewayClient
@@ -178,6 +178,14 @@ async def _check_gateway(
         except OSError as exc:
             rep.fail("config", f"gateway: client TLS pair: {exc.filename}: {exc.strerror}")
             return
+    elif tls_root is not None:
+        try:  # as the worker does: the wallet's client-tls-cert/-key when no pair is configured
+            pair = load_tls_client(cfg.wallet)
+        except WalletError as exc:
+            rep.fail("config", f"gateway: client TLS pair: {exc}")
+            return
+        if pair is not None:
+            cert, key = pair
     client = GatewayClient(
         target=cfg.gateway, tls_root=tls_root, server_name=cfg.server_name, client_cert=cert, client_key=key
     )

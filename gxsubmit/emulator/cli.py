@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--insecure", action="store_true", help="plain-text gRPC (default: TLS from the wallet)"
     )
     parser.add_argument(
+        "--require-client-tls",
+        action="store_true",
+        help="mutual TLS: require a client certificate signed by the wallet's tlsca-cert and check that "
+        "deliver requests are bound to it (tls_cert_hash)",
+    )
+    parser.add_argument(
         "--block-time", type=float, default=0.25, metavar="S", help="cut a block after S seconds"
     )
     parser.add_argument(
@@ -152,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             time_window_s=args.time_window,
             envelope_check=args.envelope_check,
             seed=args.seed,
+            client_tls=args.require_client_tls,
         )
     except (ValueError, EmulatorError) as exc:
         print(f"emulator: {exc}", file=sys.stderr)

@@ -4,8 +4,8 @@ The seek checks follow hyperledger/fabric 2.5 ``common/deliver`` (``deliverBlock
 control) with the peer's ``DeliverFiltered`` policy (channel Readers): every refusal is a
 ``DeliverResponse{status}``, never a gRPC error. The stream loop itself lives in ``server.py``.
 
-Mutual TLS binding (``ChannelHeader.tls_cert_hash``) is not checked: the emulator never asks for
-client certificates, and a peer without mutual TLS does not check it either.
+Mutual TLS binding (``ChannelHeader.tls_cert_hash``) is checked when the emulator requires client
+certificates (``client_tls``); without mutual TLS a peer does not check it either.
 """
 
 from __future__ import annotations
@@ -74,8 +74,14 @@ def parse_seek(
     height: int,
     now: float,
     time_window_s: float,
+    tls_cert_hash: bytes | None = None,
 ) -> Seek | int:
-    """The Seek to serve, or the ``common.Status`` value to answer with (which ends the stream)."""
+    """The Seek to serve, or the ``common.Status`` value to answer with (which ends the stream).
+
+    ``tls_cert_hash``: with mutual TLS, the hash of the session's client certificate; the seek must carry
+    the same in its channel header (Fabric's binding inspector, part of parsing the envelope: a missing or
+    different hash is BAD_REQUEST). None: no mutual TLS, no binding to check.
+    """
     try:
         payload = common_pb2.Payload.FromString(env.payload)
         if not payload.HasField("header"):
@@ -88,6 +94,8 @@ def parse_seek(
         return BAD_REQUEST
     sent = chdr.timestamp.seconds + chdr.timestamp.nanos / 1e9
     if abs(now - sent) > time_window_s:
+        return BAD_REQUEST
+    if tls_cert_hash is not None and (not tls_cert_hash or chdr.tls_cert_hash != tls_cert_hash):
         return BAD_REQUEST
     if chdr.channel_id != channel:
         return NOT_FOUND

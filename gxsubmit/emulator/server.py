@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -783,6 +784,15 @@ def _raw(data: bytes) -> bytes:
     return data
 
 
+def _client_cert_hash(context: Any) -> bytes:
+    """SHA-256 of the DER client certificate of this TLS session (b"" if the client sent none)."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        return b""
+    cert = x509.load_pem_x509_certificate(pems[0])
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
 class _Deliver:
     """``/protos.Deliver/DeliverFiltered`` as a Fabric 2.5 peer serves it next to the Gateway.
 
@@ -793,9 +803,10 @@ class _Deliver:
     Responses go out pre-serialized: a block is encoded once for every stream that follows the head.
     """
 
-    def __init__(self, gateway: _Gateway) -> None:
+    def __init__(self, gateway: _Gateway, *, bind_tls: bool = False) -> None:
         self.gateway = gateway
         self.core = gateway.core
+        self.bind_tls = bind_tls
         self.blocks = FilteredBlocks(gateway.core.ledger, CHANNEL)
         tw = gateway.core.time_window_s
         self.time_window_s = tw if tw is not None else DEFAULT_TIME_WINDOW_S
@@ -837,6 +848,7 @@ class _Deliver:
                 height=ledger.height,
                 now=time.time(),
                 time_window_s=self.time_window_s,
+                tls_cert_hash=_client_cert_hash(context) if self.bind_tls else None,
             )
             if not isinstance(seek, Seek):
                 core.counters[f"deliver_status_{seek}"] += 1
@@ -894,9 +906,12 @@ class Emulator:
         time_window_s: float | None = None,
         envelope_check: str = "orderer",
         seed: int | None = None,
+        client_tls: bool = False,
     ) -> None:
         if block_size < 1 or block_time <= 0:
             raise EmulatorError("block size must be >= 1 and block time > 0")
+        if client_tls and insecure:
+            raise EmulatorError("mutual TLS (client_tls) needs TLS: not with insecure")
         if envelope_check not in ("orderer", "committer"):
             raise EmulatorError("envelope_check must be 'orderer' or 'committer'")
         self.wallet = Path(wallet)
@@ -910,6 +925,9 @@ class Emulator:
         self.fsync = fsync
         self.time_window_s = time_window_s
         self.envelope_check = envelope_check
+        #: require a client TLS certificate (signed by the wallet's tlsca-cert) and check that deliver
+        #: seeks are bound to it (ChannelHeader.tls_cert_hash), as a peer with clientAuthRequired does
+        self.client_tls = client_tls
         self._rng = random.Random(seed)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -943,7 +961,15 @@ class Emulator:
             key = (self.wallet / "server-key").read_bytes()
         except OSError as exc:
             raise EmulatorError(f"TLS: {exc.filename}: {exc.strerror}") from None
-        return grpc.ssl_server_credentials([(key, cert)])
+        if not self.client_tls:
+            return grpc.ssl_server_credentials([(key, cert)])
+        try:
+            client_ca = (self.wallet / "tlsca-cert").read_bytes()
+        except OSError as exc:
+            raise EmulatorError(f"TLS: {exc.filename}: {exc.strerror}") from None
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=True
+        )
 
     def start(self) -> int:
         """Start serving; returns the bound port. Raises EmulatorError if it cannot start."""
@@ -999,7 +1025,7 @@ class Emulator:
         )
         gateway = _Gateway(core)
         gateway_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
-        server.add_generic_rpc_handlers((_Deliver(gateway).handler(),))
+        server.add_generic_rpc_handlers((_Deliver(gateway, bind_tls=self.client_tls).handler(),))
         try:
             port = (
                 server.add_secure_port(self.listen, creds)

@@ -54,6 +54,27 @@ def test_all_good(emu: tuple[Emulator, int], tmp_path: Path, pg_url: str, schema
         assert f"ok   commit stream as {name} on gxchannel: newest block 0" in lines, r.stdout
 
 
+def test_mutual_tls_with_the_wallet_client_pair(tmp_path: Path, pg_url: str, schema: str) -> None:
+    """A peer that requires client certificates and binds deliver seeks to them: check connects with the
+    wallet's client-tls pair, as the worker does, and the stream answers."""
+    make_dev_wallet(tmp_path / "wallet")
+    e = Emulator(wallet=tmp_path / "wallet", ledger=tmp_path / "l.jsonl", insecure=False, client_tls=True)
+    port = e.start()
+    try:
+        r = _check(
+            database_url=pg_url,
+            schema=schema,
+            gateway=f"127.0.0.1:{port}",
+            wallet=tmp_path / "wallet",
+            insecure=False,
+        )
+    finally:
+        e.stop()
+    assert r.returncode == RET_OK, r.stdout + r.stderr
+    assert f"ok   gateway 127.0.0.1:{port} reachable (TLS)" in r.stdout
+    assert "ok   commit stream as org1-admin on gxchannel: newest block 0" in r.stdout, r.stdout
+
+
 def test_commit_stream_check_is_skipped_when_off(emu: tuple[Emulator, int], tmp_path: Path) -> None:
     _, port = emu
     r = _check(

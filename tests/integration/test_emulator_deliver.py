@@ -432,3 +432,48 @@ def test_deliver_and_private_data_variants_are_unimplemented(start_emulator: Any
         with pytest.raises(grpc.RpcError) as exc:
             next(method(iter([env]), timeout=10))
         assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- mutual TLS: seeks bound to the client certificate -------------------------------------------
+
+
+async def test_mutual_tls_seek_must_carry_the_client_certificate_hash(tmp_path: Path, wallet: Path) -> None:
+    """With client certificates required, a seek whose tls_cert_hash is missing or names another
+    certificate is BAD_REQUEST (Fabric's binding inspector); the right hash gets blocks."""
+    from gxsubmit.fabric.client import GatewayClient
+    from gxsubmit.fabric.commits import tls_cert_hash
+    from gxsubmit.fabric.errors import FabricError
+    from gxsubmit.wallet import load_tls_client
+
+    emu = Emulator(wallet=wallet, ledger=tmp_path / "mtls.jsonl", insecure=False, client_tls=True)
+    port = emu.start()
+    pair = load_tls_client(wallet)
+    assert pair is not None
+    cert, key = pair
+    client = GatewayClient(
+        target=f"127.0.0.1:{port}",
+        tls_root=(wallet / "tlsca-cert").read_bytes(),
+        client_cert=cert,
+        client_key=key,
+    )
+    me = SigningIdentity.from_wallet(
+        load_identity(wallet, "org1-admin", msp_id="Org1MSP", expected_role="gx_admin")
+    )
+
+    async def first(hash_: bytes | None) -> int:
+        stream = client.filtered_blocks(me, channel="gxchannel", start_block=None, tls_cert_hash=hash_)
+        try:
+            return (await anext(stream)).number
+        finally:
+            await stream.aclose()
+
+    try:
+        assert await first(tls_cert_hash(cert)) == 0
+        for wrong in (None, hashlib.sha256(b"another certificate").digest()):
+            with pytest.raises(FabricError) as exc:
+                await first(wrong)
+            assert exc.value.error_code == "DELIVER_BAD_REQUEST", str(exc.value)
+        assert emu.stats()["deliver_seeks"] == 1
+    finally:
+        await client.close()
+        emu.stop()

@@ -262,6 +262,21 @@ def test_commit_status_per_transaction_when_the_stream_is_off(h: Harness) -> Non
     assert h.status("org1-partner-api")["commit_stream"] is False  # type: ignore[index]
 
 
+@pytest.mark.parametrize("emu_opts", [{"insecure": False, "client_tls": True}])
+def test_block_stream_over_mutual_tls_is_bound_to_the_client_certificate(h: Harness) -> None:
+    """The emulator requires a client certificate and checks each seek's tls_cert_hash against it, as a
+    peer with clientAuthRequired does; the worker takes the pair from the wallet (client-tls-cert)."""
+    ids = h.enqueue([_user(str(n)) for n in range(10)])
+    h.spawn("org1-partner-api", insecure=False)
+    wait_for(lambda: h.all_final(ids), 30, 0.1, "all rows final")
+    h.audit(ids)
+    stats = h.emu.stats()
+    assert stats["deliver_seeks"] >= 1 and stats.get("deliver_status_400", 0) == 0, stats
+    st = wait_for(lambda: (h.status("org1-partner-api") or {}).get("commit_stream") and h.status(
+        "org1-partner-api"), 10, 0.05, "stream live")
+    assert st["commit_stream"] is True
+
+
 @pytest.mark.parametrize("emu_opts", [{"block_time": 3.0}])
 def test_a_commit_slower_than_the_timeout_goes_to_commit_status(h: Harness) -> None:
     h.spawn("org1-partner-api", commit_timeout=1.0, backoff_base=0.1, backoff_cap=0.5)
