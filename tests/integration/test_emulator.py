@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,25 +34,6 @@ from gxsubmit.emulator import Emulator, Faults
 
 TX = transaction_pb2.TxValidationCode
 ABORTED_ENDORSE = "failed to endorse transaction, see attached details for more info"
-
-
-@pytest.fixture
-def start_emulator(tmp_path: Path, wallet: Path) -> Iterator[Callable[..., tuple[Emulator, RawGateway]]]:
-    started: list[tuple[Emulator, RawGateway]] = []
-
-    def start(**kw: Any) -> tuple[Emulator, RawGateway]:
-        kw.setdefault("block_time", 0.05)
-        kw.setdefault("ledger", tmp_path / "ledger.jsonl")
-        emu = Emulator(wallet=wallet, **kw)
-        port = emu.start()
-        gw = RawGateway(port)
-        started.append((emu, gw))
-        return emu, gw
-
-    yield start
-    for emu, gw in started:
-        gw.close()
-        emu.stop()
 
 
 def ident(wallet: Path, name: str = "org1-partner-api") -> RawIdentity:

@@ -137,24 +137,6 @@ class DeliverStream:
 
 
 @pytest.fixture
-def start_emulator(tmp_path: Path, wallet: Path) -> Iterator[Callable[..., tuple[Emulator, RawGateway]]]:
-    started: list[tuple[Emulator, RawGateway]] = []
-
-    def start(**kw: Any) -> tuple[Emulator, RawGateway]:
-        kw.setdefault("block_time", 0.05)
-        kw.setdefault("ledger", tmp_path / "ledger.jsonl")
-        emu = Emulator(wallet=wallet, **kw)
-        gw = RawGateway(emu.start())
-        started.append((emu, gw))
-        return emu, gw
-
-    yield start
-    for emu, gw in started:
-        gw.close()
-        emu.stop()
-
-
-@pytest.fixture
 def open_stream() -> Iterator[Callable[..., DeliverStream]]:
     streams: list[DeliverStream] = []
 
