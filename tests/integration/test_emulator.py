@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,10 @@ from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import proposal_pb2, proposal_response_pb2, transaction_pb2
-from test_emulator_support import Failure, RawGateway, RawIdentity, build_proposal, signed
+from test_emulator_support import Failure, RawGateway, RawIdentity, build_proposal, expired_cert_pems, signed
 from waiting import wait_for
 
-from gxsubmit.devwallet import issue_identity, load_ca, new_ca
+from gxsubmit.devwallet import issue_identity, new_ca
 from gxsubmit.emulator import Emulator, Faults
 
 TX = transaction_pb2.TxValidationCode
@@ -103,15 +102,7 @@ def test_endorse_builds_the_gateway_envelope_and_commits(start_emulator: Any, wa
 
 
 def _expired_identity(wallet: Path) -> RawIdentity:
-    now = datetime.now(UTC)
-    cert, key = issue_identity(
-        load_ca(wallet),
-        "old",
-        "gx_partner_api",
-        not_before=now - timedelta(days=30),
-        not_after=now - timedelta(days=1),
-    )
-    return RawIdentity.from_pems(cert, key)
+    return RawIdentity.from_pems(*expired_cert_pems(wallet))
 
 
 def _foreign_identity() -> RawIdentity:

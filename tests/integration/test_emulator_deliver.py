@@ -18,10 +18,10 @@ import pytest
 from fabric_protos.common import common_pb2
 from fabric_protos.orderer import ab_pb2
 from fabric_protos.peer import events_pb2, events_pb2_grpc, transaction_pb2
-from test_emulator_support import Failure, RawGateway, RawIdentity, build_proposal, signed
+from test_emulator_support import Failure, RawGateway, RawIdentity, build_proposal, expired_cert_pems, signed
 from waiting import wait_for
 
-from gxsubmit.devwallet import issue_identity, load_ca, new_ca
+from gxsubmit.devwallet import issue_identity, new_ca
 from gxsubmit.emulator import Emulator
 from gxsubmit.fabric.identity import SigningIdentity
 from gxsubmit.fabric.proposal import compute_tx_id, new_nonce
@@ -261,15 +261,7 @@ def test_fail_if_not_ready_sends_what_exists_then_not_found(
 
 
 def _expired(wallet: Path) -> SigningIdentity:
-    now = datetime.now(UTC)
-    cert, key = issue_identity(
-        load_ca(wallet),
-        "old",
-        "gx_partner_api",
-        not_before=now - timedelta(days=30),
-        not_after=now - timedelta(days=1),
-    )
-    return signing_identity_from_pems(cert, key)
+    return signing_identity_from_pems(*expired_cert_pems(wallet))
 
 
 def signing_identity_from_pems(cert: bytes, key: bytes) -> SigningIdentity:

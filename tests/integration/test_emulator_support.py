@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +227,18 @@ def signed(env: common_pb2.Envelope, ident: RawIdentity) -> common_pb2.Envelope:
     out.CopyFrom(env)
     out.signature = ident.sign(env.payload)
     return out
+
+
+def expired_cert_pems(wallet: Path) -> tuple[bytes, bytes]:
+    """(certificate, key) PEMs of a partner-api identity from the wallet's CA that expired yesterday."""
+    from gxsubmit.devwallet import issue_identity, load_ca
+
+    now = datetime.now(UTC)
+    cert, key = issue_identity(
+        load_ca(wallet),
+        "old",
+        "gx_partner_api",
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
+    return cert, key
