@@ -307,6 +307,10 @@ class Catalog:
     def types_for(self, identity: str) -> list[str]:
         return sorted(t for t, r in self.routes.items() if r.identity == identity)
 
+    def channels_for(self, identity: str) -> list[str]:
+        """The channels this identity's commands go to: one commit stream each."""
+        return sorted({r.channel for r in self.routes.values() if r.identity == identity})
+
     def all_types(self) -> list[str]:
         return sorted(self.routes)
 

@@ -55,7 +55,7 @@ def run(cfg: Config, args: argparse.Namespace | None = None, *, out: TextIO | No
         f"config gateway={cfg.gateway} wallet={cfg.wallet} msp={cfg.msp_id}"
         + (" (plaintext gRPC: --insecure)" if cfg.insecure else "")
     )
-    identities = _check_catalog(cfg, rep)
+    identities, channels = _check_catalog(cfg, rep)
     now = datetime.now(UTC)
     loaded: list[WalletIdentity] = []
     for name, role in identities.items():
@@ -74,7 +74,7 @@ def run(cfg: Config, args: argparse.Namespace | None = None, *, out: TextIO | No
     if not skip_db:
         asyncio.run(_check_database(cfg, rep))
     if not skip_gw and (cfg.insecure or tls_root is not None):
-        asyncio.run(_check_gateway(cfg, rep, tls_root, loaded))
+        asyncio.run(_check_gateway(cfg, rep, tls_root, loaded, channels))
     if "config" in rep.failed:
         return RET_CONFIG
     if "unavailable" in rep.failed:
@@ -82,17 +82,18 @@ def run(cfg: Config, args: argparse.Namespace | None = None, *, out: TextIO | No
     return RET_FAIL if rep.failed else RET_OK
 
 
-def _check_catalog(cfg: Config, rep: _Report) -> dict[str, str | None]:
+def _check_catalog(cfg: Config, rep: _Report) -> tuple[dict[str, str | None], dict[str, list[str]]]:
+    """(identity -> role, identity -> the channels its commands go to) of the identities to run."""
     try:
         from gxsubmit.catalog import CatalogError, load_catalog
     except ImportError as exc:  # pragma: no cover - catalogue module missing from a broken install
         rep.fail("config", f"catalogue: cannot import gxsubmit.catalog ({exc})")
-        return {}
+        return {}, {}
     try:
         catalog = load_catalog(cfg.catalog)
     except (CatalogError, OSError) as exc:
         rep.fail("config", f"catalogue {cfg.catalog or '(default)'}: {exc}")
-        return {}
+        return {}, {}
     names = list(cfg.identities) if cfg.identities else list(catalog.identities)
     unknown = [n for n in names if n not in catalog.identities]
     for n in unknown:
@@ -100,7 +101,11 @@ def _check_catalog(cfg: Config, rep: _Report) -> dict[str, str | None]:
     rep.ok(
         f"catalogue {catalog.source}: {len(catalog.all_types())} command types, identities {', '.join(names)}"
     )
-    return {n: catalog.identities[n] for n in names if n in catalog.identities}
+    known = [n for n in names if n in catalog.identities]
+    return (
+        {n: catalog.identities[n] for n in known},
+        {n: [cfg.channel] if cfg.channel else catalog.channels_for(n) for n in known},
+    )
 
 
 def _check_tls(cfg: Config, rep: _Report) -> bytes | None:
@@ -166,7 +171,11 @@ async def _check_database(cfg: Config, rep: _Report) -> None:
 
 
 async def _check_gateway(
-    cfg: Config, rep: _Report, tls_root: bytes | None, identities: list[WalletIdentity]
+    cfg: Config,
+    rep: _Report,
+    tls_root: bytes | None,
+    identities: list[WalletIdentity],
+    channels: dict[str, list[str]],
 ) -> None:
     from gxsubmit.fabric.client import GatewayClient
     from gxsubmit.fabric.errors import FabricError
@@ -198,25 +207,10 @@ async def _check_gateway(
         rep.ok(f"gateway {cfg.gateway} reachable ({'TLS' if tls_root is not None else 'plaintext'})")
         if cfg.commit_events:
             for wi in identities:
-                for channel in _channels_of(cfg, wi.name):
+                for channel in channels.get(wi.name, []):
                     await _check_commit_stream(cfg, rep, client, wi, channel, cert)
     finally:
         await client.close()
-
-
-def _channels_of(cfg: Config, identity: str) -> list[str]:
-    from gxsubmit.catalog import CatalogError, load_catalog
-
-    try:
-        catalog = load_catalog(cfg.catalog)
-    except (CatalogError, OSError):
-        return []  # already reported by the catalogue check
-    channels = {
-        cfg.channel or route.channel
-        for t in catalog.all_types()
-        if (route := catalog.route(t)) is not None and route.identity == identity
-    }
-    return sorted(channels)
 
 
 async def _check_commit_stream(

@@ -298,12 +298,11 @@ class Worker:
     def _commit_watchers(self, ring: IdentityRing) -> dict[str, CommitWatcher]:
         """One filtered-block stream per channel this worker's commands go to."""
         assert self.gateway is not None
-        channels = {self.cfg.channel or route.channel for t in self.b.types
-                    if (route := self.b.catalog.route(t)) is not None}
+        channels = [self.cfg.channel] if self.cfg.channel else self.b.catalog.channels_for(self.identity)
         tls_hash = tls_cert_hash(self.b.client_cert) if self.b.client_cert else None
         return {ch: CommitWatcher(self.gateway, lambda: ring.current, ch, tls_cert_hash=tls_hash,
                                   on_state=self._on_commit_stream, timeout_s=self.cfg.commit_timeout)
-                for ch in sorted(channels)}
+                for ch in channels}
 
     def _on_commit_stream(self, up: bool) -> None:
         self.m.commit_stream_up.set(1 if up else 0)

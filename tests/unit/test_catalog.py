@@ -410,6 +410,19 @@ def test_replacement_catalogue(tmp_path: Path) -> None:
     assert catalog.route("CREATE_USER") is None
 
 
+def test_channels_per_identity_one_commit_stream_each(tmp_path: Path) -> None:
+    text = MINIMAL + """
+[types.AUDIT]
+identity = "ops"
+channel = "audit-ch"
+function = "Ops:Audit"
+args = []
+"""
+    catalog = load_catalog(write(tmp_path, text))
+    assert catalog.channels_for("ops") == ["audit-ch", "ch"]
+    assert catalog.channels_for("nobody") == []
+
+
 def test_extending_the_default(tmp_path: Path) -> None:
     path = write(tmp_path, """
 extends = "default"
