@@ -146,16 +146,16 @@ async def test_batcher_lingers_only_under_load() -> None:
         calls.append(list(items))
         return set(items)
 
-    b: Batcher[uuid.UUID] = Batcher("t", flush, lambda i: i, linger_s=0.05, busy_s=10.0)
+    b: Batcher[uuid.UUID] = Batcher("t", flush, lambda i: i, linger_s=0.5, busy_s=10.0)
     b.start()
     assert await b.put(uuid.uuid4())  # idle: written alone, without waiting for the linger
     assert len(calls) == 1
 
     async def trickle() -> list[bool]:
         out = []
-        for _ in range(5):  # one item per loop tick, spread over a few ms: each joins the lingering batch
+        for _ in range(5):  # one item per loop tick (no wall-clock wait): each joins the lingering batch
             out.append(asyncio.ensure_future(b.put(uuid.uuid4())))
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0)
         return list(await asyncio.gather(*out))
 
     assert await trickle() == [True] * 5
