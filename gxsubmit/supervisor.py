@@ -496,12 +496,26 @@ class Supervisor:
             log.error("Reload failed, keeping the running configuration", extra={"error": str(exc)})
             return
         self.catalog = catalog
+        # Workers started (or restarted) by this reload already run the new catalogue: they are not
+        # queued for the rolling restart below.
+        fresh: set[str] = set()
         for name in wanted:
-            if name not in self.slots:
-                self.slots[name] = Slot(name, catalog.identities[name])
-                self.spawn(self.slots[name])
-            self.slots[name].role = catalog.identities[name]
-            self.slots[name].retiring = False
+            slot = self.slots.get(name)
+            if slot is None:
+                slot = self.slots[name] = Slot(name, catalog.identities[name])
+                log.info("Identity joined the catalogue, starting its worker", extra={"worker": name})
+            slot.role = catalog.identities[name]
+            if slot.retiring:
+                # Removed by an earlier reload and now wanted again.
+                slot.retiring = False
+                log.info("Identity is back in the catalogue", extra={"worker": name})
+                if slot.pid is not None:
+                    # Still draining after its SIGTERM: on_exit respawns it at once.
+                    slot.reload_requested = True
+                    fresh.add(name)
+            if slot.pid is None and (not slot.pids or slot.state is State.STOPPED):
+                self.spawn(slot)  # a new identity, or one retired earlier whose worker has exited
+                fresh.add(name)
         for name, slot in self.slots.items():
             if name not in wanted and not slot.retiring:
                 slot.retiring = True
@@ -522,7 +536,7 @@ class Supervisor:
                     "Wallet check failed on reload; keeping the running worker",
                     extra={"worker": name, "error": problem},
                 )
-            elif slot.pid is not None:
+            elif slot.pid is not None and name not in fresh:
                 queue_.append(name)
         self.reload_queue = queue_
         self.reload_current = None

@@ -292,3 +292,104 @@ def test_second_signal_stops_at_once_and_releases_rows(
     assert svc.proc.wait(20) == 0
     assert svc.messages("Received SIGINT again, stopping immediately")
     assert held_by(pg_url, schema, "svc") == 0
+
+
+def _catalog_with(identities: dict[str, str], types: list[str]) -> str:
+    """A stand-alone catalogue: the given identities and the packaged definitions of ``types``."""
+    import re
+
+    from gxsubmit.catalog import _default_text
+
+    base = _default_text()
+    out = ['[defaults]\nchannel = "gxchannel"\nchaincode = "gxtv3"\n\n[identities]']
+    out += [f'"{name}" = "{role}"' for name, role in identities.items()]
+    for name in types:
+        block = re.search(rf"^\[types\.{name}\]\n.*?(?=^\[|^# ----|\Z)", base, re.M | re.S)
+        assert block is not None, name
+        out.append("\n" + block.group(0).strip())
+    return "\n".join(out) + "\n"
+
+
+def test_sighup_adds_retires_and_brings_back_identities(
+    pg_url: str, schema: str, wallet: Path, emulator: EmulatorProc, procs: list[Any], tmp_path: Path
+) -> None:
+    super_admin = {"org1-super-admin": "gx_super_admin"}
+    partner = {"org1-partner-api": "gx_partner_api"}
+    admin = {"org1-admin": "gx_admin"}
+    catalog_file = tmp_path / "catalog.toml"
+    catalog_file.write_text(_catalog_with({**super_admin, **partner}, ["CREATE_USER", "MINT"]))
+    settings = service_settings(pg_url, schema, wallet, emulator, GXSUBMIT_CATALOG=str(catalog_file))
+    svc = start(procs, tmp_path, "svc", settings)
+    svc.wait_ready()
+    before = svc.status()["workers"]
+    assert set(before) == {"org1-super-admin", "org1-partner-api"}
+    first = [*users(5, "h1"), ("MINT", {"toUserId": "h1-00001", "amount": 5})]
+    total = enqueue_many(pg_url, schema, first, "h1")
+    wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == total, 60, what="first catalogue works")
+
+    def settled(names: set[str], not_pids: dict[str, int]) -> dict[str, Any] | None:
+        """The reload is over: exactly ``names`` run, each connected and none with an old pid."""
+        code, _ = svc.readyz()
+        workers = svc.status().get("workers", {})
+        live = {n: w for n, w in workers.items() if w["pid"] is not None}
+        if code != 200 or set(live) != names:
+            return None
+        if any(w["state"] != "running" or w["pid"] == not_pids.get(n) for n, w in live.items()):
+            return None
+        return live
+
+    # When an identity joins the catalogue: its worker starts once (not started, then restarted by the
+    # rolling restart), the others are restarted one at a time to load the new routes.
+    catalog_file.write_text(
+        _catalog_with({**super_admin, **partner, **admin}, ["CREATE_USER", "MINT", "APPROVE_LOAN"])
+    )
+    assert svc.proc is not None
+    svc.proc.send_signal(signal.SIGHUP)
+    old = {n: w["pid"] for n, w in before.items()}
+    live = wait_for(lambda: settled(set(old) | set(admin), old), 60, what="reload with org1-admin")
+    booted = [m for m in svc.messages("Booting worker") if m.get("worker") == "org1-admin"]
+    assert [m["worker_pid"] for m in booted] == [live["org1-admin"]["pid"]]
+    assert svc.messages("Identity joined the catalogue, starting its worker")
+    total += enqueue_many(pg_url, schema, [("APPROVE_LOAN", {"loanId": "H-L1"})], "h2")
+    wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == total, 60, what="new identity's type committed")
+    approvals = [tx for tx in emulator.valid_txs() if tx["role"] == "gx_admin"]
+    assert len(approvals) == 1
+
+    # When an identity leaves: its worker drains and stops, is not restarted, and readiness ignores it.
+    catalog_file.write_text(_catalog_with({**super_admin, **admin}, ["MINT", "APPROVE_LOAN"]))
+    svc.proc.send_signal(signal.SIGHUP)
+    gone = live["org1-partner-api"]["pid"]
+    live = wait_for(
+        lambda: settled({"org1-super-admin", "org1-admin"}, {n: w["pid"] for n, w in live.items()}),
+        60,
+        what="reload without org1-partner-api",
+    )
+    wait_for(lambda: not _alive(gone), 30, what="retired worker exited")
+    assert svc.messages("Identity left the catalogue, stopping its worker")
+    assert svc.metric("gxsubmit_worker_up", identity="org1-partner-api") == 0
+    assert svc.status()["workers"]["org1-partner-api"]["state"] == "stopped"
+
+    # When it comes back: its worker starts again and its commands commit.
+    catalog_file.write_text(
+        _catalog_with({**super_admin, **partner, **admin}, ["CREATE_USER", "MINT", "APPROVE_LOAN"])
+    )
+    svc.proc.send_signal(signal.SIGHUP)
+    previous = {n: w["pid"] for n, w in live.items()} | {"org1-partner-api": gone}
+    wait_for(
+        lambda: settled(set(old) | set(admin), previous),
+        60,
+        what="reload with org1-partner-api back",
+    )
+    total += enqueue_many(pg_url, schema, users(3, "h3"), "h3")
+    wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == total, 60, what="returned identity works")
+    assert counts(pg_url, schema)["FAILED"] == 0
+    result = audit(pg_url, schema, emulator.ledger)
+    assert result.exactly_once, result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
