@@ -301,6 +301,19 @@ class Config:
         return self.tls_ca if self.tls_ca is not None else self.wallet / "tlsca-cert"
 
     @property
+    def tls_paths(self) -> tuple[Path, Path, Path] | None:
+        """The gateway connection's TLS files (CA, client cert, client key), None in plain text.
+
+        The client pair is the explicit one, else the wallet's optional ``client-tls-*`` files.
+        A gRPC channel reads them once, so the supervisor watches them (a change restarts workers).
+        """
+        if self.insecure:
+            return None
+        if self.client_cert is not None and self.client_key is not None:
+            return self.tls_ca_path, self.client_cert, self.client_key
+        return self.tls_ca_path, self.wallet / "client-tls-cert", self.wallet / "client-tls-key"
+
+    @property
     def metrics_dir(self) -> Path:
         return self.multiproc_dir if self.multiproc_dir is not None else self.runtime_dir / "metrics"
 

@@ -51,6 +51,8 @@ log = get_logger("gxsubmit.supervisor")
 
 #: Main loop period: how often children, heartbeats and readiness are looked at.
 TICK = 0.25
+#: How often the gateway TLS files are checked for a change (three stat calls).
+TLS_CHECK_INTERVAL = 3.0
 #: Restart backoff: first delay, cap, and the healthy uptime after which it resets (DESIGN §1).
 BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 60.0
@@ -321,6 +323,8 @@ class Supervisor:
         self.reload_queue: list[str] = []
         self.reload_current: str | None = None
         self.reload_deadline = 0.0
+        self.tls_signature = self._tls_signature()
+        self.tls_next_check = 0.0
         self.last_tick = time.monotonic()
         self.last_watchdog = 0.0
         self.started_wall = time.time()
@@ -540,6 +544,48 @@ class Supervisor:
                 queue_.append(name)
         self.reload_queue = queue_
         self.reload_current = None
+
+    def _tls_signature(self) -> str | None:
+        from gxsubmit.wallet import files_signature
+
+        paths = self.cfg.tls_paths
+        return None if paths is None else files_signature(paths)
+
+    def watch_tls(self) -> None:
+        """Restart the workers one at a time when the gateway TLS files change.
+
+        A gRPC channel reads its CA and client pair once: after a CA or client certificate rotation
+        (a renewed Kubernetes Secret, certbot) the running workers would never reconnect. Files that
+        do not validate are refused and the running workers kept, as a failed SIGHUP reload is.
+        """
+        now = time.monotonic()
+        if self.draining or now < self.tls_next_check:
+            return
+        self.tls_next_check = now + TLS_CHECK_INTERVAL
+        signature = self._tls_signature()
+        if signature == self.tls_signature:
+            return
+        self.tls_signature = signature
+        from gxsubmit.wallet import WalletError, check_tls_files
+
+        paths = self.cfg.tls_paths
+        assert paths is not None
+        try:
+            check_tls_files(*paths)
+        except WalletError as exc:
+            log.error("Changed gateway TLS files rejected; keeping the running workers",
+                      extra={"error": str(exc)})
+            return
+        # A worker already stopping for a reload reads the new files when it is respawned.
+        names = [n for n, s in self.slots.items() if s.pid is not None and not s.retiring
+                 and not s.reload_requested and n not in self.reload_queue]
+        log.info("Gateway TLS files changed; restarting workers one at a time to load them",
+                 extra={"workers": names})
+        self.reload_queue.extend(names)
+        for slot in self.slots.values():
+            if slot.state is State.CONFIG_ERROR and not slot.retiring:  # perhaps a missing TLS file
+                slot.state, slot.reason, slot.delay, slot.respawn_at = State.BACKOFF, None, 0.0, now
+                log.info("Retrying identity after configuration error", extra={"worker": slot.identity})
 
     def check_wallet(self, slot: Slot) -> str | None:
         from gxsubmit.wallet import WalletError, load_identity
@@ -867,6 +913,7 @@ class Supervisor:
         self.reap()
         self.watch()
         self.manage()
+        self.watch_tls()
         self.rolling_restart()
         self.announce()
         self.publish()

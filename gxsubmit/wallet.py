@@ -32,6 +32,8 @@ __all__ = [
     "WalletError",
     "WalletIdentity",
     "cert_path",
+    "check_tls_files",
+    "files_signature",
     "key_path",
     "load_identity",
     "load_tls_ca",
@@ -276,25 +278,53 @@ def load_tls_client(wallet: Path) -> tuple[bytes, bytes] | None:
     return cert_pem, _read(kpath)
 
 
-def wallet_signature(wallet: Path, names: Sequence[str]) -> str:
-    """Cheap change detector for rotation.
+def check_tls_files(ca: Path, client_cert: Path, client_key: Path) -> None:
+    """Raise WalletError unless ``ca`` holds PEM certificates and the client pair, if either file
+    exists, is a certificate with its matching key. No file-mode rule: an explicit client key may
+    live anywhere."""
+    data = _read(ca)
+    try:
+        if not x509.load_pem_x509_certificates(data):
+            raise ValueError
+    except ValueError:
+        raise WalletError(ca, "not a PEM certificate bundle (cannot parse)") from None
+    if not client_cert.exists() and not client_key.exists():
+        return
+    _, cert = _load_cert(client_cert)
+    try:
+        key = serialization.load_pem_private_key(_read(client_key), password=None)
+    except (ValueError, TypeError):
+        raise WalletError(client_key, "not an unencrypted PEM private key") from None
+    if key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(*_SPKI):
+        raise WalletError(client_key, f"private key does not match certificate {client_cert.name}")
 
-    Kubernetes updates a mounted Secret by swapping the ``..data`` symlink atomically, so the
-    visible paths stay the same: include each file's resolved path, inode, mtime and size.
-    """
+
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def wallet_signature(wallet: Path, names: Sequence[str]) -> str:
+    """Cheap change detector for rotation of the wallet's files (see :func:`files_signature`)."""
     wallet = Path(wallet)
     files = [CA_CERT, TLSCA_CERT, CLIENT_TLS_CERT, CLIENT_TLS_KEY]
     for n in names:
         files += [f"{n}-cert", f"{n}-key"]
+    return files_signature([wallet / f for f in files])
+
+
+def files_signature(paths: Sequence[Path]) -> str:
+    """Changes when any of ``paths`` is replaced, rewritten, appears or disappears.
+
+    Kubernetes updates a mounted Secret by swapping the ``..data`` symlink atomically, so the
+    visible paths stay the same: include each file's resolved path, inode, mtime and size.
+    """
     h = hashlib.sha256()
-    for fname in files:
-        p = wallet / fname
+    for p in paths:
         try:
             real = os.path.realpath(p)
             st = os.stat(p)
-            h.update(f"{fname}|{real}|{st.st_ino}|{st.st_mtime_ns}|{st.st_size}|{st.st_mode}\n".encode())
+            h.update(f"{p.name}|{real}|{st.st_ino}|{st.st_mtime_ns}|{st.st_size}|{st.st_mode}\n".encode())
         except OSError:
-            h.update(f"{fname}|missing\n".encode())
+            h.update(f"{p.name}|missing\n".encode())
     return h.hexdigest()
 
 

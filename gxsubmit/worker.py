@@ -514,6 +514,14 @@ class Worker:
         breaker_open = not self.breaker.is_closed
         self.m.breaker_open.set(1 if breaker_open else 0)
         self.m.in_flight.set(len(self.jobs))
+        # The pipeline only learns of an outage from its own calls; an idle worker would report a gateway
+        # it cannot reach (a peer down, a TLS CA that no longer matches) as fine. The channel knows.
+        unreachable = self.gateway is not None and self.gateway.connectivity() == "TRANSIENT_FAILURE"
+        last_error = (p.last_error if p and p.last_error else None) or self.last_error or self.db.last_error
+        if unreachable:
+            watchers = p.watchers.values() if p else ()
+            stream_error = next((w.last_error for w in watchers if w.last_error), None)
+            last_error = stream_error or f"cannot connect to gateway {self.cfg.gateway}"
         doc = {
             "pid": os.getpid(),
             "identity": self.identity,
@@ -521,13 +529,12 @@ class Worker:
             "started_at": self.started,
             "ready": self.ready and not self.draining,
             "db_ok": self.db.ok,
-            "gateway_ok": bool(self.ready and (p.gateway_ok if p else True)),
+            "gateway_ok": bool(self.ready and (p.gateway_ok if p else True) and not unreachable),
             "breaker_open": breaker_open,
             "in_flight": len(self.jobs),
             "committed": p.n_committed if p else 0,
             "failed": p.n_failed if p else 0,
-            "last_error": (p.last_error if p and p.last_error else None) or self.last_error
-            or self.db.last_error,
+            "last_error": last_error,
             "draining": self.draining,
             "cert_not_after": self._wallet_identity.not_after.isoformat(),
             "commit_stream": bool(p and any(w.live for w in p.watchers.values())),

@@ -68,6 +68,8 @@ class CommitWatcher:
         self._deadlines: deque[tuple[float, str, asyncio.Future[CommitResult | None]]] = deque()
         self.timeout_s = timeout_s
         self.live = False
+        #: Why the stream last ended (cleared by the next block): the gateway's own words, for /readyz.
+        self.last_error: str | None = None
         #: The next block this watcher needs; None until the first block arrived.
         self.next_block: int | None = None
         self.blocks_seen = 0
@@ -142,15 +144,14 @@ class CommitWatcher:
                 # A FabricError is the stream's own end; anything else is a bug, but the worker keeps
                 # running on CommitStatus meanwhile rather than leaving waits nobody will answer.
                 self._down()
+                self.last_error = str(err) if isinstance(err, FabricError) else f"{type(err).__name__}: {err}"
                 delay = pacer.next_delay()
                 if pacer.failures == 1 or pacer.failures % 10 == 0:
                     log.warning(
                         "Commit stream on %s lost; using CommitStatus until it is back",
                         self.channel,
                         extra={
-                            "error": str(err)
-                            if isinstance(err, FabricError)
-                            else f"{type(err).__name__}: {err}",
+                            "error": self.last_error,
                             "retry_in_s": round(delay, 3),
                             "next_block": self.next_block,
                         },
@@ -164,6 +165,7 @@ class CommitWatcher:
     def _on_block(self, number: int, transactions: tuple[tuple[str, int], ...]) -> None:
         if not self.live:
             self.live = True
+            self.last_error = None
             log.info("Commit stream on %s following blocks from %d", self.channel, number)
             if self._on_state is not None:
                 self._on_state(True)

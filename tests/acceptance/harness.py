@@ -86,6 +86,7 @@ class EmulatorProc:
     extra: tuple[str, ...] = ()
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    insecure: bool = True  # False: TLS with the wallet's server-cert/server-key
 
     @property
     def ledger(self) -> Path:
@@ -110,7 +111,7 @@ class EmulatorProc:
             str(self.wallet),
             "--ledger",
             str(self.ledger),
-            "--insecure",
+            *(["--insecure"] if self.insecure else []),
             "--ready-file",
             str(ready),
             *self.extra,

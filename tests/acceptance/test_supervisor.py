@@ -387,6 +387,55 @@ def test_sighup_adds_retires_and_brings_back_identities(
     assert result.exactly_once, result
 
 
+def test_rotated_gateway_tls_ca_is_loaded_without_a_restart(
+    pg_url: str, schema: str, wallet: Path, procs: list[Any], tmp_path: Path
+) -> None:
+    from gxsubmit.devwallet import SERVER_CERT, SERVER_KEY, _issue_tls, new_ca, write_cert, write_key
+    from gxsubmit.wallet import TLSCA_CERT
+
+    peer, client = tmp_path / "peer", tmp_path / "client"  # the peer's files and gxsubmit's wallet
+    shutil.copytree(wallet, peer)
+    shutil.copytree(wallet, client)
+    emu = EmulatorProc(wallet=peer, workdir=tmp_path, insecure=False)
+    procs.append(emu)
+    emu.start()
+    settings = service_settings(pg_url, schema, client, emu, GXSUBMIT_INSECURE="false")
+    svc = start(procs, tmp_path, "svc", settings)
+    svc.wait_ready()
+    total = enqueue_many(pg_url, schema, users(5, "t1"), "t1")
+    wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == total, 60, what="committed over TLS")
+    assert svc.status()["workers"]["org1-admin"]["restarts"] == 0
+
+    # Given the peer restarted with a certificate from a new TLS CA: the workers cannot reconnect.
+    tlsca2 = new_ca("tlsca2.org1.example.com", org="org1.example.com")
+    server_cert, server_key = _issue_tls(tlsca2, "localhost", server=True)
+    emu.stop()
+    write_cert(peer / TLSCA_CERT, tlsca2.cert_pem)
+    write_cert(peer / SERVER_CERT, server_cert)
+    write_key(peer / SERVER_KEY, server_key)
+    emu.start()
+    def refused() -> str:
+        code, text = svc.readyz()
+        line = next((ln for ln in text.splitlines() if ln.startswith("org1-admin: ")), "")
+        return line if code == 503 and "gateway unavailable" in line and "handshake" in line.lower() else ""
+
+    wait_for(refused, 60, what="old CA refused, and /readyz says why")
+    total += enqueue_many(pg_url, schema, users(5, "t2"), "t2")
+
+    # When the new CA reaches gxsubmit's wallet (an atomic replace, as a renewed Secret arrives)
+    old = {n: w["pid"] for n, w in svc.status()["workers"].items()}
+    write_cert(client / TLSCA_CERT, tlsca2.cert_pem)
+
+    # Then each worker is restarted to load it, reconnects, and the waiting commands commit once.
+    svc.wait_ready(60)
+    wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == total, 60, what="committed after rotation")
+    assert svc.messages("Gateway TLS files changed; restarting workers one at a time to load them")
+    new = {n: w["pid"] for n, w in svc.status()["workers"].items()}
+    assert all(new[n] != old[n] for n in IDENTITIES)
+    result = audit(pg_url, schema, emu.ledger)
+    assert result.exactly_once, result
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -16,6 +16,7 @@ from gxsubmit.devwallet import issue_identity, load_ca, make_dev_wallet, new_ca
 from gxsubmit.wallet import (
     DEFAULT_IDENTITIES,
     WalletError,
+    check_tls_files,
     load_identity,
     load_tls_ca,
     load_tls_client,
@@ -291,3 +292,25 @@ def test_signature_changes_when_a_file_is_rewritten_or_removed(wallet: Path) -> 
     (wallet / "tlsca-cert").unlink()
     assert wallet_signature(wallet, names) != sig2
     assert load_tls_ca(wallet) is None
+
+
+def test_tls_files_check_accepts_a_bundle_and_refuses_what_a_channel_could_not_use(wallet: Path) -> None:
+    ca, cert, key = wallet / "tlsca-cert", wallet / "client-tls-cert", wallet / "client-tls-key"
+    check_tls_files(ca, cert, key)
+    # A bundle of two CAs (old and new during a rotation) is fine; no client pair at all too.
+    other = new_ca("tlsca2.org1.example.com", org="org1.example.com")
+    devwallet.write_cert(ca, ca.read_bytes() + other.cert_pem)
+    check_tls_files(ca, wallet / "absent-cert", wallet / "absent-key")
+    # The client key of another certificate
+    _, foreign_key = devwallet._issue_tls(other, "gxsubmit-client", server=False)
+    devwallet.write_key(key, foreign_key)
+    with pytest.raises(WalletError, match="does not match certificate client-tls-cert"):
+        check_tls_files(ca, cert, key)
+    # A CA file that is not PEM, and a client certificate without its key
+    devwallet.write_cert(ca, BAD_CERT)
+    with pytest.raises(WalletError, match="tlsca-cert: not a PEM certificate bundle"):
+        check_tls_files(ca, cert, key)
+    devwallet.write_cert(ca, other.cert_pem)
+    key.unlink()
+    with pytest.raises(WalletError, match="client-tls-key: file not found"):
+        check_tls_files(ca, cert, key)
