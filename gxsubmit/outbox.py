@@ -13,6 +13,7 @@ import hashlib
 import json
 import operator
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -93,7 +94,7 @@ def latest_version() -> int:
 
 
 def _compose(name: str, schema: str, **literals: int) -> sql.Composed:
-    subs: dict[str, sql.Composable] = {"schema": sql.Identifier(schema)}
+    subs: dict[str, sql.Composable] = {"schema": sql.Identifier(schema), "schema_name": sql.Literal(schema)}
     subs.update({k: sql.Literal(v) for k, v in literals.items()})
     return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
 
@@ -574,13 +575,26 @@ class OutboxStore:
 
 
 class Notifier:
-    """LISTEN on a dedicated autocommit connection; ``wait`` returns early when a row is inserted."""
+    """LISTEN on a dedicated autocommit connection; ``wait`` returns early when a row is inserted.
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    Payloads are ``<schema>:<command_type>`` (migration 0003). Given ``schema`` and ``types``, only those
+    wake the waiter: inserts of other identities' types, or into other schemas on the same server, would
+    each cost it an empty claim. A payload without ``:`` (the trigger before 0003) always wakes it.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], wanted: frozenset[str] | None = None) -> None:
         self._conn = conn
+        self._wanted = wanted
 
     @classmethod
-    async def connect(cls, url: str, *, connect_timeout: float = 5.0) -> Notifier:
+    async def connect(
+        cls,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        schema: str | None = None,
+        types: Sequence[str] | None = None,
+    ) -> Notifier:
         conn = await psycopg.AsyncConnection.connect(
             url,
             autocommit=True,
@@ -592,19 +606,28 @@ class Notifier:
         except BaseException:
             await conn.close()
             raise
-        return cls(conn)
+        wanted = None if schema is None or types is None else frozenset(f"{schema}:{t}" for t in types)
+        return cls(conn, wanted)
+
+    def _wakes(self, payload: str) -> bool:
+        return self._wanted is None or payload in self._wanted or ":" not in payload
 
     async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - the contract's signature
-        """Wait up to ``timeout`` s; True if a NOTIFY arrived. Drains queued ones so a burst of
+        """Wait up to ``timeout`` s; True if a NOTIFY for us arrived. Drains queued ones so a burst of
         inserts wakes the worker once. Raises ``psycopg.OperationalError`` if the connection died.
         """
+        deadline = time.monotonic() + max(0.0, timeout)
         got = False
-        async for _ in self._conn.notifies(timeout=max(0.0, timeout), stop_after=1):
-            got = True
-        if got:
-            async for _ in self._conn.notifies(timeout=0.0):
-                pass
-        return got
+        while not got:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            # One generator at a time on the connection: drain only after this one has finished.
+            async for n in self._conn.notifies(timeout=left, stop_after=1):
+                got = got or self._wakes(n.payload)  # a packet may hold several
+        async for _ in self._conn.notifies(timeout=0.0):
+            pass
+        return True
 
     @property
     def broken(self) -> bool:

@@ -414,8 +414,9 @@ class Worker:
         while not self.stop.is_set():
             if self.notifier is None:
                 try:
-                    self.notifier = await Notifier.connect(self.cfg.database_url,
-                                                           connect_timeout=self.cfg.connect_timeout)
+                    self.notifier = await Notifier.connect(
+                        self.cfg.database_url, connect_timeout=self.cfg.connect_timeout,
+                        schema=self.cfg.schema, types=self.b.types)
                     pacer.reset()
                 except Exception:
                     await pacer.sleep(self.stop)

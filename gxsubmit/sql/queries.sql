@@ -1,5 +1,6 @@
 -- Named queries of the outbox store. Each starts with a "-- name: <name>" line.
--- {schema} is replaced by the quoted schema (psycopg.sql.Identifier), {limit} by an integer literal.
+-- {schema} is replaced by the quoted schema (psycopg.sql.Identifier), {schema_name} by the schema's name as a
+-- string literal (NOTIFY payloads are '<schema>:<command_type>'), {limit} by an integer literal.
 -- Never put literal braces or percent signs in this file.
 
 -- name: schema_exists
@@ -219,7 +220,7 @@ WITH released AS (
      WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
     RETURNING c.command_type
 ), notified AS (
-    SELECT pg_notify('gxsubmit', t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
+    SELECT pg_notify('gxsubmit', {schema_name} || ':' || t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
 )
 SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)
 
@@ -263,7 +264,7 @@ WITH requeued AS (
        AND (c.id = ANY(%(ids)b::uuid[]) OR c.error_code = %(error_code)s OR %(all_failed)s)
     RETURNING c.command_type
 ), notified AS (
-    SELECT pg_notify('gxsubmit', t.command_type) FROM (SELECT DISTINCT command_type FROM requeued) AS t
+    SELECT pg_notify('gxsubmit', {schema_name} || ':' || t.command_type) FROM (SELECT DISTINCT command_type FROM requeued) AS t
 )
 SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM notified)
 
@@ -297,6 +298,6 @@ WITH released AS (
      WHERE c.status IN ('CLAIMED', 'SUBMITTED') AND c.locked_by = ANY(%(owners)s::text[])
     RETURNING c.command_type
 ), notified AS (
-    SELECT pg_notify('gxsubmit', t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
+    SELECT pg_notify('gxsubmit', {schema_name} || ':' || t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
 )
 SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)

@@ -435,9 +435,37 @@ async def test_a_rolled_back_insert_does_not_notify_a_committed_one_does(pg_url:
         seen: list[str] = []
         async for n in listener.notifies(timeout=30.0):
             seen.append(n.payload)
-            if n.payload == "COMMITTED_TYPE":
+            if n.payload == f"{schema}:COMMITTED_TYPE":
                 break
-        assert "COMMITTED_TYPE" in seen and "ROLLED_BACK_TYPE" not in seen
+        assert f"{schema}:COMMITTED_TYPE" in seen and f"{schema}:ROLLED_BACK_TYPE" not in seen
+
+
+async def test_a_worker_wakes_only_for_its_own_schema_and_types(pg_url: str, schema: str, conn: Any) -> None:
+    from dbutil import drop_schema, migrate_schema, new_schema_name
+
+    other = new_schema_name()
+    migrate_schema(pg_url, other)
+    notifier = await Notifier.connect(pg_url, schema=schema, types=["MINT", "FREEZE_WALLET"])
+    try:
+        # Inserts of another identity's type, and of its own type in another schema on the same server
+        await enqueue(conn, command_type="CREATE_USER", payload={}, schema=schema)
+        await enqueue(conn, command_type="MINT", payload={}, schema=other)
+        # ... do not wake it (an absence: bounded by the wait's own timeout, which a wake-up would cut short)
+        assert await notifier.wait(timeout=1.0) is False
+        # Its own type in its own schema does, and so does a type-only payload (the trigger before 0003)
+        await enqueue(conn, command_type="FREEZE_WALLET", payload={}, schema=schema)
+        assert await notifier.wait(timeout=30.0) is True
+        await conn.execute("SELECT pg_notify('gxsubmit', 'MINT')")
+        assert await notifier.wait(timeout=30.0) is True
+        # One commit's notifications arrive together: a wanted one followed by others still wakes it
+        await conn.execute(
+            "SELECT pg_notify('gxsubmit', %s), pg_notify('gxsubmit', %s), pg_notify('gxsubmit', %s)",
+            (f"{schema}:MINT", f"{schema}:CREATE_USER", f"{other}:MINT"),
+        )
+        assert await notifier.wait(timeout=30.0) is True
+    finally:
+        await notifier.close()
+        drop_schema(pg_url, other)
 
 
 async def test_release_owned_hands_back_rows_of_exited_workers(
