@@ -10,8 +10,11 @@ mode: the supervisor's statistics run every 15 s and each worker's fallback poll
 shorter window would miss them. The top statements by calls in the window go into the JSON.
 
 Pickup: single CREATE_USER inserts, spaced out; delay = the row's ``locked_at`` (``now()`` of the claim
-statement's transaction) minus the insert's commit time taken on the client right after COMMIT returned
-(same machine clock). It runs on the same server, after the idle window.
+statement's transaction) minus the inserting transaction's commit time as the server recorded it
+(``track_commit_timestamp``, looked up by the inserted row's ``xmin``). Both come from the server clock.
+(A client-side time taken after COMMIT returned came later than some claims: the NOTIFY reaches the
+worker while the acknowledgement is still on its way to the client, and p50 read negative.) It runs on
+the same server, after the idle window.
 """
 
 from __future__ import annotations
@@ -62,7 +65,11 @@ def _start_server(ctx: Context) -> tuple[Any, str, str, str]:
 
     pg = EmbeddedPostgres(
         ctx.workdir / "pg-idle",
-        settings={"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "top"},
+        settings={
+            "shared_preload_libraries": "pg_stat_statements",
+            "pg_stat_statements.track": "top",
+            "track_commit_timestamp": "on",  # pickup's start: the insert's commit time
+        },
     )
     pg.start()
     dbname = "gxbench_idle"
@@ -182,13 +189,18 @@ async def _pickup(url: str, schema: str, n: int, spacing: float) -> dict[str, An
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for g in range(1, n + 1):
             rid = f"pickup-{g}"
-            await conn.execute(
+            cur = await conn.execute(
                 f"INSERT INTO {table} (service, command_type, request_id, payload) "
                 f"SELECT 'bench', '{ctype}', %(rid)s, ({expr})"
-                f" FROM (SELECT %(g)s::int AS g, 'pk'::text AS p) AS x",
+                f" FROM (SELECT %(g)s::int AS g, 'pk'::text AS p) AS x RETURNING xmin::text",
                 {"rid": rid, "g": g},
             )
-            commit_ts[rid] = time.time()
+            row = await cur.fetchone()
+            assert row is not None
+            cur = await conn.execute("SELECT pg_xact_commit_timestamp(%s::xid)", (row[0],))
+            committed = await cur.fetchone()
+            assert committed is not None and committed[0] is not None, "track_commit_timestamp is off"
+            commit_ts[rid] = committed[0].timestamp()
             prog.tick(f"inserted {g}/{n}")
             await asyncio.sleep(spacing)
         deadline = time.monotonic() + 30.0
@@ -212,5 +224,5 @@ async def _pickup(url: str, schema: str, n: int, spacing: float) -> dict[str, An
         "p95_ms": percentile(delays, 95),
         "p99_ms": percentile(delays, 99),
         "max_ms": max(delays) if delays else None,
-        "note": "INSERT commit -> claim (locked_at), ms (same embedded server as idle)",
+        "note": "INSERT commit (server commit timestamp) -> claim (locked_at), ms (same server as idle)",
     }
