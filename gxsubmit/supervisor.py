@@ -546,7 +546,7 @@ class Supervisor:
         self.reload_current = None
 
     def _tls_signature(self) -> str | None:
-        from gxsubmit.wallet import files_signature
+        from gxsubmit.filesig import files_signature  # not gxsubmit.wallet: that loads cryptography
 
         paths = self.cfg.tls_paths
         return None if paths is None else files_signature(paths)

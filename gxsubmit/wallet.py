@@ -21,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gxsubmit.filesig import files_signature
+
 __all__ = [
     "CA_CERT",
     "CLIENT_TLS_CERT",
@@ -33,7 +35,6 @@ __all__ = [
     "WalletIdentity",
     "cert_path",
     "check_tls_files",
-    "files_signature",
     "key_path",
     "load_identity",
     "load_tls_ca",
@@ -309,23 +310,6 @@ def wallet_signature(wallet: Path, names: Sequence[str]) -> str:
     for n in names:
         files += [f"{n}-cert", f"{n}-key"]
     return files_signature([wallet / f for f in files])
-
-
-def files_signature(paths: Sequence[Path]) -> str:
-    """Changes when any of ``paths`` is replaced, rewritten, appears or disappears.
-
-    Kubernetes updates a mounted Secret by swapping the ``..data`` symlink atomically, so the
-    visible paths stay the same: include each file's resolved path, inode, mtime and size.
-    """
-    h = hashlib.sha256()
-    for p in paths:
-        try:
-            real = os.path.realpath(p)
-            st = os.stat(p)
-            h.update(f"{p.name}|{real}|{st.st_ino}|{st.st_mtime_ns}|{st.st_size}|{st.st_mode}\n".encode())
-        except OSError:
-            h.update(f"{p.name}|missing\n".encode())
-    return h.hexdigest()
 
 
 def make_dev_wallet(

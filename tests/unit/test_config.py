@@ -110,3 +110,30 @@ def test_cli_bad_setting_is_one_line_exit_78() -> None:
     assert proc.stderr.count("\n") == 1
     assert "--schema" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tls_paths_follow_the_settings() -> None:
+    assert load_config(environ={"GXSUBMIT_INSECURE": "true"}).tls_paths is None
+    wallet = load_config(environ={"GXSUBMIT_WALLET": "/w"}).tls_paths
+    assert wallet == (Path("/w/tlsca-cert"), Path("/w/client-tls-cert"), Path("/w/client-tls-key"))
+    explicit = load_config(environ={"GXSUBMIT_WALLET": "/w", "GXSUBMIT_TLS_CA": "/ca.pem",
+                                    "GXSUBMIT_CLIENT_CERT": "/c.pem", "GXSUBMIT_CLIENT_KEY": "/k.pem"})
+    assert explicit.tls_paths == (Path("/ca.pem"), Path("/c.pem"), Path("/k.pem"))
+
+
+def test_the_supervisor_watches_tls_files_without_loading_cryptography(tmp_path: Path) -> None:
+    """The supervisor polls the TLS files every few seconds; cryptography would cost it ~10 MB of RSS."""
+    code = (
+        "import sys\n"
+        "from gxsubmit.catalog import load_catalog\n"
+        "from gxsubmit.config import load_config\n"
+        "from gxsubmit.supervisor import Supervisor\n"
+        f"cfg = load_config(environ={{'GXSUBMIT_WALLET': {str(tmp_path)!r}}})\n"
+        "sup = Supervisor(cfg, load_catalog(None), ['org1-admin'])\n"
+        "sup.watch_tls()\n"
+        "assert sup.tls_signature is not None\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
