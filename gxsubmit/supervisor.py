@@ -531,10 +531,7 @@ class Supervisor:
             slot = self.slots[name]
             problem = self.check_wallet(slot)
             if slot.state in (State.CONFIG_ERROR, State.BACKOFF):
-                slot.delay, slot.respawn_at = 0.0, time.monotonic()
-                if slot.state is State.CONFIG_ERROR:
-                    slot.state, slot.reason = State.BACKOFF, None
-                    log.info("Retrying identity after configuration error", extra={"worker": name})
+                self._retry_now(slot, time.monotonic())
             elif problem is not None:
                 log.error(
                     "Wallet check failed on reload; keeping the running worker",
@@ -584,8 +581,14 @@ class Supervisor:
         self.reload_queue.extend(names)
         for slot in self.slots.values():
             if slot.state is State.CONFIG_ERROR and not slot.retiring:  # perhaps a missing TLS file
-                slot.state, slot.reason, slot.delay, slot.respawn_at = State.BACKOFF, None, 0.0, now
-                log.info("Retrying identity after configuration error", extra={"worker": slot.identity})
+                self._retry_now(slot, now)
+
+    def _retry_now(self, slot: Slot, now: float) -> None:
+        """Respawn at the next tick (manage); an identity in configuration error gets another try."""
+        slot.delay, slot.respawn_at = 0.0, now
+        if slot.state is State.CONFIG_ERROR:
+            slot.state, slot.reason = State.BACKOFF, None
+            log.info("Retrying identity after configuration error", extra={"worker": slot.identity})
 
     def check_wallet(self, slot: Slot) -> str | None:
         from gxsubmit.wallet import WalletError, load_identity
