@@ -149,8 +149,9 @@ def _check_key_mode(path: Path) -> None:
         )
 
 
-def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    _check_key_mode(path)
+def _load_key(path: Path, *, check_mode: bool = True) -> ec.EllipticCurvePrivateKey:
+    if check_mode:
+        _check_key_mode(path)
     data = _read(path)
     if b"-----BEGIN" not in data or b"PRIVATE KEY-----" not in data:
         raise WalletError(path, "not a PEM private key (no BEGIN ... PRIVATE KEY block)")
@@ -272,11 +273,17 @@ def load_tls_client(wallet: Path) -> tuple[bytes, bytes] | None:
     cpath, kpath = Path(wallet) / CLIENT_TLS_CERT, Path(wallet) / CLIENT_TLS_KEY
     if not cpath.exists() and not kpath.exists():
         return None
+    cert_pem = _load_pair(cpath, kpath, check_mode=True)
+    return cert_pem, _read(kpath)
+
+
+def _load_pair(cpath: Path, kpath: Path, *, check_mode: bool) -> bytes:
+    """The certificate's PEM, after checking that the key at ``kpath`` belongs to it."""
     cert_pem, cert = _load_cert(cpath)
-    key = _load_key(kpath)
+    key = _load_key(kpath, check_mode=check_mode)
     if key.public_key().public_numbers() != _public_numbers(cert, cpath):
         raise WalletError(kpath, f"private key does not match certificate {cpath.name}")
-    return cert_pem, _read(kpath)
+    return cert_pem
 
 
 def check_tls_files(ca: Path, client_cert: Path, client_key: Path) -> None:
@@ -291,16 +298,7 @@ def check_tls_files(ca: Path, client_cert: Path, client_key: Path) -> None:
         raise WalletError(ca, "not a PEM certificate bundle (cannot parse)") from None
     if not client_cert.exists() and not client_key.exists():
         return
-    _, cert = _load_cert(client_cert)
-    try:
-        key = serialization.load_pem_private_key(_read(client_key), password=None)
-    except (ValueError, TypeError):
-        raise WalletError(client_key, "not an unencrypted PEM private key") from None
-    if key.public_key().public_bytes(*_SPKI) != cert.public_key().public_bytes(*_SPKI):
-        raise WalletError(client_key, f"private key does not match certificate {client_cert.name}")
-
-
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _load_pair(client_cert, client_key, check_mode=False)
 
 
 def wallet_signature(wallet: Path, names: Sequence[str]) -> str:
