@@ -168,6 +168,7 @@ def _stats_json(stats: QueueStats) -> dict[str, Any]:
         "by_type": by_type,
         "oldest_pending_age_s": stats.oldest_pending_age_s,
         "failed_by_code": stats.failed_by_code,
+        "retrying_by_code": stats.retrying_by_code,
     }
 
 
@@ -187,10 +188,16 @@ def format_status(stats: QueueStats) -> str:
     out = [line(head), *(line(r) for r in rows), ""]
     age = stats.oldest_pending_age_s
     out.append("oldest pending: " + ("none" if age is None else f"{age:.1f} s"))
-    if stats.failed_by_code:
-        out.append("failed by error code:")
-        for code, n in sorted(stats.failed_by_code.items(), key=lambda kv: (-kv[1], kv[0])):
-            out.append(f"  {code or '(none)'}: {n}")
+    for title, counts in (
+        ("retrying (not finished, last try failed) by error code:", stats.retrying_by_code),
+        ("failed by error code:", stats.failed_by_code),
+    ):
+        if counts:
+            out.append(title)
+            out.extend(
+                f"  {code or '(none)'}: {n}"
+                for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            )
     return "\n".join(out)
 
 

@@ -179,13 +179,15 @@ class ClaimedCommand:
     tx_nonce: bytes | None
     fabric_tx_id: str | None
     creator_fingerprint: str | None
+    #: expiry of the certificate the stored tx id was signed under (NULL on rows from before 0004)
+    creator_not_after: datetime | None
     submitted_before: bool
     created_at: datetime
 
 
 #: ClaimedCommand's exact slot layout, but not frozen: the claim fills one of these per row (plain slot
 #: stores) and then relabels it as a ClaimedCommand, which Python allows between classes of identical
-#: slots. A frozen dataclass's __init__ sets each of its 14 fields through object.__setattr__: 1.6 us a
+#: slots. A frozen dataclass's __init__ sets each of its 15 fields through object.__setattr__: 1.6 us a
 #: row here against 0.4 this way, more than reading the row off the wire costs.
 _ClaimedBuilder = make_dataclass(
     "_ClaimedBuilder", [(f.name, f.type) for f in fields(ClaimedCommand)], slots=True
@@ -220,6 +222,8 @@ class TxRecord:
     nonce: bytes
     tx_id: str
     creator_fingerprint: str
+    #: the certificate's expiry: once it is well past, a lost tx id can be abandoned (DESIGN 2.5)
+    creator_not_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +232,8 @@ class QueueStats:
     by_status_type: dict[tuple[str, str], int] = field(default_factory=dict)
     oldest_pending_age_s: float | None = None
     failed_by_code: dict[str, int] = field(default_factory=dict)
+    #: unfinished rows whose last try failed, by that error code
+    retrying_by_code: dict[str, int] = field(default_factory=dict)
 
 
 #: bytes.translate table: every ASCII digit becomes "0", "-" stays, any other byte becomes a space.
@@ -349,6 +355,12 @@ class OutboxStore:
         if version is None:
             await store.close()
             raise SchemaNotMigrated(f"schema {schema!r} has no outbox table; run 'gxsubmit migrate'")
+        if version < latest_version():
+            # The statements of this release use what its migrations add (e.g. 0004's column): say so
+            # once here instead of failing each claim.
+            await store.close()
+            raise SchemaNotMigrated(f"schema {schema!r} is at version {version}, this release needs "
+                                    f"{latest_version()}; run 'gxsubmit migrate'")
         return store
 
     async def close(self) -> None:
@@ -436,7 +448,14 @@ class OutboxStore:
         return await self._held("renew", {**_pairs(leases), "lease_s": float(lease_s)})
 
     async def record_tx(
-        self, id: uuid.UUID, token: uuid.UUID, *, nonce: bytes, tx_id: str, creator_fingerprint: str
+        self,
+        id: uuid.UUID,
+        token: uuid.UUID,
+        *,
+        nonce: bytes,
+        tx_id: str,
+        creator_fingerprint: str,
+        creator_not_after: datetime | None = None,
     ) -> bool:
         """Durably store the attempt's nonce and tx id. Must succeed before the first Endorse."""
         params = {
@@ -445,6 +464,7 @@ class OutboxStore:
             "nonce": nonce,
             "tx_id": tx_id,
             "creator_fingerprint": creator_fingerprint,
+            "creator_not_after": creator_not_after,
         }
         return bool(await self._rows("record_tx", params))
 
@@ -458,6 +478,7 @@ class OutboxStore:
             "nonces": [r.nonce for r in items],
             "tx_ids": [r.tx_id for r in items],
             "fps": [r.creator_fingerprint for r in items],
+            "not_afters": [r.creator_not_after for r in items],
         }
         return await self._held("record_tx_many", params)
 
@@ -550,11 +571,13 @@ class OutboxStore:
             by_status[status] = by_status.get(status, 0) + int(n)
         oldest = await self._rows("stats_oldest_pending", {})
         failed = await self._rows("stats_failed_by_code", {})
+        retrying = await self._rows("stats_retrying_by_code", {})
         return QueueStats(
             by_status=by_status,
             by_status_type=by_status_type,
             oldest_pending_age_s=float(oldest[0][0]) if oldest else None,
             failed_by_code={str(code): int(n) for code, n in failed},
+            retrying_by_code={str(code): int(n) for code, n in retrying},
         )
 
     async def requeue(

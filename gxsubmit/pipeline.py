@@ -25,12 +25,13 @@ import asyncio
 import enum
 import heapq
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from gxsubmit.breaker import CircuitBreaker
@@ -62,6 +63,7 @@ __all__ = [
     "PipelineSettings",
     "Stage",
     "commit_action",
+    "creator_long_expired",
     "error_action",
     "plan_nonce",
 ]
@@ -76,6 +78,11 @@ INFRA_ERROR_CODES = frozenset({"GATEWAY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "CAN
 _BOUNDED_RETRIES = 3
 #: Proposal reuse window: Fabric 3 peers reject proposals older than 15 minutes.
 _PROPOSAL_TTL_S = 300.0
+#: How long after its creator certificate expired a tx id that the ledger does not know is taken as
+#: lost for good. Orderers refuse an envelope whose creator has expired (reference/fabric-gateway.md
+#: §3.5), and one accepted just before is in a block within the batch timeout; the hour also covers
+#: orderer clocks that run behind ours and a peer that is still catching up on those blocks.
+EXPIRED_CREATOR_GRACE = timedelta(hours=1)
 #: Wake a little after a put-back row's next_attempt_at (the database clock decides "due").
 _RETRY_WAKE_SLACK_S = 0.05
 
@@ -133,6 +140,16 @@ def plan_nonce(
     if creator_fingerprint is not None and held(creator_fingerprint):
         return "reuse"
     return "resolve"
+
+
+def creator_long_expired(not_after: datetime | None, now: datetime) -> bool:
+    """Whether no orderer accepts envelopes signed under that certificate any more, and every one it
+    accepted before has long been in a block: then a tx id the ledger does not hold never will be."""
+    return not_after is not None and now >= not_after + EXPIRED_CREATOR_GRACE
+
+
+#: the peer ledger's answer to qscc GetTransactionByID for a tx id it does not hold
+_NO_SUCH_TX = re.compile(r"no such transaction ID")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +235,11 @@ class IdentityRing:
 
     def holds(self, fingerprint: str) -> bool:
         return self.get(fingerprint) is not None
+
+    def not_after(self, fingerprint: str | None) -> datetime | None:
+        """Expiry of a certificate this process has held (None: never seen here)."""
+        entry = self._all.get(fingerprint) if fingerprint is not None else None
+        return entry[1] if entry is not None else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,7 +417,8 @@ class Pipeline:
         tx_id = compute_tx_id(nonce, signer.creator)
         # Batched with the other rows of the same burst; put() returns only after the commit, so the
         # nonce is durable before the first Endorse.
-        ok = await self.recorded.put(TxRecord(cmd.id, cmd.lease_token, nonce, tx_id, signer.fingerprint))
+        ok = await self.recorded.put(TxRecord(cmd.id, cmd.lease_token, nonce, tx_id, signer.fingerprint,
+                                              self.ring.not_after(signer.fingerprint)))
         if not ok:
             raise _Gone
         job.may_be_on_ledger = False  # a fresh tx id has never been anywhere
@@ -410,14 +433,28 @@ class Pipeline:
                 self.ring.current, channel=self._channel_for(job), tx_id=old_tx_id,
                 timeout=self.s.resolve_timeout)
         except FabricError as err:
-            if not job.cmd.submitted_before:
+            cmd = job.cmd
+            if not cmd.submitted_before:
                 return True  # write-ahead: never handed to the orderer, so it cannot be on the ledger
+            not_after = cmd.creator_not_after or self.ring.not_after(cmd.creator_fingerprint)
+            if creator_long_expired(not_after, datetime.now(UTC)) and await self._ledger_lacks(
+                    self._channel_for(job), old_tx_id):
+                assert not_after is not None
+                log.warning("Old transaction can no longer commit, submitting anew", extra={
+                    "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": old_tx_id,
+                    "certificate_expired": not_after.isoformat(), "error": str(err)})
+                return True
             # WINDOW: the row was submitted under a certificate this process no longer holds and
             # the ledger does not know that tx id (yet). It stays PENDING, re-checked at the capped
-            # backoff, never re-submitted under a new tx id and never dead-lettered.
+            # backoff, never re-submitted under a new tx id and never dead-lettered, until that
+            # certificate has been expired for EXPIRED_CREATOR_GRACE and the peer's ledger says it
+            # holds no such tx id (above).
+            until = (f"; a new tx id is drawn if the ledger still lacks it after "
+                     f"{(not_after + EXPIRED_CREATOR_GRACE):%Y-%m-%dT%H:%M:%SZ}" if not_after else
+                     "; that certificate's expiry is not recorded (row from before schema version 4)")
             await self._retry(job, Action("retry", "ROTATION_UNRESOLVED", counts=False, on_ledger=True,
                                           reason="in_doubt"),
-                              f"tx {old_tx_id} (previous certificate) unresolved: {err}")
+                              f"tx {old_tx_id} (previous certificate) unresolved: {err}{until}")
             return None
         if result.valid:
             await self._committed(job, result)
@@ -429,6 +466,18 @@ class Pipeline:
                               f"tx {old_tx_id} (previous certificate) status {result.code_name}")
             return None
         return True  # definitely invalid: a new tx is the only way to get the effect
+
+    async def _ledger_lacks(self, channel: str, tx_id: str) -> bool:
+        """Whether the gateway peer's ledger positively holds no transaction ``tx_id`` (qscc
+        GetTransactionByID answers "no such transaction ID"). A CommitStatus deadline alone cannot
+        say that: it also runs out when the call never reached a working peer."""
+        p = build_proposal(self.ring.current, channel=channel, chaincode="qscc",
+                           function="GetTransactionByID", args=[channel, tx_id], nonce=new_nonce())
+        try:
+            await self.gateway.evaluate(p)
+        except FabricError as err:
+            return bool(_NO_SUCH_TX.search(str(err)))
+        return False  # it is there after all: the next CommitStatus reports its outcome
 
     def _channel_for(self, job: Job) -> str:
         route = self.catalog.route(job.cmd.command_type)

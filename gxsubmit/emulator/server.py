@@ -35,6 +35,7 @@ from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import (
     chaincode_event_pb2,
     proposal_response_pb2,
+    transaction_pb2,
 )
 from google.protobuf import any_pb2  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
@@ -65,6 +66,8 @@ from gxsubmit.emulator.validation import (
 __all__ = ["CHANNEL", "ENDORSING_ORGS", "Emulator", "EmulatorError"]
 
 CHANNEL = "gxchannel"
+#: the query system chaincode; only GetTransactionByID is served (the worker asks it about lost tx ids)
+QSCC = "qscc"
 ENDORSING_ORGS = ("Org1MSP", "Org2MSP")  # the chaincode's MAJORITY policy needs both
 PEER_ADDRESSES = {"Org1MSP": "peer0.org1.example.com:7051", "Org2MSP": "peer0.org2.example.com:9051"}
 ORDERER_ADDRESS, ORDERER_MSP = "orderer.example.com:7050", "OrdererMSP"
@@ -264,14 +267,17 @@ class _Core:
             raise EndorserError(
                 f"duplicate transaction found [{pp.tx_id}]. Creator [{pp.creator_bytes.hex()}]"
             )
-        if pp.chaincode != cc.CHAINCODE_NAME:
+        if pp.chaincode == QSCC:
+            res = self._qscc(pp)
+        elif pp.chaincode != cc.CHAINCODE_NAME:
             raise EndorserError(
                 f"make sure the chaincode {pp.chaincode} has been successfully defined on channel "
                 f"{pp.channel} and try again: chaincode {pp.chaincode} not found",
                 no_response=True,
             )
-        args = [a.decode("utf-8", "replace") for a in pp.args[1:]]
-        res = cc.invoke(pp.function, args, role=creator.role, tx_id=pp.tx_id, state=self.ledger.state)
+        else:
+            args = [a.decode("utf-8", "replace") for a in pp.args[1:]]
+            res = cc.invoke(pp.function, args, role=creator.role, tx_id=pp.tx_id, state=self.ledger.state)
         ts = pp.channel_header.timestamp
         info = TxInfo(
             tx_id=pp.tx_id,
@@ -283,6 +289,25 @@ class _Core:
             timestamp=ts.seconds + ts.nanos / 1e9,
         )
         return info, res
+
+    def _qscc(self, pp: ParsedProposal) -> cc.SimResult:
+        """The query system chaincode's GetTransactionByID, as the Fabric peer answers it: the committed
+        transaction's validation code (the envelope itself is not kept by this emulator), or status 500
+        naming the ledger's "no such transaction ID" when the ledger index does not hold it."""
+        args = [a.decode("utf-8", "replace") for a in pp.args[1:]]
+        if pp.function != "GetTransactionByID":
+            raise cc.ChaincodeError(500, f"Requested function {pp.function} not found.")
+        if len(args) < 2:
+            raise cc.ChaincodeError(500, "Incorrect number of arguments, 1")
+        channel, tx_id = args[0], args[1]
+        if channel != CHANNEL:
+            raise cc.ChaincodeError(500, f"Invalid chain ID, {channel}")
+        loc = self.ledger.index.get(tx_id)
+        if loc is None:
+            missing = f"no such transaction ID [{tx_id}] in index"
+            raise cc.ChaincodeError(500, f"Failed to get transaction with id {tx_id}, error {missing}")
+        found = transaction_pb2.ProcessedTransaction(validationCode=loc.code)
+        return cc.SimResult(payload=found.SerializeToString())
 
     def prepare(self, pp: ParsedProposal, info: TxInfo, res: cc.SimResult, orgs: Sequence[str]) -> bytes:
         """Assemble the unsigned envelope exactly as the gateway's prepareTransaction does.

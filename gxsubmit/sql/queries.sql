@@ -90,7 +90,7 @@ UPDATE {schema}.outbox_commands AS c
        updated_at = now()
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
-          c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint,
+          c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
           c.submitted_at IS NOT NULL, c.created_at
 
 -- name: renew
@@ -113,6 +113,7 @@ UPDATE {schema}.outbox_commands AS c
    SET tx_nonce = %(nonce)s,
        fabric_tx_id = %(tx_id)s,
        creator_fingerprint = %(creator_fingerprint)s,
+       creator_not_after = %(creator_not_after)s,
        updated_at = now()
  WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
 RETURNING c.id
@@ -124,9 +125,10 @@ WITH held AS (
        SET tx_nonce = u.nonce,
            fabric_tx_id = u.tx_id,
            creator_fingerprint = u.fp,
+           creator_not_after = u.not_after,
            updated_at = now()
       FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[], %(nonces)b::bytea[], %(tx_ids)b::text[],
-                  %(fps)b::text[]) AS u(id, token, nonce, tx_id, fp)
+                  %(fps)b::text[], %(not_afters)b::timestamptz[]) AS u(id, token, nonce, tx_id, fp, not_after)
      WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
     RETURNING c.id
 )
@@ -184,6 +186,7 @@ UPDATE {schema}.outbox_commands AS c
        tx_nonce = CASE WHEN %(burn)s THEN NULL ELSE c.tx_nonce END,
        fabric_tx_id = CASE WHEN %(burn)s THEN NULL ELSE c.fabric_tx_id END,
        creator_fingerprint = CASE WHEN %(burn)s THEN NULL ELSE c.creator_fingerprint END,
+       creator_not_after = CASE WHEN %(burn)s THEN NULL ELSE c.creator_not_after END,
        submitted_at = CASE WHEN %(burn)s THEN NULL ELSE c.submitted_at END,
        validation_code = CASE WHEN %(burn)s THEN NULL ELSE c.validation_code END,
        commit_block = CASE WHEN %(burn)s THEN NULL ELSE c.commit_block END,
@@ -255,6 +258,8 @@ WITH requeued AS (
                                ELSE c.fabric_tx_id END,
            creator_fingerprint = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
                                       ELSE c.creator_fingerprint END,
+           creator_not_after = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
+                                    ELSE c.creator_not_after END,
            submitted_at = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
                                ELSE c.submitted_at END,
            validation_code = NULL,
@@ -282,6 +287,14 @@ SELECT extract(epoch FROM now() - o.created_at)::float8
 SELECT coalesce(error_code, ''), count(*)
   FROM {schema}.outbox_commands
  WHERE status = 'FAILED'
+ GROUP BY 1
+
+-- name: stats_retrying_by_code
+-- Unfinished rows whose last try failed, by that error: why a backlog is not draining (an outage, a
+-- parked ROTATION_UNRESOLVED row, ...). Their error is kept while they are claimed again.
+SELECT error_code, count(*)
+  FROM {schema}.outbox_commands
+ WHERE status IN ('PENDING', 'CLAIMED', 'SUBMITTED') AND error_code IS NOT NULL
  GROUP BY 1
 
 -- name: release_owned

@@ -388,6 +388,30 @@ def test_torn_last_line_is_dropped_on_reload(tmp_path: Path, wallet: Path) -> No
     assert ledger.read_bytes().endswith(b"}\n")
 
 
+def test_qscc_get_transaction_by_id_answers_from_the_ledger_index(start_emulator: Any, wallet: Path) -> None:
+    # The worker asks this about a lost tx id of an expired certificate (DESIGN 2.5): a committed tx id
+    # gives its validation code, an unknown one the peer ledger's "no such transaction ID" error.
+    _emu, gw = start_emulator()
+    me = ident(wallet)
+    p = build_proposal(me, "IdentityContract:CreateUser", create_user_args("qscc-1"))
+    assert not isinstance(gw.submit(p.tx_id, signed(gw.endorse(p), me)), Failure)
+    assert gw.commit_status(me, p.tx_id).result == TX.VALID
+
+    def ask(tx_id: str, function: str = "GetTransactionByID") -> Any:
+        return gw.evaluate(build_proposal(me, function, ["gxchannel", tx_id], chaincode="qscc"))
+
+    found = ask(p.tx_id)
+    assert not isinstance(found, Failure), found
+    assert transaction_pb2.ProcessedTransaction.FromString(found.result.payload).validationCode == TX.VALID
+    missing = hashlib.sha256(b"never submitted").hexdigest()
+    got = ask(missing)
+    assert isinstance(got, Failure) and got.code == grpc.StatusCode.UNKNOWN
+    assert f"no such transaction ID [{missing}] in index" in got.message
+    assert f"no such transaction ID [{missing}]" in got.detail_text()
+    other = ask(p.tx_id, "GetBlockByNumber")
+    assert isinstance(other, Failure) and "GetBlockByNumber not found" in other.message
+
+
 def test_commit_status_blocks_until_commit_or_deadline(start_emulator: Any, wallet: Path) -> None:
     emu, gw = start_emulator(block_time=30, block_size=1000)
     me = ident(wallet)

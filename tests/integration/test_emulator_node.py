@@ -315,3 +315,24 @@ def test_node_client_filtered_block_events(
     assert [t["txId"] for t in b1["transactions"]] == [first["transactionId"]]
     # A start beyond the ledger: the peer answers with a NOT_FOUND status, which the client raises.
     assert not beyond["ok"] and "Unexpected status response: 404" in beyond["message"], beyond
+
+
+def test_node_client_queries_qscc_for_a_transaction(
+    node: str, tmp_path: Path, wallet: Path, emulator: Emulator
+) -> None:
+    # qscc GetTransactionByID, as the worker uses it for a lost tx id of an expired certificate.
+    step = {"name": "create", "op": "submit", "contract": "IdentityContract", "fn": "CreateUser"}
+    (create,) = run_node(node, tmp_path, wallet, emulator.port, [{**step, "args": user("q1")}])
+    assert create["ok"] and create["successful"]
+    missing = "00" * 32
+
+    def qscc(name: str, tx_id: str) -> dict[str, Any]:
+        return {"name": name, "op": "evaluate", "chaincode": "qscc", "fn": "GetTransactionByID",
+                "args": ["gxchannel", tx_id]}
+
+    found, lacks = run_node(node, tmp_path, wallet, emulator.port,
+                            [qscc("found", create["transactionId"]), qscc("lacks", missing)])
+    assert found["ok"], found
+    assert not lacks["ok"] and lacks["isGatewayError"] and lacks["code"] == 2  # UNKNOWN
+    assert f"no such transaction ID [{missing}] in index" in lacks["message"]
+    assert any(f"no such transaction ID [{missing}]" in d["message"] for d in lacks["details"])

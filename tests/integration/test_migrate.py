@@ -10,7 +10,7 @@ import pytest
 from dbutil import drop_schema, new_schema_name
 from psycopg import sql
 
-from gxsubmit.outbox import latest_version, migrate, schema_version
+from gxsubmit.outbox import OutboxStore, SchemaNotMigrated, latest_version, migrate, schema_version
 
 
 async def _migrate(url: str, schema: str) -> int:
@@ -35,6 +35,21 @@ async def test_concurrent_migrations_from_several_replicas(pg_url: str) -> None:
         assert versions == [latest_version()] * 5
     finally:
         drop_schema(pg_url, name)
+
+
+async def test_a_store_refuses_a_schema_older_than_its_release(pg_url: str, schema: str) -> None:
+    # A new release rolled out before its migration ran: one clear error (the worker retries it, and
+    # /readyz shows it) instead of a failing claim statement.
+    await _migrate(pg_url, schema)
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DELETE FROM {}.gxsubmit_schema_version WHERE version = %s").format(
+            sql.Identifier(schema)), [latest_version()])
+    with pytest.raises(SchemaNotMigrated) as caught:
+        await OutboxStore.connect(pg_url, schema=schema, worker_id="w")
+    assert str(caught.value) == (f"schema {schema!r} is at version {latest_version() - 1}, this release "
+                                 f"needs {latest_version()}; run 'gxsubmit migrate'")
+    assert await _migrate(pg_url, schema) == latest_version()  # the missing step is re-applied (idempotent)
+    await (await OutboxStore.connect(pg_url, schema=schema, worker_id="w")).close()
 
 
 async def test_unmigrated_schema_has_no_version(pg_url: str) -> None:

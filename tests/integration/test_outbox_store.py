@@ -135,19 +135,23 @@ async def test_record_tx_many_stores_each_nonce_and_is_fenced(
     claimed = await store.claim(["MINT"], 10, 30.0)
     assert {c.id for c in claimed} == set(ids)
     a, b, c = claimed
-    recs = [TxRecord(x.id, x.lease_token, bytes([i]) * 24, f"tx{i}", f"fp{i}") for i, x in enumerate(claimed)]
+    until = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
+    recs = [
+        TxRecord(x.id, x.lease_token, bytes([i]) * 24, f"tx{i}", f"fp{i}", until if i == 0 else None)
+        for i, x in enumerate(claimed)
+    ]
     stale = TxRecord(c.id, uuid.uuid4(), b"z" * 24, "txz", "fpz")  # wrong token: fenced out
     assert await store.record_tx_many([*recs[:2], stale]) == {a.id, b.id}
     assert await store.record_tx_many([]) == set()
     for i, x in enumerate((a, b)):
         r = await row(conn, schema, x.id)
-        assert (bytes(r["tx_nonce"]), r["fabric_tx_id"], r["creator_fingerprint"]) == (
-            bytes([i]) * 24, f"tx{i}", f"fp{i}")
+        got = (bytes(r["tx_nonce"]), r["fabric_tx_id"], r["creator_fingerprint"], r["creator_not_after"])
+        assert got == (bytes([i]) * 24, f"tx{i}", f"fp{i}", until if i == 0 else None)
     r = await row(conn, schema, c.id)
     assert (r["tx_nonce"], r["fabric_tx_id"]) == (None, None)
     await expire(conn, schema, a.id)
     (taken,) = await store2.claim(["MINT"], 10, 30.0)
-    assert taken.id == a.id and taken.tx_nonce == bytes([0]) * 24
+    assert taken.id == a.id and taken.tx_nonce == bytes([0]) * 24 and taken.creator_not_after == until
     assert await store.record_tx_many([recs[0]]) == set()  # the old holder lost its lease
 
 
@@ -254,7 +258,9 @@ async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
 ) -> None:
     (rid,) = await add(conn, schema, 1)
     (a,) = await store.claim(["MINT"], 1, 30.0)
-    await store.record_tx(rid, a.lease_token, nonce=b"a" * 24, tx_id="txa", creator_fingerprint="fp")
+    until = datetime(2031, 1, 1, tzinfo=UTC)
+    await store.record_tx(rid, a.lease_token, nonce=b"a" * 24, tx_id="txa", creator_fingerprint="fp",
+                          creator_not_after=until)
     await store.mark_submitted([(rid, a.lease_token)])
     assert await store.retry_later(
         rid, a.lease_token, error_code="GATEWAY_UNAVAILABLE", error="down", delay_s=3600
@@ -267,6 +273,8 @@ async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
         b"a" * 24,
         None,
     )
+    stats = await store.stats()
+    assert stats.retrying_by_code == {"GATEWAY_UNAVAILABLE": 1} and stats.failed_by_code == {}
     await conn.execute(
         sql.SQL("UPDATE {}.outbox_commands SET next_attempt_at = now() WHERE id = %s").format(
             sql.Identifier(schema)
@@ -274,12 +282,14 @@ async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
         [rid],
     )
     (b,) = await store.claim(["MINT"], 1, 30.0)
-    assert (b.attempts, b.tx_nonce, b.fabric_tx_id, b.submitted_before) == (2, b"a" * 24, "txa", True)
+    assert (b.attempts, b.tx_nonce, b.fabric_tx_id, b.submitted_before, b.creator_not_after) == (
+        2, b"a" * 24, "txa", True, until)
     assert await store.retry_later(
         rid, b.lease_token, error_code="MVCC_READ_CONFLICT", error="c", delay_s=0, burn_nonce=True
     )
     (c,) = await store.claim(["MINT"], 1, 30.0)
-    assert (c.attempts, c.tx_nonce, c.fabric_tx_id, c.submitted_before) == (3, None, None, False)
+    assert (c.attempts, c.tx_nonce, c.fabric_tx_id, c.submitted_before, c.creator_fingerprint,
+            c.creator_not_after) == (3, None, None, False, None, None)
 
 
 async def test_failed_is_terminal_until_requeued(conn: Any, schema: str, store: OutboxStore) -> None:
@@ -292,6 +302,7 @@ async def test_failed_is_terminal_until_requeued(conn: Any, schema: str, store: 
     assert await store.claim(["MINT"], 1, 30.0) == []
     stats = await store.stats()
     assert stats.by_status["FAILED"] == 1 and stats.failed_by_code == {"CHAINCODE_ERROR": 1}
+    assert stats.retrying_by_code == {}  # a FAILED row is finished, not retrying
     assert await store.requeue(ids=[uuid.uuid4()]) == 0
     assert await store.requeue(ids=[rid]) == 1
     (b,) = await store.claim(["MINT"], 1, 30.0)
@@ -308,7 +319,8 @@ async def test_requeue_burns_the_nonce_only_after_an_invalid_commit(
     claimed = await store.claim(["MINT"], 3, 30.0)
     for c in claimed:
         await store.record_tx(
-            c.id, c.lease_token, nonce=bytes(24), tx_id=f"tx-{c.seq}", creator_fingerprint="fp"
+            c.id, c.lease_token, nonce=bytes(24), tx_id=f"tx-{c.seq}", creator_fingerprint="fp",
+            creator_not_after=datetime(2031, 1, 1, tzinfo=UTC),
         )
     x, y, z = claimed
     await store.mark_failed(
@@ -323,7 +335,9 @@ async def test_requeue_burns_the_nonce_only_after_an_invalid_commit(
     assert await store.requeue(all_failed=True) == 2  # COMMITTED is never requeued
     rows = {i: await row(conn, schema, i) for i in ids}
     assert rows[x.id]["tx_nonce"] is None and rows[x.id]["fabric_tx_id"] is None
+    assert rows[x.id]["creator_not_after"] is None
     assert rows[y.id]["tx_nonce"] == bytes(24) and rows[y.id]["fabric_tx_id"] == f"tx-{y.seq}"
+    assert rows[y.id]["creator_not_after"] == datetime(2031, 1, 1, tzinfo=UTC)
     assert rows[z.id]["status"] == "COMMITTED" and rows[z.id]["fabric_tx_id"] == f"tx-{z.seq}"
 
 

@@ -474,3 +474,144 @@ def test_rotated_certificate_is_used_without_restart(h: Harness) -> None:
     assert by_tx[rows[first[0]]["fabric_tx_id"]]["creator_fingerprint"] == old_fp
     assert by_tx[rows[second[0]]["fabric_tx_id"]]["creator_fingerprint"] == new_fp
     assert p.poll() is None
+
+
+# -- certificate rotation across a restart (DESIGN 2.5) -------------------------------------------
+
+
+def _rotate(h: Harness, identity: str, role: str) -> tuple[str, str]:
+    """Give ``identity`` a new certificate and key in the wallet; (old, new) fingerprints."""
+    from gxsubmit.devwallet import issue_identity, load_ca, write_cert, write_key
+    from gxsubmit.wallet import fingerprint_of
+
+    old = fingerprint_of((h.wallet / f"{identity}-cert").read_bytes())
+    cert, key = issue_identity(load_ca(h.wallet), identity, role)
+    write_key(h.wallet / f"{identity}-key", key)
+    write_cert(h.wallet / f"{identity}-cert", cert)
+    return old, fingerprint_of(cert)
+
+
+@pytest.mark.parametrize("emu_opts", [{"block_time": 3.0}])
+def test_rotation_then_restart_resolves_or_parks_old_tx_ids(h: Harness) -> None:
+    # Rows submitted under the old certificate, then the worker dies and comes back holding only the new
+    # one: it cannot re-endorse their tx ids, so it asks the ledger about them instead of submitting anew.
+    # Those the orderer took commit under the old certificate; those killed before their Submit reached
+    # it stay PENDING (ROTATION_UNRESOLVED), never submitted again, until that certificate has long
+    # expired (here: its recorded expiry moved back, as time would), then get a new tx id.
+    h.emu.faults.latency_s = {"Submit": (0.3, 1.5)}
+    ids = h.enqueue([_user(f"rot-{n}") for n in range(40)])
+    p = h.spawn("org1-partner-api", lease_seconds=2.0)
+    core = h.emu._core
+    assert core is not None
+
+    def ordered_not_cut() -> bool:
+        return len(core.pending) >= 3 and sum(r["status"] == "SUBMITTED" for r in h.rows().values()) >= 10
+
+    wait_for(ordered_not_cut, 30, 0.01, "some envelopes with the orderer, their block not yet cut")
+    p.send_signal(signal.SIGKILL)
+    p.wait(5)
+    h.emu.faults.latency_s = {}
+    in_flight = {i for i, r in h.rows().items() if r["status"] == "SUBMITTED"}
+    old_tx = {i: h.rows()[i]["fabric_tx_id"] for i in in_flight}
+    old_fp, new_fp = _rotate(h, "org1-partner-api", "gx_partner_api")
+    h.spawn("org1-partner-api", lease_seconds=2.0, commit_timeout=1.0)
+
+    def settled() -> bool:
+        # An envelope the orderer holds is cut into a block within 3 s; until then its row may be
+        # parked too (its CommitStatus deadline is 1 s), and it commits at its next check.
+        rows = h.rows()
+        on_ledger = {t["tx_id"] for t in read_ledger(h.ledger)}
+        return not core.pending and all(
+            rows[i]["status"] == "COMMITTED"
+            or (rows[i]["error_code"] == "ROTATION_UNRESOLVED" and rows[i]["fabric_tx_id"] not in on_ledger)
+            for i in ids)
+
+    wait_for(settled, 60, 0.2, "every row committed, or parked with a tx id the ledger lacks")
+    rows = h.rows()
+    ledger = read_ledger(h.ledger)
+    by_tx = {t["tx_id"]: t for t in ledger if t["validation_code"] == "VALID"}
+    resolved = {i for i in in_flight if rows[i]["status"] == "COMMITTED"}
+    parked = {i for i in ids if rows[i]["status"] != "COMMITTED"}
+    assert resolved and parked and parked <= in_flight
+    # Resolved: the old tx id itself, committed under the old certificate.
+    assert all(rows[i]["fabric_tx_id"] == old_tx[i] for i in resolved)
+    assert {by_tx[old_tx[i]]["creator_fingerprint"] for i in resolved} == {old_fp}
+    # Parked: PENDING (or claimed for its next check) with the old tx id, which is nowhere on the
+    # ledger; nothing new submitted.
+    on_ledger = {t["tx_id"] for t in ledger}
+    for i in parked:
+        assert rows[i]["status"] in ("PENDING", "CLAIMED") and rows[i]["fabric_tx_id"] == old_tx[i]
+        assert old_tx[i] not in on_ledger
+        assert "a new tx id is drawn if the ledger still lacks it after" in rows[i]["error"]
+    assert "submitting anew" not in h.logs()
+
+    with psycopg.connect(h.url, autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "UPDATE {}.outbox_commands SET creator_not_after = now() - interval '2 hours' WHERE id = ANY(%s)"
+        ).format(sql.Identifier(h.schema)), [list(parked)])
+    wait_for(lambda: h.all_final(ids), 60, 0.2, "parked rows submitted anew")
+    h.audit(ids)
+    rows = h.rows()
+    by_tx = {t["tx_id"]: t for t in read_ledger(h.ledger) if t["validation_code"] == "VALID"}
+    assert all(rows[i]["status"] == "COMMITTED" for i in ids)
+    assert {by_tx[rows[i]["fabric_tx_id"]]["creator_fingerprint"] for i in parked} == {new_fp}
+    assert "Old transaction can no longer commit, submitting anew" in h.logs()
+
+
+def _as_submitted_under(h: Harness, cert_pem: bytes, rows: Mapping[uuid.UUID, Any]) -> dict[uuid.UUID, str]:
+    """Make each row look submitted under ``cert_pem`` (whose tx never reached the ledger), with the given
+    recorded certificate expiry; returns each row's old tx id."""
+    from gxsubmit.fabric import compute_tx_id, new_nonce
+    from gxsubmit.fabric.identity import serialize_identity
+    from gxsubmit.wallet import fingerprint_of
+
+    creator = serialize_identity("Org1MSP", cert_pem)
+    out = {}
+    with psycopg.connect(h.url, autocommit=True) as conn:
+        for rid, not_after in rows.items():
+            nonce = new_nonce()
+            out[rid] = compute_tx_id(nonce, creator)
+            conn.execute(sql.SQL(
+                "UPDATE {}.outbox_commands SET tx_nonce = %s, fabric_tx_id = %s, creator_fingerprint = %s, "
+                "creator_not_after = %s, submitted_at = now(), attempts = 1 WHERE id = %s"
+            ).format(sql.Identifier(h.schema)), [nonce, out[rid], fingerprint_of(cert_pem), not_after, rid])
+    return out
+
+
+def test_lost_tx_id_of_a_long_expired_certificate_is_submitted_anew(h: Harness) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gxsubmit.devwallet import issue_identity, load_ca
+    from gxsubmit.wallet import fingerprint_of
+
+    old_cert, _key = issue_identity(load_ca(h.wallet), "org1-partner-api", "gx_partner_api")
+    now = datetime.now(UTC)
+    expired, valid, unknown = h.enqueue([_user("expired"), _user("valid"), _user("unknown")])
+    old = _as_submitted_under(h, old_cert, {
+        expired: now - timedelta(hours=2),  # long expired: orderers refuse it, so it can never commit
+        valid: now + timedelta(days=30),  # might still be ordered: wait
+        unknown: None,  # a row from before schema version 4: wait
+    })
+    h.spawn("org1-partner-api", commit_timeout=1.0)
+
+    def settled() -> bool:
+        rows = h.rows()
+        return rows[expired]["status"] == "COMMITTED" and all(
+            rows[i]["error_code"] == "ROTATION_UNRESOLVED" for i in (valid, unknown))
+
+    wait_for(settled, 30, 0.1, "expired one resubmitted, the others parked")
+    h.audit([expired])
+    rows = h.rows()
+    ledger = read_ledger(h.ledger)
+    (tx,) = [t for t in ledger if t["tx_id"] == rows[expired]["fabric_tx_id"]]
+    assert tx["creator_fingerprint"] == fingerprint_of((h.wallet / "org1-partner-api-cert").read_bytes())
+    assert rows[expired]["fabric_tx_id"] != old[expired]
+    assert "Old transaction can no longer commit, submitting anew" in h.logs()
+    # The others are neither failed nor submitted under a new tx id: nothing of theirs on the ledger.
+    on_ledger = {t["tx_id"] for t in ledger}
+    for rid in (valid, unknown):
+        assert rows[rid]["status"] in ("PENDING", "CLAIMED") and rows[rid]["fabric_tx_id"] == old[rid]
+        assert old[rid] not in on_ledger
+    assert len(ledger) == 1
+    assert "a new tx id is drawn if the ledger still lacks it after" in rows[valid]["error"]
+    assert "expiry is not recorded" in rows[unknown]["error"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,15 @@ from gxsubmit.dblink import Batcher
 from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.fabric import ErrorClass, FabricError, SigningIdentity
 from gxsubmit.metrics import exposed_metric_names, render_latest
-from gxsubmit.pipeline import INFRA_ERROR_CODES, IdentityRing, commit_action, error_action, plan_nonce
+from gxsubmit.pipeline import (
+    EXPIRED_CREATOR_GRACE,
+    INFRA_ERROR_CODES,
+    IdentityRing,
+    commit_action,
+    creator_long_expired,
+    error_action,
+    plan_nonce,
+)
 from gxsubmit.wallet import load_identity
 from gxsubmit.worker import ConfigProblem, boot, status_path
 
@@ -114,6 +122,18 @@ def test_identity_ring_keeps_old_identity_until_expiry(tmp_path: Path) -> None:
     assert ring.holds(a.fingerprint) and ring.holds(b.fingerprint)
     assert ring.get(a.fingerprint, now=a.not_after + timedelta(seconds=1)) is None
     assert not ring.holds("unknown")
+    # Expiry dates stay known for the rows recorded under them (even once expired), not for others.
+    assert (ring.not_after(a.fingerprint), ring.not_after(b.fingerprint)) == (a.not_after, b.not_after)
+    assert ring.not_after("unknown") is None and ring.not_after(None) is None
+
+
+def test_old_tx_ids_are_given_up_only_long_after_their_certificate_expired() -> None:
+    expired = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert EXPIRED_CREATOR_GRACE >= timedelta(hours=1)
+    assert not creator_long_expired(None, expired + timedelta(days=365))  # expiry not recorded: wait
+    assert not creator_long_expired(expired, expired - timedelta(days=1))  # still valid
+    assert not creator_long_expired(expired, expired + EXPIRED_CREATOR_GRACE - timedelta(seconds=1))
+    assert creator_long_expired(expired, expired + EXPIRED_CREATOR_GRACE)
 
 
 # -- batching ---------------------------------------------------------------------------------------
