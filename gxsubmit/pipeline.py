@@ -25,7 +25,6 @@ import asyncio
 import enum
 import heapq
 import logging
-import re
 import time
 import uuid
 from collections import OrderedDict
@@ -146,10 +145,6 @@ def creator_long_expired(not_after: datetime | None, now: datetime) -> bool:
     """Whether no orderer accepts envelopes signed under that certificate any more, and every one it
     accepted before has long been in a block: then a tx id the ledger does not hold never will be."""
     return not_after is not None and now >= not_after + EXPIRED_CREATOR_GRACE
-
-
-#: the peer ledger's answer to qscc GetTransactionByID for a tx id it does not hold
-_NO_SUCH_TX = re.compile(r"no such transaction ID")
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,14 +464,15 @@ class Pipeline:
 
     async def _ledger_lacks(self, channel: str, tx_id: str) -> bool:
         """Whether the gateway peer's ledger positively holds no transaction ``tx_id`` (qscc
-        GetTransactionByID answers "no such transaction ID"). A CommitStatus deadline alone cannot
-        say that: it also runs out when the call never reached a working peer."""
+        GetTransactionByID answers with the block store's "no such transaction ID [<tx id>] in index").
+        A CommitStatus deadline alone cannot say that: it also runs out when the call never reached a
+        working peer."""
         p = build_proposal(self.ring.current, channel=channel, chaincode="qscc",
                            function="GetTransactionByID", args=[channel, tx_id], nonce=new_nonce())
         try:
             await self.gateway.evaluate(p)
         except FabricError as err:
-            return bool(_NO_SUCH_TX.search(str(err)))
+            return f"no such transaction ID [{tx_id}]" in str(err)
         return False  # it is there after all: the next CommitStatus reports its outcome
 
     def _channel_for(self, job: Job) -> str:
