@@ -8,3 +8,26 @@
 -- Adding a nullable column without a default rewrites nothing and takes its lock only briefly; rows
 -- written before this migration keep NULL (for them the worker still waits, as before).
 ALTER TABLE {schema}.outbox_commands ADD COLUMN IF NOT EXISTS creator_not_after timestamptz;
+
+-- The expiry must never outlive its certificate: a release from before this migration (a rollback)
+-- records a new creator without touching this column, which would leave the previous certificate's
+-- expiry on the row. Such an update clears it (the row then waits for an operator, the safe side).
+-- This release writes both together, so for it the function runs only if a rotated certificate expires
+-- at exactly the old one's time (the row then also just waits). The WHEN is checked only for statements
+-- that set creator_fingerprint (the record of a new tx id, a burnt nonce, a requeue).
+CREATE OR REPLACE FUNCTION {schema}.gxsubmit_forget_stale_not_after() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.creator_not_after := NULL;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS gxsubmit_forget_stale_not_after ON {schema}.outbox_commands;
+CREATE TRIGGER gxsubmit_forget_stale_not_after
+    BEFORE UPDATE OF creator_fingerprint ON {schema}.outbox_commands
+    FOR EACH ROW
+    WHEN (NEW.creator_fingerprint IS DISTINCT FROM OLD.creator_fingerprint
+          AND NEW.creator_not_after IS NOT DISTINCT FROM OLD.creator_not_after
+          AND NEW.creator_not_after IS NOT NULL)
+    EXECUTE FUNCTION {schema}.gxsubmit_forget_stale_not_after();

@@ -155,6 +155,31 @@ async def test_record_tx_many_stores_each_nonce_and_is_fenced(
     assert await store.record_tx_many([recs[0]]) == set()  # the old holder lost its lease
 
 
+async def test_a_new_creator_recorded_without_its_expiry_clears_the_old_expiry(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    # A release from before migration 0004 (after a rollback) records a new creator without touching
+    # creator_not_after: the previous certificate's expiry must not stay on the row.
+    (rid,) = await add(conn, schema, 1)
+    (a,) = await store.claim(["MINT"], 1, 30.0)
+    t1, t2 = datetime(2030, 1, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC)
+    assert await store.record_tx(rid, a.lease_token, nonce=b"1" * 24, tx_id="tx1", creator_fingerprint="fpA",
+                                 creator_not_after=t1)
+    assert await store.record_tx(rid, a.lease_token, nonce=b"2" * 24, tx_id="tx2", creator_fingerprint="fpA",
+                                 creator_not_after=t1)  # same certificate, new nonce: kept
+    assert (await row(conn, schema, rid))["creator_not_after"] == t1
+    assert await store.record_tx(rid, a.lease_token, nonce=b"3" * 24, tx_id="tx3", creator_fingerprint="fpB",
+                                 creator_not_after=t2)  # this release: the new certificate's expiry
+    assert (await row(conn, schema, rid))["creator_not_after"] == t2
+    await conn.execute(
+        sql.SQL("UPDATE {}.outbox_commands SET tx_nonce = %s, fabric_tx_id = 'tx4', "
+                "creator_fingerprint = 'fpC' WHERE id = %s").format(sql.Identifier(schema)),
+        [b"4" * 24, rid],
+    )  # what the previous release's record_tx does
+    r = await row(conn, schema, rid)
+    assert (r["creator_fingerprint"], r["creator_not_after"]) == ("fpC", None)
+
+
 async def test_expired_lease_is_taken_over_and_old_holder_is_fenced(
     conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
 ) -> None:
