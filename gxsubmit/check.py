@@ -205,10 +205,11 @@ async def _check_gateway(
             rep.fail("unavailable", f"gateway {cfg.gateway}: {exc}")
             return
         rep.ok(f"gateway {cfg.gateway} reachable ({'TLS' if tls_root is not None else 'plaintext'})")
-        if cfg.commit_events:
-            for wi in identities:
-                for channel in channels.get(wi.name, []):
+        for wi in identities:
+            for channel in channels.get(wi.name, []):
+                if cfg.commit_events:
                     await _check_commit_stream(cfg, rep, client, wi, channel, cert)
+                await _check_ledger_lookup(rep, client, wi, channel)
     finally:
         await client.close()
 
@@ -240,6 +241,30 @@ async def _check_commit_stream(
     finally:
         await stream.aclose()
     rep.ok(f"commit stream as {wi.name} on {channel}: newest block {block.number}")
+
+
+async def _check_ledger_lookup(rep: _Report, client: GatewayClient, wi: WalletIdentity, channel: str) -> None:
+    """Ask the ledger about a tx id that cannot exist, as the worker asks about a lost tx id of an expired
+    certificate (DESIGN 2.5). A refusal is a warning: only that rare case then waits for an operator."""
+    import hashlib
+    import os
+
+    from gxsubmit.fabric.errors import FabricError
+    from gxsubmit.fabric.identity import SigningIdentity
+
+    tx_id = hashlib.sha256(os.urandom(32)).hexdigest()
+    try:
+        known = await client.transaction_known(SigningIdentity.from_wallet(wi), channel=channel, tx_id=tx_id)
+    except FabricError as exc:
+        rep.ok(
+            f"ledger lookup as {wi.name} on {channel}: WARNING: {_one_line(exc)}; after a certificate "
+            "rotation and a restart, a command whose old transaction the ledger lacks waits for an operator"
+        )
+        return
+    if known:  # a random tx id found: the peer did not answer the question asked
+        rep.ok(f"ledger lookup as {wi.name} on {channel}: WARNING: qscc claims to hold a random tx id")
+        return
+    rep.ok(f"ledger lookup as {wi.name} on {channel}: ok (qscc GetTransactionByID)")
 
 
 def _one_line(exc: BaseException) -> str:

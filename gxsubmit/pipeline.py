@@ -463,17 +463,13 @@ class Pipeline:
         return True  # definitely invalid: a new tx is the only way to get the effect
 
     async def _ledger_lacks(self, channel: str, tx_id: str) -> bool:
-        """Whether the gateway peer's ledger positively holds no transaction ``tx_id`` (qscc
-        GetTransactionByID answers with the block store's "no such transaction ID [<tx id>] in index").
-        A CommitStatus deadline alone cannot say that: it also runs out when the call never reached a
-        working peer."""
-        p = build_proposal(self.ring.current, channel=channel, chaincode="qscc",
-                           function="GetTransactionByID", args=[channel, tx_id], nonce=new_nonce())
+        """Whether the gateway peer's ledger positively holds no transaction ``tx_id``. A CommitStatus
+        deadline alone cannot say that: it also runs out when the call never reached a working peer.
+        Found (the next CommitStatus reports its outcome) or no answer: False, the row keeps waiting."""
         try:
-            await self.gateway.evaluate(p)
-        except FabricError as err:
-            return f"no such transaction ID [{tx_id}]" in str(err)
-        return False  # it is there after all: the next CommitStatus reports its outcome
+            return not await self.gateway.transaction_known(self.ring.current, channel=channel, tx_id=tx_id)
+        except FabricError:
+            return False
 
     def _channel_for(self, job: Job) -> str:
         route = self.catalog.route(job.cmd.command_type)

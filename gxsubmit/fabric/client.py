@@ -22,10 +22,12 @@ from gxsubmit.fabric.proposal import (
     Prepared,
     PreparedMismatch,
     Proposal,
+    build_proposal,
     chaincode_events_request,
     commit_status_request,
     endorse_request,
     evaluate_request,
+    new_nonce,
     parse_prepared,
     seek_envelope,
     sign_envelope,
@@ -182,6 +184,20 @@ class GatewayClient:
         except grpc.RpcError as err:
             raise from_rpc_error("evaluate", err, tx_id=p.tx_id) from None
         return bytes(resp.result.payload)
+
+    async def transaction_known(self, identity: SigningIdentity, *, channel: str, tx_id: str) -> bool:
+        """Whether the gateway peer's ledger holds ``tx_id`` (qscc GetTransactionByID, any validation
+        code). False only on the block store's own answer naming that tx id ("no such transaction ID
+        [<tx id>] in index"); any other failure raises, because it does not say the tx is absent."""
+        p = build_proposal(identity, channel=channel, chaincode="qscc", function="GetTransactionByID",
+                           args=[channel, tx_id], nonce=new_nonce())
+        try:
+            await self.evaluate(p)
+        except FabricError as err:
+            if f"no such transaction ID [{tx_id}]" in str(err):
+                return False
+            raise
+        return True
 
     async def endorse(self, p: Proposal) -> Prepared:
         """Collect endorsements; returns the unsigned envelope after checking it is our transaction."""

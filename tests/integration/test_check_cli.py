@@ -52,6 +52,8 @@ def test_all_good(emu: tuple[Emulator, int], tmp_path: Path, pg_url: str, schema
     assert any(f"database schema {schema}: outbox_commands readable" in line for line in lines)
     for name in IDENTITIES:  # each identity may follow the peer's blocks, as its worker will
         assert f"ok   commit stream as {name} on gxchannel: newest block 0" in lines, r.stdout
+        # ... and look a tx id up in the ledger (a lost tx id of an expired certificate, DESIGN 2.5)
+        assert f"ok   ledger lookup as {name} on gxchannel: ok (qscc GetTransactionByID)" in lines, r.stdout
 
 
 def test_mutual_tls_with_the_wallet_client_pair(tmp_path: Path, pg_url: str, schema: str) -> None:
@@ -100,6 +102,10 @@ def test_a_refused_commit_stream_is_a_warning(
         "gxchannel answered "
         "FORBIDDEN (403); its worker will ask CommitStatus per transaction" in r.stdout
     ), r.stdout
+    # Not a member either for a ledger query: the endorser refuses the proposal; only a warning.
+    lookup = [ln for ln in r.stdout.splitlines() if ln.startswith("ok   ledger lookup as org1-admin")]
+    assert len(lookup) == 1 and "WARNING: evaluate" in lookup[0], r.stdout
+    assert lookup[0].endswith("a command whose old transaction the ledger lacks waits for an operator")
 
 
 def test_every_problem_at_once_with_the_right_exit_status(tmp_path: Path, pg_url: str, schema: str) -> None:
