@@ -392,3 +392,22 @@ async def test_tls_name_mismatch_and_client_certificate(env: Env) -> None:
         assert json.loads(await good.evaluate(q))["balance"] == "0"
     finally:
         await good.close()
+
+
+async def test_transaction_known_asks_the_ledger(env: Env, client: GatewayClient, tmp_path: Path) -> None:
+    # A committed tx id is known, whatever its code; a made-up one is positively absent; a refusal (here
+    # an identity from another CA) raises instead of reading as "absent".
+    su = env.identity("org1-super-admin")
+    p = _mint(su, _user())
+    await client.submit(su, await client.endorse(p))
+    assert (await client.commit_status(su, channel=CHANNEL, tx_id=p.tx_id)).valid
+    assert await client.transaction_known(su, channel=CHANNEL, tx_id=p.tx_id)
+    assert not await client.transaction_known(su, channel=CHANNEL, tx_id=new_nonce().hex() + "00" * 8)
+    from gxsubmit.devwallet import make_dev_wallet
+
+    make_dev_wallet(tmp_path / "other")
+    stranger = SigningIdentity.from_wallet(
+        load_identity(tmp_path / "other", "org1-admin", msp_id="Org1MSP", expected_role=None))
+    with pytest.raises(FabricError) as caught:
+        await client.transaction_known(stranger, channel=CHANNEL, tx_id=p.tx_id)
+    assert "access denied" in str(caught.value)
