@@ -205,7 +205,7 @@ def run_status(cfg: Config, args: argparse.Namespace) -> int:
     async def body() -> int:
         store = await _open_store(cfg)
         try:
-            stats = await store.stats()
+            stats = await store.stats(retrying=True)
         finally:
             await store.close()
         if args.json:

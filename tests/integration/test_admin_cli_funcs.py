@@ -6,8 +6,10 @@ import argparse
 import dataclasses
 import json
 
+import psycopg
 import pytest
 from dbutil import new_schema_name
+from psycopg import sql
 
 from gxsubmit import admin
 from gxsubmit.config import Config, load_config
@@ -54,6 +56,15 @@ def test_enqueue_status_requeue_round_trip(
 
     assert admin.run_requeue(cfg, _args(admin.add_requeue_arguments, "--id", first)) == RET_OK
     assert "requeued 0" in capsys.readouterr().out  # PENDING rows are not FAILED
+
+    # A row waiting to retry after a failed try is counted under its error.
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("UPDATE {}.outbox_commands SET error_code = 'ROTATION_UNRESOLVED'").format(
+            sql.Identifier(schema)))
+    assert admin.run_status(cfg, _args(admin.add_status_arguments, "--json")) == RET_OK
+    assert json.loads(capsys.readouterr().out)["retrying_by_code"] == {"ROTATION_UNRESOLVED": 1}
+    assert admin.run_status(cfg, _args(admin.add_status_arguments)) == RET_OK
+    assert "  ROTATION_UNRESOLVED: 1" in capsys.readouterr().out.splitlines()
 
 
 def test_migrate_command(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:

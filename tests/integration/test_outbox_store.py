@@ -298,8 +298,9 @@ async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
         b"a" * 24,
         None,
     )
-    stats = await store.stats()
+    stats = await store.stats(retrying=True)
     assert stats.retrying_by_code == {"GATEWAY_UNAVAILABLE": 1} and stats.failed_by_code == {}
+    assert (await store.stats()).retrying_by_code == {}  # the supervisor's refresh does not ask
     await conn.execute(
         sql.SQL("UPDATE {}.outbox_commands SET next_attempt_at = now() WHERE id = %s").format(
             sql.Identifier(schema)
@@ -327,7 +328,7 @@ async def test_failed_is_terminal_until_requeued(conn: Any, schema: str, store: 
     assert await store.claim(["MINT"], 1, 30.0) == []
     stats = await store.stats()
     assert stats.by_status["FAILED"] == 1 and stats.failed_by_code == {"CHAINCODE_ERROR": 1}
-    assert stats.retrying_by_code == {}  # a FAILED row is finished, not retrying
+    assert (await store.stats(retrying=True)).retrying_by_code == {}  # FAILED is finished, not retrying
     assert await store.requeue(ids=[uuid.uuid4()]) == 0
     assert await store.requeue(ids=[rid]) == 1
     (b,) = await store.claim(["MINT"], 1, 30.0)
