@@ -446,7 +446,8 @@ class Pipeline:
             # holds no such tx id (above).
             until = (f"; a new tx id is drawn if the ledger still lacks it after "
                      f"{(not_after + EXPIRED_CREATOR_GRACE):%Y-%m-%dT%H:%M:%SZ}" if not_after else
-                     "; that certificate's expiry is not recorded (row from before schema version 4)")
+                     "; that certificate's expiry is not recorded (recorded before schema version 4, "
+                     "or by a release from before it)")
             await self._retry(job, Action("retry", "ROTATION_UNRESOLVED", counts=False, on_ledger=True,
                                           reason="in_doubt"),
                               f"tx {old_tx_id} (previous certificate) unresolved: {err}{until}")

@@ -267,8 +267,9 @@ class _Core:
             raise EndorserError(
                 f"duplicate transaction found [{pp.tx_id}]. Creator [{pp.creator_bytes.hex()}]"
             )
+        args = [a.decode("utf-8", "replace") for a in pp.args[1:]]
         if pp.chaincode == QSCC:
-            res = self._qscc(pp)
+            res = self._qscc(pp.function, args)
         elif pp.chaincode != cc.CHAINCODE_NAME:
             raise EndorserError(
                 f"make sure the chaincode {pp.chaincode} has been successfully defined on channel "
@@ -276,7 +277,6 @@ class _Core:
                 no_response=True,
             )
         else:
-            args = [a.decode("utf-8", "replace") for a in pp.args[1:]]
             res = cc.invoke(pp.function, args, role=creator.role, tx_id=pp.tx_id, state=self.ledger.state)
         ts = pp.channel_header.timestamp
         info = TxInfo(
@@ -290,13 +290,12 @@ class _Core:
         )
         return info, res
 
-    def _qscc(self, pp: ParsedProposal) -> cc.SimResult:
+    def _qscc(self, function: str, args: list[str]) -> cc.SimResult:
         """The query system chaincode's GetTransactionByID, as the Fabric peer answers it: the committed
         transaction's validation code (the envelope itself is not kept by this emulator), or status 500
         naming the ledger's "no such transaction ID" when the ledger index does not hold it."""
-        args = [a.decode("utf-8", "replace") for a in pp.args[1:]]
-        if pp.function != "GetTransactionByID":
-            raise cc.ChaincodeError(500, f"Requested function {pp.function} not found.")
+        if function != "GetTransactionByID":
+            raise cc.ChaincodeError(500, f"Requested function {function} not found.")
         if len(args) < 2:
             raise cc.ChaincodeError(500, "Incorrect number of arguments, 1")
         channel, tx_id = args[0], args[1]
