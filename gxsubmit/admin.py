@@ -169,15 +169,24 @@ def _stats_json(stats: QueueStats) -> dict[str, Any]:
         "oldest_pending_age_s": stats.oldest_pending_age_s,
         "failed_by_code": stats.failed_by_code,
         "retrying_by_code": stats.retrying_by_code,
+        "committed_estimated": stats.committed_estimated,
     }
 
 
 def format_status(stats: QueueStats) -> str:
     """A fixed-width table: one row per command type, one column per status."""
+    estimated = stats.committed_estimated
+
+    def cell(status: str, n: int | None) -> str:
+        if status == "COMMITTED" and estimated:
+            return "-" if n is None else f"~{n}"
+        return str(n or 0)
+
     types = sorted({ctype for _, ctype in stats.by_status_type})
     head = ["TYPE", *STATUSES]
-    rows = [[t, *(str(stats.by_status_type.get((s, t), 0)) for s in STATUSES)] for t in types]
-    rows.append(["TOTAL", *(str(stats.by_status.get(s, 0)) for s in STATUSES)])
+    rows = [[t, *(cell(s, stats.by_status_type.get((s, t), None if estimated else 0)) for s in STATUSES)]
+            for t in types]
+    rows.append(["TOTAL", *(cell(s, stats.by_status.get(s, 0)) for s in STATUSES)])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
@@ -188,6 +197,9 @@ def format_status(stats: QueueStats) -> str:
     out = [line(head), *(line(r) for r in rows), ""]
     age = stats.oldest_pending_age_s
     out.append("oldest pending: " + ("none" if age is None else f"{age:.1f} s"))
+    if estimated:
+        out.append("COMMITTED: the planner's estimate (pg_class.reltuples); an exact count would read "
+                   "the whole retained table")
     for title, counts in (
         ("retrying (not finished, last try failed) by error code:", stats.retrying_by_code),
         ("failed by error code:", stats.failed_by_code),
@@ -205,7 +217,7 @@ def run_status(cfg: Config, args: argparse.Namespace) -> int:
     async def body() -> int:
         store = await _open_store(cfg)
         try:
-            stats = await store.stats(retrying=True)
+            stats = await store.stats()
         finally:
             await store.close()
         if args.json:

@@ -891,6 +891,8 @@ class Supervisor:
                 by_status_type={f"{st}/{ty}": n for (st, ty), n in stats.by_status_type.items()},
                 oldest_pending_age_s=stats.oldest_pending_age_s,
                 failed_by_code=dict(stats.failed_by_code),
+                retrying_by_code=dict(stats.retrying_by_code),
+                committed_estimated=stats.committed_estimated,
             )
         ready, reasons = self._ready
         return {

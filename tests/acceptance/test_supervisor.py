@@ -172,6 +172,11 @@ def test_config_error_is_not_restarted_and_others_keep_working(
     wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == total, 60, what="others committed")
     status = svc.status()["workers"]["org1-admin"]
     assert status["state"] == "config_error" and status["restarts"] == 0
+    # The supervisor's own view of the table (refreshed every few seconds): exact on a small table.
+    queue = wait_for(
+        lambda: (q := svc.status().get("queue", {})).get("by_status", {}).get("COMMITTED") == total and q,
+        30, what="/status queue counts")
+    assert queue["committed_estimated"] is False and queue["retrying_by_code"] == {}
     booted = [m for m in svc.messages("Booting worker") if m.get("worker") == "org1-admin"]
     assert len(booted) == 1  # not restarted in a loop
 

@@ -21,6 +21,7 @@ from gxsubmit.outbox import (
     OutboxStore,
     SchemaNotMigrated,
     TxRecord,
+    _compose,
     enqueue,
     truncate_error,
 )
@@ -298,9 +299,8 @@ async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
         b"a" * 24,
         None,
     )
-    stats = await store.stats(retrying=True)
+    stats = await store.stats()
     assert stats.retrying_by_code == {"GATEWAY_UNAVAILABLE": 1} and stats.failed_by_code == {}
-    assert (await store.stats()).retrying_by_code == {}  # the supervisor's refresh does not ask
     await conn.execute(
         sql.SQL("UPDATE {}.outbox_commands SET next_attempt_at = now() WHERE id = %s").format(
             sql.Identifier(schema)
@@ -328,7 +328,7 @@ async def test_failed_is_terminal_until_requeued(conn: Any, schema: str, store: 
     assert await store.claim(["MINT"], 1, 30.0) == []
     stats = await store.stats()
     assert stats.by_status["FAILED"] == 1 and stats.failed_by_code == {"CHAINCODE_ERROR": 1}
-    assert (await store.stats(retrying=True)).retrying_by_code == {}  # FAILED is finished, not retrying
+    assert (await store.stats()).retrying_by_code == {}  # FAILED is finished, not retrying
     assert await store.requeue(ids=[uuid.uuid4()]) == 0
     assert await store.requeue(ids=[rid]) == 1
     (b,) = await store.claim(["MINT"], 1, 30.0)
@@ -417,6 +417,62 @@ async def test_stats(conn: Any, schema: str, store: OutboxStore) -> None:
     assert s.by_status["PENDING"] == 3 and s.by_status["CLAIMED"] == 1
     assert s.by_status_type == {("PENDING", "MINT"): 3, ("CLAIMED", "CREATE_USER"): 1}
     assert s.oldest_pending_age_s is not None and s.oldest_pending_age_s >= 0.0
+
+
+async def test_stats_count_committed_rows_exactly_only_in_a_small_table(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    """The supervisor refreshes these every few seconds: past the limit the retained history is not read
+    (its count is the planner's estimate), while unfinished and FAILED rows stay exact."""
+    t = sql.Identifier(schema)
+    done = await add(conn, schema, 4, "MINT")
+    failed = await add(conn, schema, 1, "MINT")
+    await add(conn, schema, 2, "CREATE_USER")
+    await conn.execute(
+        sql.SQL("UPDATE {}.outbox_commands SET status = 'COMMITTED', committed_at = now() WHERE id = ANY(%s)")
+        .format(t), [done])
+    await conn.execute(
+        sql.SQL("UPDATE {}.outbox_commands SET status = 'FAILED', error_code = 'CHAINCODE_ERROR' "
+                "WHERE id = %s").format(t), [failed[0]])
+    await conn.execute(sql.SQL("ANALYZE {}.outbox_commands").format(t))  # the estimate: 7 rows
+    exact = await store.stats(exact_below=1000)
+    assert not exact.committed_estimated
+    assert exact.by_status_type[("COMMITTED", "MINT")] == 4 and exact.by_status["COMMITTED"] == 4
+    # Three more COMMITTED rows the estimate has not seen yet: the exact count sees them, the estimate not.
+    more = await add(conn, schema, 3, "MINT")
+    await conn.execute(
+        sql.SQL("UPDATE {}.outbox_commands SET status = 'COMMITTED', committed_at = now() WHERE id = ANY(%s)")
+        .format(t), [more])
+    assert (await store.stats(exact_below=1000)).by_status["COMMITTED"] == 7
+    large = await store.stats(exact_below=5)
+    assert large.committed_estimated
+    assert large.by_status == {"PENDING": 2, "CLAIMED": 0, "SUBMITTED": 0, "COMMITTED": 4, "FAILED": 1}
+    assert ("COMMITTED", "MINT") not in large.by_status_type
+    assert large.by_status_type == {("PENDING", "CREATE_USER"): 2, ("FAILED", "MINT"): 1}
+    assert large.failed_by_code == {"CHAINCODE_ERROR": 1} and large.oldest_pending_age_s is not None
+
+
+async def test_stats_of_a_large_table_do_not_read_its_history(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    """The COMMITTED branch of the statement is gated by a one-time filter: past the limit its scan never
+    starts (EXPLAIN ANALYZE on the store's own session, whose settings also rule out parallel workers and
+    JIT compilation, which a large table's plan would pay for even with the scan skipped)."""
+    await add(conn, schema, 3, "MINT")
+    await conn.execute(sql.SQL("ANALYZE {}.outbox_commands").format(sql.Identifier(schema)))
+    session = await store._get()  # the store's connection, with its session settings
+    query = sql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) ") + _compose("stats", schema)
+    for exact_below, scanned in ((1000, True), (2, False)):
+        cur = await session.execute(query, {"exact_below": exact_below})
+        plan = "\n".join(r[0] for r in await cur.fetchall())
+        lines = plan.splitlines()
+        at = next(i for i, line in enumerate(lines) if "status = 'COMMITTED'" in line)
+        scan = lines[at - 1]  # the node the COMMITTED filter belongs to
+        assert "Scan" in scan, plan
+        assert ("never executed" not in scan) is scanned, plan
+    settings = await (await session.execute("SELECT current_setting('jit'), "
+                                            "current_setting('max_parallel_workers_per_gather')")).fetchone()
+    assert settings == ("off", "0")  # both would start work for a large table's skipped branch
 
 
 async def test_long_and_odd_errors_are_stored_truncated(conn: Any, schema: str, store: OutboxStore) -> None:

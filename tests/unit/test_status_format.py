@@ -24,3 +24,20 @@ def test_status_names_why_unfinished_rows_are_retrying() -> None:
 def test_status_without_failures_has_no_error_sections() -> None:
     text = format_status(QueueStats(by_status={"PENDING": 0}))
     assert "retrying" not in text and "failed by" not in text
+
+
+def test_status_of_a_large_table_marks_the_committed_count_as_an_estimate() -> None:
+    stats = QueueStats(
+        by_status={"PENDING": 2, "CLAIMED": 0, "SUBMITTED": 0, "COMMITTED": 4_000_000, "FAILED": 0},
+        by_status_type={("PENDING", "MINT"): 2},
+        committed_estimated=True,
+    )
+    lines = format_status(stats).splitlines()
+    head = lines[0].split()
+    mint = dict(zip(head, lines[1].split(), strict=True))
+    total = dict(zip(head, lines[2].split(), strict=True))
+    assert (mint["PENDING"], mint["COMMITTED"]) == ("2", "-")  # no per-type split is known
+    assert total["COMMITTED"] == "~4000000"
+    assert any(line.startswith("COMMITTED: the planner's estimate") for line in lines)
+    exact = format_status(QueueStats(by_status={"COMMITTED": 5}, by_status_type={("COMMITTED", "MINT"): 5}))
+    assert "~" not in exact and "estimate" not in exact
