@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ import psycopg
 from gxsubmit.config import Config
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
 from gxsubmit.outbox import (
+    PRUNE_BATCH,
     STATUSES,
     OutboxStore,
     QueueStats,
@@ -31,10 +34,12 @@ from gxsubmit.outbox import (
 __all__ = [
     "add_enqueue_arguments",
     "add_migrate_arguments",
+    "add_prune_arguments",
     "add_requeue_arguments",
     "add_status_arguments",
     "run_enqueue",
     "run_migrate",
+    "run_prune",
     "run_requeue",
     "run_status",
 ]
@@ -74,11 +79,16 @@ async def _open_store(cfg: Config) -> OutboxStore:
     )
 
 
-def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]]) -> int:
-    """Run ``body`` and turn the expected failures into one line on stderr."""
+def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]], *, bounded: bool = True) -> int:
+    """Run ``body`` and turn the expected failures into one line on stderr.
+
+    ``bounded``: the whole command must finish within max(30 s, 4 x connect timeout); a command made of
+    many short statements (prune) is not bounded as a whole, each statement has the session's timeout.
+    """
     prefix = f"gxsubmit {command}:"
+    timeout = max(30.0, 4 * cfg.connect_timeout) if bounded else None
     try:
-        return asyncio.run(asyncio.wait_for(body(), timeout=max(30.0, 4 * cfg.connect_timeout)))
+        return asyncio.run(asyncio.wait_for(body(), timeout=timeout))
     except _Fail as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         return exc.code
@@ -261,3 +271,59 @@ def run_requeue(cfg: Config, args: argparse.Namespace) -> int:
         return RET_OK
 
     return _run("requeue", cfg, body)
+
+
+# -- prune ------------------------------------------------------------------------------------------
+
+#: The shortest retention prune accepts. A pruned row no longer blocks its (tenant_id, request_id): a
+#: producer that sends the same request again afterwards enqueues a new command, submitted again.
+PRUNE_MIN_AGE_S = 3600.0
+_AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _age(text: str) -> float:
+    """A duration such as 30d, 12h, 90m or 3600s (at least an hour)."""
+    raw = text.strip().lower()
+    try:
+        value = float(raw[:-1]) * _AGE_UNITS[raw[-1:]]
+    except (KeyError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30d, 12h, 90m)")
+    if value < PRUNE_MIN_AGE_S:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is shorter than an hour: a pruned row no longer stops its request id from being "
+            "enqueued and submitted again"
+        )
+    return value
+
+
+def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--older-than", required=True, type=_age, metavar="AGE",
+        help="delete COMMITTED rows committed longer ago than this (30d, 12h, ...; at least 1h). Keep it "
+        "longer than any producer may retry a request: a pruned request id can be enqueued again",
+    )
+    parser.add_argument("--batch", type=int, default=PRUNE_BATCH, metavar="N",
+                        help=f"rows per statement (default {PRUNE_BATCH})")
+    parser.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+
+
+def run_prune(cfg: Config, args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        print("gxsubmit prune: --batch must be at least 1", file=sys.stderr)
+        return RET_USAGE
+
+    async def body() -> int:
+        store = await _open_store(cfg)
+        try:
+            n, cutoff = await store.prune(args.older_than, batch=args.batch, dry_run=args.dry_run)
+        finally:
+            await store.close()
+        when = cutoff.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        verb = "would delete" if args.dry_run else "deleted"
+        print(f"{verb} {n} COMMITTED row{'s' if n != 1 else ''} committed before {when} "
+              "(FAILED and unfinished rows are never pruned)")
+        return RET_OK
+
+    return _run("prune", cfg, body, bounded=False)

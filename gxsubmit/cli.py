@@ -51,6 +51,8 @@ COMMANDS: dict[str, Command] = {
                       "gxsubmit.admin", "add_status_arguments", "run_status", _DB_SETTINGS),
     "requeue": Command("send FAILED rows back to PENDING", "gxsubmit.admin", "add_requeue_arguments",
                        "run_requeue", _DB_SETTINGS),
+    "prune": Command("delete COMMITTED rows older than a retention (FAILED and unfinished rows stay)",
+                     "gxsubmit.admin", "add_prune_arguments", "run_prune", _DB_SETTINGS),
     "check": Command("preflight: configuration, catalogue, wallet, database and gateway, one line each",
                      "gxsubmit.check", "add_arguments", "run", ()),
     "emulator": Command("run the Fabric Gateway emulator (a strict test peer for the GX chaincode)",

@@ -15,7 +15,7 @@ import operator
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from functools import cache
@@ -225,6 +225,9 @@ class TxRecord:
     #: the certificate's expiry: once it is well past, a lost tx id can be abandoned (DESIGN 2.5)
     creator_not_after: datetime | None = None
 
+
+#: Rows deleted per statement by ``OutboxStore.prune``: short transactions, bounded WAL per commit.
+PRUNE_BATCH = 5_000
 
 #: Below this many rows (the planner's estimate) the statistics count COMMITTED rows exactly. A seq scan of
 #: 100 000 rows costs the server ~10-20 ms; the supervisor refreshes every 3-15 s.
@@ -623,6 +626,46 @@ class OutboxStore:
         params = {"ids": list(ids), "error_code": error_code, "all_failed": all_failed}
         rows = await self._rows("requeue", params)
         return int(rows[0][0])
+
+    async def prune(
+        self,
+        older_than_s: float,
+        *,
+        batch: int = PRUNE_BATCH,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[int, datetime]:
+        """Delete COMMITTED rows committed more than ``older_than_s`` ago; return (rows, cutoff).
+
+        FAILED and unfinished rows stay. Each batch is its own short transaction (locks and WAL stay
+        small; an interrupted run keeps what it did). The seq where recent rows begin is found first by a
+        binary search of index lookups, so neither the search nor the batches read the recent table.
+        ``dry_run`` counts instead of deleting. ``progress`` gets the running total after each batch.
+        """
+        cutoff = (await self._rows("prune_cutoff", {"older_than_s": older_than_s}))[0][0]
+        first, last = (await self._rows("prune_seq_range", {}))[0]
+        if first is None:
+            return 0, cutoff
+        lo, hi = int(first), int(last) + 1  # rows below lo were created before the cutoff; from hi on, not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = await self._rows("prune_probe", {"seq": mid, "cutoff": cutoff})
+            if found and found[0][1]:
+                lo = min(int(found[0][0]) + 1, hi)
+            else:
+                hi = mid
+        if dry_run:
+            rows = await self._rows("prune_count", {"below_seq": lo, "cutoff": cutoff})
+            return int(rows[0][0]), cutoff
+        total, after = 0, int(first) - 1
+        while True:
+            params = {"after_seq": after, "below_seq": lo, "cutoff": cutoff, "batch": batch}
+            n, last_seq = (await self._rows("prune_batch", params))[0]
+            if not n:
+                return total, cutoff
+            total, after = total + int(n), int(last_seq)
+            if progress is not None:
+                progress(total)
 
 
 # -- wake-ups ---------------------------------------------------------------------------------------

@@ -331,3 +331,47 @@ WITH released AS (
     SELECT pg_notify('gxsubmit', {schema_name} || ':' || t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
 )
 SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)
+
+-- name: prune_cutoff
+-- One cutoff for a whole prune run, by the server's clock.
+SELECT now() - make_interval(secs => %(older_than_s)s)
+
+-- name: prune_seq_range
+SELECT min(o.seq), max(o.seq) FROM {schema}.outbox_commands AS o
+
+-- name: prune_probe
+-- The first row at or after a seq, and whether it was created before the cutoff (one index lookup):
+-- the prune's binary search for the seq where recent rows begin, so no batch reads the recent table.
+SELECT o.seq, o.created_at < %(cutoff)s
+  FROM {schema}.outbox_commands AS o
+ WHERE o.seq >= %(seq)s
+ ORDER BY o.seq
+ LIMIT 1
+
+-- name: prune_batch
+-- Delete up to a batch of COMMITTED rows committed before the cutoff, oldest first, walking the seq index
+-- only between the previous batch's last row and the start of the recent rows. FAILED and unfinished rows
+-- are never deleted. Returns how many went and the last seq, where the next batch starts.
+WITH doomed AS (
+    SELECT o.id
+      FROM {schema}.outbox_commands AS o
+     WHERE o.seq > %(after_seq)s AND o.seq < %(below_seq)s
+       AND o.status = 'COMMITTED'
+       AND o.committed_at < %(cutoff)s
+     ORDER BY o.seq
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM {schema}.outbox_commands AS c
+     WHERE c.id = ANY(ARRAY(SELECT doomed.id FROM doomed))
+    RETURNING c.seq
+)
+SELECT count(*), max(deleted.seq) FROM deleted
+
+-- name: prune_count
+-- What prune_batch would delete (prune --dry-run).
+SELECT count(*)
+  FROM {schema}.outbox_commands AS o
+ WHERE o.seq < %(below_seq)s
+   AND o.status = 'COMMITTED'
+   AND o.committed_at < %(cutoff)s

@@ -93,6 +93,7 @@ def test_bad_payload_is_a_usage_error(pg_url: str, schema: str, capsys: pytest.C
         (admin.run_status, admin.add_status_arguments, ()),
         (admin.run_enqueue, admin.add_enqueue_arguments, ("MINT", "--payload", "{}")),
         (admin.run_requeue, admin.add_requeue_arguments, ("--all-failed",)),
+        (admin.run_prune, admin.add_prune_arguments, ("--older-than", "30d")),
     ],
 )
 def test_missing_table_is_one_line(
@@ -110,6 +111,7 @@ def test_missing_table_is_one_line(
         (admin.run_migrate, admin.add_migrate_arguments, ()),
         (admin.run_enqueue, admin.add_enqueue_arguments, ("MINT", "--payload", "{}")),
         (admin.run_requeue, admin.add_requeue_arguments, ("--error-code", "X")),
+        (admin.run_prune, admin.add_prune_arguments, ("--older-than", "30d")),
     ],
 )
 def test_unreachable_database_is_one_line(
@@ -120,3 +122,37 @@ def test_unreachable_database_is_one_line(
     assert code == RET_UNAVAILABLE
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("gxsubmit ") and "database unavailable" in line
+
+
+def test_prune_command(pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(pg_url, schema)
+    for rid, status, days in (("old", "COMMITTED", 40), ("dead", "FAILED", 40), ("new", "COMMITTED", 0)):
+        argv = ("MINT", "--payload", "{}", "--request-id", rid)
+        assert admin.run_enqueue(cfg, _args(admin.add_enqueue_arguments, *argv)) == RET_OK
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("UPDATE {}.outbox_commands SET status = %s, "
+                        "created_at = now() - %s * interval '1 day', "
+                        "committed_at = now() - %s * interval '1 day' WHERE request_id = %s")
+                .format(sql.Identifier(schema)), [status, days, days, rid])
+    capsys.readouterr()
+    dry = _args(admin.add_prune_arguments, "--older-than", "30d", "--dry-run")
+    assert admin.run_prune(cfg, dry) == RET_OK
+    assert capsys.readouterr().out.startswith("would delete 1 COMMITTED row committed before ")
+    assert admin.run_prune(cfg, _args(admin.add_prune_arguments, "--older-than", "720h")) == RET_OK
+    out = capsys.readouterr().out
+    assert out.startswith("deleted 1 COMMITTED row committed before ") and "FAILED and unfinished" in out
+    with psycopg.connect(pg_url) as conn:
+        left = conn.execute(sql.SQL("SELECT request_id FROM {}.outbox_commands ORDER BY 1")
+                            .format(sql.Identifier(schema))).fetchall()
+    assert left == [("dead",), ("new",)]
+
+
+@pytest.mark.parametrize(("age", "says"), [("10m", "shorter than an hour"), ("soon", "not a duration"),
+                                          ("30", "not a duration"), ("inf d", "not a duration"),
+                                          ("nan h", "not a duration"), ("-3d", "shorter than an hour")])
+def test_prune_refuses_a_short_or_bad_age(age: str, says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _args(admin.add_prune_arguments, f"--older-than={age}")
+    assert exc.value.code == RET_USAGE
+    assert says in capsys.readouterr().err

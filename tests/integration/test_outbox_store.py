@@ -475,6 +475,46 @@ async def test_stats_of_a_large_table_do_not_read_its_history(
     assert settings == ("off", "0")  # both would start work for a large table's skipped branch
 
 
+async def test_prune_deletes_only_old_committed_rows_in_batches(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    assert (await store.prune(30 * 86400.0))[0] == 0  # an empty table
+    t = sql.Identifier(schema)
+
+    async def aged(n: int, status: str, created_days: float, committed_days: float | None) -> list[uuid.UUID]:
+        ids = await add(conn, schema, n)
+        await conn.execute(
+            sql.SQL("UPDATE {}.outbox_commands SET status = %s, "
+                    "created_at = now() - make_interval(secs => %s * 86400), "
+                    "committed_at = now() - make_interval(secs => %s * 86400) WHERE id = ANY(%s)").format(t),
+            [status, created_days, committed_days, ids])
+        return ids
+
+    old = await aged(7, "COMMITTED", 40, 40)
+    kept = [
+        *await aged(1, "FAILED", 40, None),  # a dead letter waits for an operator, whatever its age
+        *await aged(1, "PENDING", 40, None),
+        *await aged(1, "COMMITTED", 40, 1),  # created long ago, committed yesterday: not yet
+        *await aged(2, "COMMITTED", 0.01, 0.01),
+    ]
+    would, _ = await store.prune(30 * 86400.0, dry_run=True)
+    assert would == 7 and len(await remaining(conn, schema)) == 12
+
+    seen: list[int] = []
+    n, cutoff = await store.prune(30 * 86400.0, batch=2, progress=seen.append)
+    assert n == 7 and seen == [2, 4, 6, 7]
+    assert (datetime.now(UTC) - cutoff).days == 30
+    left = await remaining(conn, schema)
+    assert set(left) == set(kept) and not set(left) & set(old)
+    assert (await store.prune(30 * 86400.0))[0] == 0
+    assert (await store.prune(0.005 * 86400.0))[0] == 3  # the yesterday and the recent ones
+
+
+async def remaining(conn: Any, schema: str) -> list[uuid.UUID]:
+    cur = await conn.execute(sql.SQL("SELECT id FROM {}.outbox_commands").format(sql.Identifier(schema)))
+    return [r[0] for r in await cur.fetchall()]
+
+
 async def test_long_and_odd_errors_are_stored_truncated(conn: Any, schema: str, store: OutboxStore) -> None:
     (rid,) = await add(conn, schema, 1)
     (a,) = await store.claim(["MINT"], 1, 30.0)

@@ -82,8 +82,16 @@ def _apply_op(doc: Any, op: dict[str, Any]) -> None:
         raise AssertionError(f"renderer: unsupported op {kind}")
 
 
+def _template(doc: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment or Job, or of a CronJob's job."""
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return dict(spec.get("template", {}))
+
+
 def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
-    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+    spec = _template(doc).get("spec", {})
     for container in spec.get("containers", []) + spec.get("initContainers", []):
         name, _, _tag = container["image"].partition(":")
         for image in images:
@@ -159,7 +167,8 @@ def test_manifests_validate_against_kubernetes_schemas(rendered: list[dict[str, 
 
     builtin = [d for d in rendered if "monitoring.coreos.com" not in d["apiVersion"]]
     assert {d["kind"] for d in builtin} == {
-        "ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy", "Job"}
+        "ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy", "Job",
+        "CronJob"}
     for doc in builtin:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -194,7 +203,7 @@ def test_monitoring_objects_are_well_formed(rendered: list[dict[str, Any]]) -> N
 
 
 def _container(doc: dict[str, Any]) -> dict[str, Any]:
-    containers = doc["spec"]["template"]["spec"]["containers"]
+    containers = _template(doc)["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
 
@@ -247,9 +256,9 @@ def test_probes_and_grace_period(overlay: dict[tuple[str, str], dict[str, Any]])
 
 
 def test_security_context(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
-    for key in (("Deployment", "gxsubmit"), ("Job", "gxsubmit-migrate")):
+    for key in (("Deployment", "gxsubmit"), ("Job", "gxsubmit-migrate"), ("CronJob", "gxsubmit-prune")):
         doc = overlay[key]
-        pod, c = doc["spec"]["template"]["spec"], _container(doc)
+        pod, c = _template(doc)["spec"], _container(doc)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         sc = c["securityContext"]
@@ -276,6 +285,26 @@ def test_migration_job(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
     assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
 
 
+def test_prune_cronjob(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """The outbox does not grow for ever: a daily prune of old COMMITTED rows, one run at a time, with an age
+    the CLI accepts and long past any producer's retries."""
+    from gxsubmit import admin
+
+    cron = overlay["CronJob", "gxsubmit-prune"]
+    c = _container(cron)
+    assert c["args"][:2] == ["prune", "--older-than"] and len(c["args"]) == 3
+    assert admin._age(c["args"][2]) >= 30 * 86400
+    assert c["image"] == _container(overlay["Deployment", "gxsubmit"])["image"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert _template(cron)["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+    # Not selected by the Service, the PodDisruptionBudget or the Deployment: it is not a replica.
+    labels = _template(cron)["metadata"]["labels"]
+    for key in (("Service", "gxsubmit-metrics"), ("PodDisruptionBudget", "gxsubmit")):
+        spec = overlay[key]["spec"]
+        selector = spec["selector"].get("matchLabels", spec["selector"])
+        assert not selector.items() <= labels.items(), key
+
+
 def test_network_policy(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
     policy = overlay["NetworkPolicy", "gxsubmit"]["spec"]
     assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gxsubmit"}
@@ -290,7 +319,7 @@ def test_network_policy(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
 def test_settings_in_manifests_are_real_settings(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
     known = {s.env for s in gxconfig.SETTINGS} | {"PROMETHEUS_MULTIPROC_DIR"}
     names = set(overlay["ConfigMap", "gxsubmit-config"]["data"])
-    for key in (("Deployment", "gxsubmit"), ("Job", "gxsubmit-migrate")):
+    for key in (("Deployment", "gxsubmit"), ("Job", "gxsubmit-migrate"), ("CronJob", "gxsubmit-prune")):
         names |= {e["name"] for e in _container(overlay[key])["env"]}
     assert names <= known, names - known
 
@@ -448,6 +477,27 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert not problems, problems
 
 
+def test_systemd_prune_timer_and_service_verify(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        missing_tool("systemd-analyze not installed (Debian package systemd)")
+    from gxsubmit import admin
+
+    service = (UNIT.parent / "gxsubmit-prune.service").read_text()
+    exec_start = next(ln for ln in service.splitlines() if ln.startswith("ExecStart="))
+    argv = exec_start.partition("=")[2].split()
+    assert argv[1:5] == ["-m", "gxsubmit", "prune", "--older-than"] and admin._age(argv[5]) >= 30 * 86400
+    runnable = service.replace("/opt/gxsubmit/bin/python", sys.executable)
+    (tmp_path / "gxsubmit-prune.service").write_text(runnable)
+    timer = tmp_path / "gxsubmit-prune.timer"
+    timer.write_text((UNIT.parent / "gxsubmit-prune.timer").read_text())
+    for unit in (tmp_path / "gxsubmit-prune.service", timer):
+        proc = _verify(tool, unit)
+        assert proc.returncode == 0, proc.stderr
+        problems = [ln for ln in proc.stderr.splitlines() if str(tmp_path) in ln]
+        assert not problems, problems
+
+
 def test_systemd_verify_catches_errors(tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
@@ -508,5 +558,6 @@ def test_operations_guide_lists_every_setting() -> None:
     missing = [s.env for s in gxconfig.SETTINGS if f"`{s.env}`" not in text]
     assert not missing, f"docs/operations.md does not document {missing}"
     for topic in ("gxsubmit migrate", "gxsubmit requeue --error-code", "rollout undo deployment/gxsubmit",
+                  "gxsubmit prune --older-than", "prune-cronjob.yaml",
                   "additive", "maxUnavailable", "\u00d7 (3 workers \u00d7 2 connections + supervisor 1)"):
         assert topic in text, topic

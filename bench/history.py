@@ -1,13 +1,15 @@
-"""What the supervisor's statistics refresh costs on a table with a long retained history.
+"""What a long retained history costs: the supervisor's statistics refresh, and pruning it.
 
-``python bench/stats_history.py [--url URL] [--rows N] [--rounds R]``
+``python bench/history.py [--url URL] [--rows N] [--rounds R]``
 
 Every replica's supervisor calls ``OutboxStore.stats()`` every 3-15 s for its gauges and /status. Finished
 rows stay in the table, so a statement that counts them reads the whole history each time. This fills a
 scratch schema with N COMMITTED rows (and a few unfinished ones), then times ``stats()`` as shipped
 (COMMITTED estimated past ``EXACT_COMMITTED_BELOW``) against ``stats(exact_below=N * 10)``, which counts
-every row as the statement did before. The schema is dropped afterwards. Filling 2 million rows takes
-about a minute on the 2-core box.
+every row as the statement did before. Half of the rows were committed 40 days ago: then it times
+``OutboxStore.prune`` (``gxsubmit prune --older-than 30d``) deleting them, and a second prune with nothing
+left to delete, which must not read the recent half. The schema is dropped afterwards. Filling 2 million
+rows takes about a minute on the 2-core box.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from gxsubmit.outbox import OutboxStore, migrate
 
 _FILL = """
 INSERT INTO {t} (service, command_type, request_id, payload, status, attempts, tx_nonce, fabric_tx_id,
-                 submitted_at, committed_at, commit_block, validation_code)
+                 created_at, committed_at, commit_block, validation_code)
 SELECT 'bench', (ARRAY['CREATE_USER', 'TRANSFER_TOKENS', 'APPROVE_KYC'])[1 + g %% 3], 'h-' || g,
        '{{"userId": "u-1234567890", "amount": "100.00", "currency": "GXC"}}'::jsonb, 'COMMITTED', 1,
-       decode(md5(g::text), 'hex'), md5(g::text) || md5((g + 1)::text), now(), now(), g / 500, 'VALID'
-  FROM generate_series(1, %s) AS g
+       decode(md5(g::text), 'hex'), md5(g::text) || md5((g + 1)::text), c.at, c.at, g / 500, 'VALID'
+  FROM generate_series(1, %(n)s) AS g,
+       LATERAL (SELECT CASE WHEN g <= %(n)s / 2 THEN now() - interval '40 days' ELSE now() END AS at) AS c
 """
 
 
@@ -47,13 +50,13 @@ async def _timed(store: OutboxStore, rounds: int, **kw: int) -> list[float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    schema = f"gxstats_{uuid.uuid4().hex[:8]}"
+    schema = f"gxhistory_{uuid.uuid4().hex[:8]}"
     async with await psycopg.AsyncConnection.connect(args.url, autocommit=True) as conn:
         await migrate(conn, schema)
         t = sql.Identifier(schema, "outbox_commands")
         try:
             t0 = time.perf_counter()
-            await conn.execute(sql.SQL(_FILL).format(t=t), (args.rows,))
+            await conn.execute(sql.SQL(_FILL).format(t=t), {"n": args.rows})
             await conn.execute(
                 sql.SQL("INSERT INTO {t} (service, command_type, request_id, payload) "
                         "SELECT 'bench', 'MINT', 'p-' || g, '{{}}'::jsonb FROM generate_series(1, 10) AS g")
@@ -62,8 +65,9 @@ async def main(args: argparse.Namespace) -> None:
             size = (await (await conn.execute("SELECT pg_size_pretty(pg_total_relation_size(%s::regclass))",
                                               (f'"{schema}".outbox_commands',))).fetchone() or ("?",))[0]
             took = time.perf_counter() - t0
-            print(f"filled {args.rows:,} COMMITTED rows + 10 PENDING in {took:.1f} s ({size})")
-            store = await OutboxStore.connect(args.url, schema=schema, worker_id="bench-stats")
+            print(f"filled {args.rows:,} COMMITTED rows (half of them 40 days old) + 10 PENDING "
+                  f"in {took:.1f} s ({size})")
+            store = await OutboxStore.connect(args.url, schema=schema, worker_id="bench-history")
             try:
                 for _ in range(2):  # interleaved, so a change in the machine's speed shows in both
                     shipped = await _timed(store, args.rounds)
@@ -75,6 +79,12 @@ async def main(args: argparse.Namespace) -> None:
                 s = await store.stats()
                 print(f"shipped result: COMMITTED {s.by_status['COMMITTED']:,} "
                       f"(estimated: {s.committed_estimated}), PENDING {s.by_status['PENDING']}")
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    n, _cutoff = await store.prune(30 * 86400.0)
+                    took = time.perf_counter() - t0
+                    print(f"prune --older-than 30d: deleted {n:,} rows in {took:.2f} s"
+                          + (f" ({n / took:,.0f} rows/s)" if n else ""))
             finally:
                 await store.close()
         finally:
