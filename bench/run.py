@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 import time
 import traceback
@@ -260,8 +261,15 @@ def write_plot(results: dict[str, Any], path: Path) -> Path | None:
 # --------------------------------------------------------------------------- main
 
 
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (kill, timeout, CI cancel) unwinds like Ctrl-C, so the finally blocks stop every
+    supervisor, worker and emulator the harness started instead of leaving them running."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     names = list(SCENARIOS) if "all" in args.scenario else list(dict.fromkeys(args.scenario))
     t_start = time.monotonic()
     workdir = make_workdir(args.keep)
