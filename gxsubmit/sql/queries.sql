@@ -60,7 +60,23 @@ SELECT id FROM {schema}.outbox_commands WHERE tenant_id = %(tenant_id)s AND requ
 -- Expired leases first (their rows are older work), then due PENDING rows in FIFO order. The UNION ALL
 -- is pulled lazily, so "due" locks only as many rows as "expired" left room for. The outer UPDATE finds
 -- the rows through the primary key (id = ANY(ARRAY(...))), never by joining the whole table.
-WITH expired AS (
+-- "due" starts its walk at the first due row of any of its types (first_due: one probe per type in
+-- outbox_commands_pending_type_idx), so other identities' PENDING rows before it are not read
+-- (migration 0005). The type condition there is written as a range on purpose: with "=" the planner
+-- may serve the probe from outbox_commands_pending_idx (seq order) and walk every PENDING row of
+-- other types for a type that has none; a range cannot give (command_type, seq) order from that index.
+WITH first_due AS (
+    SELECT f.seq
+      FROM unnest(%(types)s::text[]) AS t(command_type)
+     CROSS JOIN LATERAL (
+           SELECT p.seq
+             FROM {schema}.outbox_commands AS p
+            WHERE p.status = 'PENDING'
+              AND p.command_type >= t.command_type AND p.command_type <= t.command_type
+              AND p.next_attempt_at <= now()
+            ORDER BY p.command_type, p.seq
+            LIMIT 1) AS f
+), expired AS (
     SELECT o.id
       FROM {schema}.outbox_commands AS o
      WHERE o.status IN ('CLAIMED', 'SUBMITTED')
@@ -75,6 +91,7 @@ WITH expired AS (
      WHERE o.status = 'PENDING'
        AND o.next_attempt_at <= now()
        AND o.command_type = ANY(%(types)s::text[])
+       AND o.seq >= (SELECT min(first_due.seq) FROM first_due)
      ORDER BY o.seq
      LIMIT {limit}
        FOR UPDATE SKIP LOCKED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -110,6 +111,42 @@ async def test_connect_refuses_an_unmigrated_schema(pg_url: str) -> None:
 
 
 # -- claim ------------------------------------------------------------------------------------------
+
+
+async def test_other_types_at_the_head_are_not_walked_by_a_claim(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    """Another identity's backlog at the head of the queue (it is down) must not be read by every claim of
+    the others, nor a served type with nothing pending make the claim walk the queue (migration 0005)."""
+    t = sql.Identifier(schema)
+    await conn.execute(
+        sql.SQL("INSERT INTO {}.outbox_commands (service, command_type, request_id, payload) "
+                "SELECT 'svc', 'MINT', 'head-' || g, '{{}}'::jsonb FROM generate_series(1, 3000) AS g")
+        .format(t))
+    mine = await add(conn, schema, 5, "CREATE_USER")
+    await conn.execute(sql.SQL("ANALYZE {}.outbox_commands").format(t))
+    types = ["CREATE_USER", "APPROVE_KYC"]  # APPROVE_KYC has no row at all
+    session = await store._get()
+    query = b"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + store._claim_query(10, session)
+    async with session.transaction(force_rollback=True):
+        cur = await session.execute(query, {"types": types, "worker_id": "w1", "lease_s": 30.0})
+        plan = "\n".join(r[0] for r in await cur.fetchall())
+    removed = [int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)]
+    assert sum(removed) < 100, plan  # before 0005: 3,000 (every MINT row, on every claim)
+    claimed = await store.claim(types, 10, 30.0)
+    assert [c.id for c in claimed] == mine
+    # Its own long backlog is not read whole either (no sort of every due row of its types per claim).
+    await conn.execute(
+        sql.SQL("INSERT INTO {}.outbox_commands (service, command_type, request_id, payload) "
+                "SELECT 'svc', 'CREATE_USER', 'own-' || g, '{{}}'::jsonb FROM generate_series(1, 3000) AS g")
+        .format(t))
+    await conn.execute(sql.SQL("ANALYZE {}.outbox_commands").format(t))
+    async with session.transaction(force_rollback=True):
+        cur = await session.execute(query, {"types": types, "worker_id": "w1", "lease_s": 30.0})
+        plan = "\n".join(r[0] for r in await cur.fetchall())
+    read = [float(n) for n in re.findall(r"actual rows=([\d.]+)", plan)]
+    removed = [int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)]
+    assert max(read) <= 20 and sum(removed) < 100, plan
 
 
 async def test_claim_is_fifo_by_type_and_counts_an_attempt(
