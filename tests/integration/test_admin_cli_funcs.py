@@ -156,3 +156,9 @@ def test_prune_refuses_a_short_or_bad_age(age: str, says: str, capsys: pytest.Ca
         _args(admin.add_prune_arguments, f"--older-than={age}")
     assert exc.value.code == RET_USAGE
     assert says in capsys.readouterr().err
+
+
+def test_prune_refuses_an_empty_batch(pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args(admin.add_prune_arguments, "--older-than", "30d", "--batch", "0")
+    assert admin.run_prune(_cfg(pg_url, schema), args) == RET_USAGE
+    assert "--batch must be at least 1" in _one_line(capsys.readouterr().err)
