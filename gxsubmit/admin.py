@@ -13,7 +13,8 @@ import math
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -35,11 +36,13 @@ __all__ = [
     "add_enqueue_arguments",
     "add_migrate_arguments",
     "add_prune_arguments",
+    "add_record_expiry_arguments",
     "add_requeue_arguments",
     "add_status_arguments",
     "run_enqueue",
     "run_migrate",
     "run_prune",
+    "run_record_expiry",
     "run_requeue",
     "run_status",
 ]
@@ -327,3 +330,49 @@ def run_prune(cfg: Config, args: argparse.Namespace) -> int:
         return RET_OK
 
     return _run("prune", cfg, body, bounded=False)
+
+
+# -- record-expiry ----------------------------------------------------------------------------------
+
+
+def add_record_expiry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "certificates", nargs="+", metavar="CERT",
+        help="a rotated-out signing certificate (PEM), e.g. the old <identity>-cert file of the wallet",
+    )
+
+
+def _certificate(path: str) -> tuple[str, datetime, str]:
+    """(fingerprint, expiry, subject) of a PEM certificate file; one line if it is not one."""
+    from cryptography import x509
+
+    from gxsubmit.wallet import fingerprint_of
+
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise _Fail(RET_USAGE, f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise _Fail(RET_USAGE, f"{path} is not a PEM certificate") from None  # never echo the file
+    return fingerprint_of(pem), cert.not_valid_after_utc, cert.subject.rfc4514_string()
+
+
+def run_record_expiry(cfg: Config, args: argparse.Namespace) -> int:
+    async def body() -> int:
+        certs = [(path, *_certificate(path)) for path in args.certificates]  # all checked before any write
+        store = await _open_store(cfg)
+        try:
+            for path, fingerprint, not_after, subject in certs:
+                n = await store.record_creator_expiry(fingerprint, not_after)
+                when = not_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                print(f"{path} ({subject}, sha256 {fingerprint[:16]}...), valid until {when}: expiry "
+                      f"recorded on {n} unfinished row{'s' if n != 1 else ''} that had none")
+        finally:
+            await store.close()
+        print("Such a row gets a new transaction id once that time is an hour past and the gateway peer's "
+              "ledger does not know its old one (docs/operations.md, Rotate wallet credentials).")
+        return RET_OK
+
+    return _run("record-expiry", cfg, body)

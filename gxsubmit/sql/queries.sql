@@ -392,3 +392,25 @@ SELECT count(*)
  WHERE o.seq < %(below_seq)s
    AND o.status = 'COMMITTED'
    AND o.committed_at < %(cutoff)s
+
+-- name: record_creator_expiry
+-- An operator supplies the expiry of a certificate that signed unfinished rows recorded without one
+-- (before migration 0004, or re-recorded by an older release after a rollback): gxsubmit record-expiry.
+-- The worker then applies its usual rule to them (DESIGN 2.5). Rows are found through the partial
+-- indexes of unfinished rows, not by reading the table.
+WITH recorded AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET creator_not_after = %(not_after)s,
+           updated_at = now()
+     WHERE c.id = ANY(ARRAY(
+               SELECT o.id FROM {schema}.outbox_commands AS o
+                WHERE o.status = 'PENDING' AND o.creator_fingerprint = %(fingerprint)s
+               UNION ALL
+               SELECT o.id FROM {schema}.outbox_commands AS o
+                WHERE o.status IN ('CLAIMED', 'SUBMITTED') AND o.creator_fingerprint = %(fingerprint)s))
+       AND c.creator_fingerprint = %(fingerprint)s
+       AND c.creator_not_after IS NULL
+       AND c.status IN ('PENDING', 'CLAIMED', 'SUBMITTED')
+    RETURNING 1
+)
+SELECT count(*) FROM recorded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -162,3 +163,60 @@ def test_prune_refuses_an_empty_batch(pg_url: str, schema: str, capsys: pytest.C
     args = _args(admin.add_prune_arguments, "--older-than", "30d", "--batch", "0")
     assert admin.run_prune(_cfg(pg_url, schema), args) == RET_USAGE
     assert "--batch must be at least 1" in _one_line(capsys.readouterr().err)
+
+
+def test_record_expiry_fills_in_the_old_certificate_s_expiry(
+    pg_url: str, schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows recorded without an expiry (before migration 0004, or by an older release) get it from the
+    rotated-out certificate the operator still has; nothing else changes."""
+    from cryptography import x509
+
+    from gxsubmit.devwallet import make_dev_wallet
+    from gxsubmit.wallet import fingerprint_of
+
+    make_dev_wallet(tmp_path / "wallet")
+    pem = (tmp_path / "wallet" / "org1-admin-cert").read_bytes()
+    fp, other = fingerprint_of(pem), "0" * 64
+    expiry = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+    cfg = _cfg(pg_url, schema)
+    rows = {"pending": ("PENDING", fp, None), "submitted": ("SUBMITTED", fp, None),
+            "known": ("PENDING", fp, "2020-01-01T00:00:00Z"), "done": ("COMMITTED", fp, None),
+            "other": ("PENDING", other, None)}
+    for rid, (status, fingerprint, not_after) in rows.items():
+        assert admin.run_enqueue(cfg, _args(admin.add_enqueue_arguments, "MINT", "--payload", "{}",
+                                            "--request-id", rid)) == RET_OK
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("UPDATE {}.outbox_commands SET status = %s, creator_fingerprint = %s, "
+                                 "creator_not_after = %s WHERE request_id = %s")
+                         .format(sql.Identifier(schema)), [status, fingerprint, not_after, rid])
+    capsys.readouterr()
+    cert = str(tmp_path / "wallet" / "org1-admin-cert")
+    assert admin.run_record_expiry(cfg, _args(admin.add_record_expiry_arguments, cert)) == RET_OK
+    out = capsys.readouterr().out
+    assert "recorded on 2 unfinished rows that had none" in out and fp[:16] in out
+    with psycopg.connect(pg_url) as conn:
+        got = dict(conn.execute(sql.SQL("SELECT request_id, creator_not_after FROM {}.outbox_commands")
+                                .format(sql.Identifier(schema))).fetchall())
+    assert got["pending"] == got["submitted"] == expiry
+    assert got["known"].year == 2020 and got["done"] is None and got["other"] is None
+    assert admin.run_record_expiry(cfg, _args(admin.add_record_expiry_arguments, cert)) == RET_OK
+    assert "recorded on 0 unfinished rows" in capsys.readouterr().out  # idempotent
+
+
+def test_record_expiry_refuses_what_is_not_a_certificate(
+    pg_url: str, schema: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gxsubmit.devwallet import make_dev_wallet
+
+    make_dev_wallet(tmp_path / "wallet")
+    key = tmp_path / "wallet" / "org1-admin-key"
+    cert = tmp_path / "wallet" / "org1-admin-cert"
+    for path, says in ((key, "is not a PEM certificate"), (tmp_path / "missing", "cannot read")):
+        # Nothing is written when any argument is bad, even a good certificate before it.
+        args = _args(admin.add_record_expiry_arguments, str(cert), str(path))
+        assert admin.run_record_expiry(_cfg(pg_url, schema), args) == RET_USAGE
+        err = _one_line(capsys.readouterr().err)
+        assert says in err and "PRIVATE KEY" not in err
+        body = key.read_text().splitlines()[1]
+        assert body not in err  # the key never reaches the message
