@@ -344,18 +344,12 @@ def add_record_expiry_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _certificate(path: str) -> tuple[str, datetime, str]:
     """(fingerprint, expiry, subject) of a PEM certificate file; one line if it is not one."""
-    from cryptography import x509
-
-    from gxsubmit.wallet import fingerprint_of
+    from gxsubmit.wallet import WalletError, fingerprint_of, load_certificate
 
     try:
-        pem = Path(path).read_bytes()
-    except OSError as exc:
-        raise _Fail(RET_USAGE, f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise _Fail(RET_USAGE, f"{path} is not a PEM certificate") from None  # never echo the file
+        pem, cert = load_certificate(Path(path))
+    except WalletError as exc:  # "<path>: <reason>", never the file's content
+        raise _Fail(RET_USAGE, str(exc)) from None
     return fingerprint_of(pem), cert.not_valid_after_utc, cert.subject.rfc4514_string()
 
 

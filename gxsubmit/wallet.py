@@ -35,7 +35,9 @@ __all__ = [
     "WalletIdentity",
     "cert_path",
     "check_tls_files",
+    "fingerprint_of",
     "key_path",
+    "load_certificate",
     "load_identity",
     "load_tls_ca",
     "load_tls_client",
@@ -321,6 +323,11 @@ def make_dev_wallet(
     from gxsubmit.devwallet import make_dev_wallet as _make
 
     _make(directory, msp_id=msp_id, identities=identities, force=force)
+
+
+def load_certificate(path: Path) -> tuple[bytes, x509.Certificate]:
+    """A PEM certificate file outside a wallet (gxsubmit record-expiry); WalletError says why not."""
+    return _load_cert(path)
 
 
 def fingerprint_of(cert_pem: bytes) -> str:

@@ -212,7 +212,7 @@ def test_record_expiry_refuses_what_is_not_a_certificate(
     make_dev_wallet(tmp_path / "wallet")
     key = tmp_path / "wallet" / "org1-admin-key"
     cert = tmp_path / "wallet" / "org1-admin-cert"
-    for path, says in ((key, "is not a PEM certificate"), (tmp_path / "missing", "cannot read")):
+    for path, says in ((key, "not a PEM certificate"), (tmp_path / "missing", "file not found")):
         # Nothing is written when any argument is bad, even a good certificate before it.
         args = _args(admin.add_record_expiry_arguments, str(cert), str(path))
         assert admin.run_record_expiry(_cfg(pg_url, schema), args) == RET_USAGE
