@@ -281,6 +281,8 @@ def run_requeue(cfg: Config, args: argparse.Namespace) -> int:
 #: The shortest retention prune accepts. A pruned row no longer blocks its (tenant_id, request_id): a
 #: producer that sends the same request again afterwards enqueues a new command, submitted again.
 PRUNE_MIN_AGE_S = 3600.0
+#: A progress line on stderr after about this many deleted rows.
+PRUNE_PROGRESS_EVERY = 100_000
 _AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -317,10 +319,19 @@ def run_prune(cfg: Config, args: argparse.Namespace) -> int:
         print("gxsubmit prune: --batch must be at least 1", file=sys.stderr)
         return RET_USAGE
 
+    shown = 0
+
+    def progress(total: int) -> None:  # a first prune of a long history takes minutes: show it moving
+        nonlocal shown
+        if total - shown >= PRUNE_PROGRESS_EVERY:
+            shown = total
+            print(f"gxsubmit prune: {total} rows deleted so far", file=sys.stderr, flush=True)
+
     async def body() -> int:
         store = await _open_store(cfg)
         try:
-            n, cutoff = await store.prune(args.older_than, batch=args.batch, dry_run=args.dry_run)
+            n, cutoff = await store.prune(args.older_than, batch=args.batch, dry_run=args.dry_run,
+                                          progress=progress)
         finally:
             await store.close()
         when = cutoff.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

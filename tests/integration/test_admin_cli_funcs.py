@@ -125,7 +125,9 @@ def test_unreachable_database_is_one_line(
     assert line.startswith("gxsubmit ") and "database unavailable" in line
 
 
-def test_prune_command(pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_command(
+    pg_url: str, schema: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = _cfg(pg_url, schema)
     for rid, status, days in (("old", "COMMITTED", 40), ("dead", "FAILED", 40), ("new", "COMMITTED", 0)):
         argv = ("MINT", "--payload", "{}", "--request-id", rid)
@@ -140,9 +142,11 @@ def test_prune_command(pg_url: str, schema: str, capsys: pytest.CaptureFixture[s
     dry = _args(admin.add_prune_arguments, "--older-than", "30d", "--dry-run")
     assert admin.run_prune(cfg, dry) == RET_OK
     assert capsys.readouterr().out.startswith("would delete 1 COMMITTED row committed before ")
+    monkeypatch.setattr(admin, "PRUNE_PROGRESS_EVERY", 1)
     assert admin.run_prune(cfg, _args(admin.add_prune_arguments, "--older-than", "720h")) == RET_OK
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.startswith("deleted 1 COMMITTED row committed before ") and "FAILED and unfinished" in out
+    assert err == "gxsubmit prune: 1 rows deleted so far\n"  # progress goes to stderr
     with psycopg.connect(pg_url) as conn:
         left = conn.execute(sql.SQL("SELECT request_id FROM {}.outbox_commands ORDER BY 1")
                             .format(sql.Identifier(schema))).fetchall()
