@@ -302,6 +302,12 @@ SELECT (SELECT count(*) FROM requeued), (SELECT count(*) FROM notified)
 -- The last row carries that estimate (pg_class.reltuples; -1 before the first ANALYZE), from which
 -- the store derives the COMMITTED count of a large table. The PENDING groups carry the age of their
 -- oldest row (by the server's clock).
+WITH estimate AS (
+    SELECT c.reltuples
+      FROM pg_catalog.pg_class AS c
+      JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE n.nspname = {schema_name} AND c.relname = 'outbox_commands'
+)
 SELECT o.status, o.command_type, o.error_code, count(*), extract(epoch FROM now() - min(o.created_at))::float8
   FROM {schema}.outbox_commands AS o
  WHERE o.status = 'PENDING'
@@ -320,16 +326,10 @@ UNION ALL
 SELECT o.status, o.command_type, NULL, count(*), NULL
   FROM {schema}.outbox_commands AS o
  WHERE o.status = 'COMMITTED'
-   AND (SELECT c.reltuples
-          FROM pg_catalog.pg_class AS c
-          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE n.nspname = {schema_name} AND c.relname = 'outbox_commands') < %(exact_below)s
+   AND (SELECT estimate.reltuples FROM estimate) < %(exact_below)s
  GROUP BY 1, 2
 UNION ALL
-SELECT NULL, NULL, NULL, c.reltuples::bigint, NULL
-  FROM pg_catalog.pg_class AS c
-  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE n.nspname = {schema_name} AND c.relname = 'outbox_commands'
+SELECT NULL, NULL, NULL, estimate.reltuples::bigint, NULL FROM estimate
 
 -- name: release_owned
 -- A supervisor hands back the rows of worker processes it saw exit: claimable at once instead of
