@@ -355,13 +355,13 @@ def add_record_expiry_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _certificate(path: str) -> tuple[str, datetime, str]:
     """(fingerprint, expiry, subject) of a PEM certificate file; one line if it is not one."""
-    from gxsubmit.wallet import WalletError, fingerprint_of, load_certificate
+    from gxsubmit.wallet import WalletError, certificate_fingerprint, load_certificate
 
     try:
-        pem, cert = load_certificate(Path(path))
+        _, cert = load_certificate(Path(path))
     except WalletError as exc:  # "<path>: <reason>", never the file's content
         raise _Fail(RET_USAGE, str(exc)) from None
-    return fingerprint_of(pem), cert.not_valid_after_utc, cert.subject.rfc4514_string()
+    return certificate_fingerprint(cert), cert.not_valid_after_utc, cert.subject.rfc4514_string()
 
 
 def run_record_expiry(cfg: Config, args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ strings and underlying parser exceptions are never chained.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -34,6 +33,7 @@ __all__ = [
     "WalletError",
     "WalletIdentity",
     "cert_path",
+    "certificate_fingerprint",
     "check_tls_files",
     "fingerprint_of",
     "key_path",
@@ -240,7 +240,7 @@ def load_identity(
         if role != expected_role:
             raise WalletError(cpath, f"certificate has {ROLE_ATTRIBUTE}={role}, expected {expected_role}")
 
-    fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    fingerprint = certificate_fingerprint(cert)
     return WalletIdentity(
         name=name,
         msp_id=msp_id,
@@ -330,7 +330,11 @@ def load_certificate(path: Path) -> tuple[bytes, x509.Certificate]:
     return _load_cert(path)
 
 
-def fingerprint_of(cert_pem: bytes) -> str:
-    """sha256 hex of the DER certificate (the creator fingerprint stored in outbox rows)."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """sha256 hex of the DER certificate: the creator fingerprint stored in outbox rows."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def fingerprint_of(cert_pem: bytes) -> str:
+    """:func:`certificate_fingerprint` of a PEM certificate."""
+    return certificate_fingerprint(x509.load_pem_x509_certificate(cert_pem))

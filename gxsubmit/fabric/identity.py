@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
     Prehashed,
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from fabric_protos.msp import identities_pb2
 
-from gxsubmit.wallet import WalletIdentity
+from gxsubmit.wallet import WalletIdentity, certificate_fingerprint
 
 __all__ = ["P256_ORDER", "SigningIdentity", "serialize_identity"]
 
@@ -55,7 +55,7 @@ class SigningIdentity:
         self.name = name
         self.creator = serialize_identity(msp_id, cert_pem)
         cert = x509.load_pem_x509_certificate(cert_pem)
-        self.fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        self.fingerprint = certificate_fingerprint(cert)
         self._key = private_key
         self._deterministic = deterministic
         # Built once: three signatures per command, and the algorithm object is immutable.
