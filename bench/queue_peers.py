@@ -1,9 +1,10 @@
 """Drain N no-op jobs through one queue implementation and print one JSON line (bench/scenarios/queue.py).
 
 ``python bench/queue_peers.py SYSTEM --url URL --schema PREFIX --jobs N --configs JSON``; SYSTEM is
-gxsubmit-outbox, procrastinate or pgqueuer; JSON is a list of settings, one trial each. Jobs are enqueued in
-bulk first (not timed); the drain (claim/fetch -> run a no-op -> mark done) is timed from the first fetch
-until the queue is empty. Each trial uses a fresh schema (search_path), dropped afterwards.
+gxsubmit-outbox, plain-skip-locked (the reference), procrastinate or pgqueuer; JSON is a list of
+settings, one trial each. Jobs are enqueued in bulk first (not timed); the drain (claim/fetch -> run a
+no-op -> mark done) is timed from the first fetch until the queue is empty. Each trial uses a fresh
+schema (search_path), dropped afterwards.
 """
 
 from __future__ import annotations
@@ -207,8 +208,59 @@ async def pgqueuer_drain(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[
     }
 
 
+async def plain_skip_locked(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The reference, not a peer: the textbook batched SKIP LOCKED queue on a table with nothing else in it.
+
+    ``jobs(id bigserial primary key, locked_at timestamptz)`` plus a partial index of unlocked ids; each of
+    C connections loops: lock up to B unlocked ids (``FOR UPDATE SKIP LOCKED``, oldest first) and mark them,
+    then ``DELETE`` them (``done`` = "delete") or mark them finished and keep them (``done`` = "keep", the
+    retention gxsubmit's contract asks for). No payload, lease, status, attempt or error columns: what this
+    drains is about what PostgreSQL allows a queue on this machine at all.
+    """
+    import psycopg
+
+    conns, batch, done_mode = int(cfg["connections"]), int(cfg["batch"]), str(cfg["done"])
+    q = f'"{args.schema}".jobs'
+    async with await psycopg.AsyncConnection.connect(args.url, autocommit=True) as conn:
+        await conn.execute(
+            f"CREATE TABLE {q} (id bigserial PRIMARY KEY, locked_at timestamptz, finished_at timestamptz)"
+        )
+        await conn.execute(f'CREATE INDEX ON {q} (id) WHERE locked_at IS NULL')
+        await conn.execute(f"INSERT INTO {q} (locked_at) SELECT NULL FROM generate_series(1, %s)",
+                           (args.jobs,))
+        await conn.execute(f"ANALYZE {q}")
+    claim = (
+        f"UPDATE {q} SET locked_at = now() WHERE id IN (SELECT id FROM {q} WHERE locked_at IS NULL "
+        f"ORDER BY id LIMIT {batch} FOR UPDATE SKIP LOCKED) RETURNING id"
+    )
+    finish = (
+        f"DELETE FROM {q} WHERE id = ANY(%s)" if done_mode == "delete"
+        else f"UPDATE {q} SET finished_at = now() WHERE id = ANY(%s)"
+    )
+    done = 0
+
+    async def lane(conn: psycopg.AsyncConnection[Any]) -> None:
+        nonlocal done
+        while True:
+            ids = [r[0] for r in await (await conn.execute(claim)).fetchall()]
+            if not ids:
+                return
+            await conn.execute(finish, (ids,))
+            done += len(ids)
+
+    lanes = [await psycopg.AsyncConnection.connect(args.url, autocommit=True) for _ in range(conns)]
+    t0 = time.perf_counter()
+    await asyncio.gather(*(lane(c) for c in lanes))
+    seconds = time.perf_counter() - t0
+    for c in lanes:
+        await c.close()
+    return {"done": done, "seconds": seconds,
+            "settings": f"{conns} conn, claim {batch}/statement, {done_mode} when done"}
+
+
 SYSTEMS = {
     "gxsubmit-outbox": gxsubmit_outbox,
+    "plain-skip-locked": plain_skip_locked,
     "procrastinate": procrastinate_drain,
     "pgqueuer": pgqueuer_drain,
 }

@@ -118,6 +118,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{fmt_num(cpu)} ms",
             "<= 0.5 ms",
         )
+        low = next((c for c in results["saturation"].get("configs", [])
+                    if c.get("floor") and not c.get("skipped")), None)
+        floor_cpu = low.get("gxsubmit_cpu_ms_per_command") if low else None
+        if floor_cpu is not None:
+            adds = f"; gxsubmit adds {fmt_num(cpu - floor_cpu)} ms" if cpu is not None else ""
+            add("CPU floor: gxsubmit.fabric alone, no DB (for information)", None,
+                f"{fmt_num(floor_cpu)} ms{adds}", "-")
     real = _get(results, "realistic", "best")
     if real:
         # One configuration must give both: the fastest in-flight limit whose p99 stays within 2 blocks.
@@ -167,7 +174,11 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
     q = results.get("queue")
     if q and not q.get("skipped"):
-        rates = {c.get("system"): c.get("jobs_per_s") for c in q.get("configs", []) if not c.get("skipped")}
+        rates = {
+            c.get("system"): c.get("jobs_per_s")
+            for c in q.get("configs", [])
+            if not c.get("skipped") and not c.get("reference")
+        }
         mine = rates.pop("gxsubmit-outbox", None)
         peers = {k: v for k, v in rates.items() if v}
         if mine and peers:
@@ -178,6 +189,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{fmt_num(mine / best)} x ({best_name})",
                 ">= 1.5 x best peer",
             )
+        ref = next((c for c in q.get("configs", []) if c.get("reference") and not c.get("skipped")), None)
+        if mine and ref and ref.get("jobs_per_s"):
+            add("queue reference: textbook SKIP LOCKED, 3-column table (for information)", None,
+                f"{fmt_num(ref['jobs_per_s'])} jobs/s = {fmt_num(ref['jobs_per_s'] / mine)} x gxsubmit", "-")
     idle = results.get("idle")
     if idle and not idle.get("skipped"):
         cfg = {c.get("config"): c for c in idle.get("configs", [])}

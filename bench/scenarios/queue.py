@@ -6,7 +6,8 @@ connections x claim size x lanes/pipelined; graphile-worker: its documented perf
 bigger local queue; pgqueuer: batch size; procrastinate: concurrency, as it fetches one job per query)
 and is reported at its best, measured again in two confirmation runs so that the system with the most
 configurations is not favoured by a lucky maximum. A system that cannot run here is recorded as skipped
-with the reason.
+with the reason. Beside them, not as a peer, runs a reference: the textbook batched SKIP LOCKED queue on a
+three-column table, deleting or keeping finished rows, to show what PostgreSQL allows on this machine.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import sys
 from typing import Any
 
 from bench.common import BENCH, Context, Progress, say
+
+#: Not a peer: the textbook batched SKIP LOCKED queue on a three-column table (bench/queue_peers.py), to
+#: show what PostgreSQL allows any queue on this machine; the target compares gxsubmit with the peers only.
+REFERENCE = "plain-skip-locked"
 
 
 def _gx_configs(quick: bool) -> list[dict[str, Any]]:
@@ -67,11 +72,18 @@ def _peer_runs(quick: bool) -> list[tuple[str, int, list[str]]]:
         if quick
         else [{"batch": 100}, {"batch": 200}, {"batch": 1000}, {"batch": 2500}, {"batch": 5000}]
     )
+    plain = [{"connections": c, "batch": 1000, "done": "delete"} for c in ((2,) if quick else (1, 2, 4))]
+    plain.append({"connections": 2, "batch": 1000, "done": "keep"})
     return [
         (
             "gxsubmit-outbox",
             jobs,
             [*py, "gxsubmit-outbox", "--jobs", str(jobs), "--configs", json.dumps(_gx_configs(quick))],
+        ),
+        (
+            REFERENCE,
+            jobs,
+            [*py, REFERENCE, "--jobs", str(jobs), "--configs", json.dumps(plain)],
         ),
         (
             "procrastinate",
@@ -157,6 +169,11 @@ def run(ctx: Context) -> dict[str, Any]:
         res["config"] = system
         res["commands_per_s"] = res["jobs_per_s"]
         res["note"] = "best: " + res.get("settings", "")
+        if system == REFERENCE:
+            res["reference"] = True
+            res["config"] = f"{system} (reference, not a peer)"
+            keep = [t for t in res.get("trials", []) if "keep when done" in t["settings"]]
+            res["note"] += "; keeping rows: " + ", ".join(f"{t['jobs_per_s']:.0f}/s" for t in keep)
         configs.append(res)
         say(
             f"bench: queue {system}: {res['jobs_per_s']:.0f} jobs/s ({res.get('settings')}); trials "

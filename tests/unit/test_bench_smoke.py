@@ -91,6 +91,19 @@ def test_targets_pass_and_miss_without_asserting() -> None:
     assert verdicts["saturation gxsubmit CPU per command"] == "MISS"
 
 
+def test_saturation_floor_is_reported_beside_the_cpu_target_never_judged() -> None:
+    sat = {"config": "1", "commands_per_s": 990.0, "gxsubmit_cpu_ms_per_command": 0.8}
+    floor = {"config": "floor", "floor": True, "commands_per_s": 1040.0, "gxsubmit_cpu_ms_per_command": 0.7}
+    targets = {t["name"]: t for t in evaluate_targets({"saturation": {"configs": [sat, floor]}})}
+    line = targets["CPU floor: gxsubmit.fabric alone, no DB (for information)"]
+    assert line["verdict"] == "n/a"
+    assert line["measured"] == "0.700 ms; gxsubmit adds 0.100 ms"
+    # a floor that failed to run leaves the other verdicts alone and adds no line
+    skipped = {"config": "floor", "floor": True, "skipped": "boom"}
+    names = [t["name"] for t in evaluate_targets({"saturation": {"configs": [sat, skipped]}})]
+    assert names == ["saturation throughput, 1 supervisor", "saturation gxsubmit CPU per command"]
+
+
 def test_speedup_uses_best_realistic_config_and_names_it() -> None:
     results = {
         "realistic": {
@@ -147,6 +160,18 @@ def test_queue_sweep_gives_gxsubmit_one_to_four_connections() -> None:
         assert {c["connections"] for c in cfgs} >= {1, 2, 4}
         assert all(200 <= c["batch"] <= 1000 for c in cfgs)
         assert any(c["mode"] == "pipelined" for c in cfgs)
+
+
+def test_queue_reference_is_shown_but_never_counted_as_a_peer() -> None:
+    configs = [
+        {"system": "gxsubmit-outbox", "jobs_per_s": 45000.0},
+        {"system": "graphile-worker", "jobs_per_s": 40000.0},
+        {"system": "plain-skip-locked", "jobs_per_s": 150000.0, "reference": True},
+    ]
+    targets = {t["name"]: t for t in evaluate_targets({"queue": {"configs": configs}})}
+    assert targets["queue mechanics vs best peer"]["measured"] == "1.12 x (graphile-worker)"
+    ref = targets["queue reference: textbook SKIP LOCKED, 3-column table (for information)"]
+    assert (ref["verdict"], ref["measured"]) == ("n/a", "150,000 jobs/s = 3.33 x gxsubmit")
 
 
 def test_block_rate_counts_whole_block_periods() -> None:
