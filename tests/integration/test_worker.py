@@ -401,10 +401,12 @@ def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None
 
 @pytest.mark.parametrize("emu_opts", [{"block_time": 2.0}])  # commits wait for the block: work in flight
 def test_sigterm_drains_and_hands_back(h: Harness) -> None:
-    h.emu.faults.latency_s = {"Endorse": (0.05, 0.3), "CommitStatus": (0.5, 1.5)}
-    p = h.spawn("org1-partner-api", drain_timeout=3.0)
+    # Slow enough endorsements that the status file (written every 0.2 s here) sees the work in flight:
+    # with 0.05-0.3 s, 300 rows could all commit within one heartbeat on a fast machine.
+    h.emu.faults.latency_s = {"Endorse": (0.3, 0.8), "CommitStatus": (0.5, 1.5)}
+    p = h.spawn("org1-partner-api", drain_timeout=3.0, heartbeat_interval=0.2)
     wait_for(lambda: (h.status("org1-partner-api") or {}).get("commit_stream"), 20, 0.05, "stream live")
-    ids = h.enqueue([_user(str(n)) for n in range(300)])
+    ids = h.enqueue([_user(str(n)) for n in range(600)])
     wait_for(lambda: ((h.status("org1-partner-api") or {}).get("in_flight") or 0) >= 100, 30, 0.02,
              "work in flight")
     p.send_signal(signal.SIGTERM)
