@@ -165,7 +165,8 @@ def truncate_error(text: str, max_bytes: int = ERROR_MAX_BYTES) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedCommand:
-    """A row leased to this worker. ``attempts`` already counts this claim."""
+    """A row leased to this worker. ``attempts`` (every claim) and ``counted_attempts`` (the claims that
+    count against max_attempts, migration 0006) already count this claim."""
 
     id: uuid.UUID
     seq: int
@@ -175,6 +176,7 @@ class ClaimedCommand:
     request_id: str
     payload: Any
     attempts: int
+    counted_attempts: int
     lease_token: uuid.UUID
     tx_nonce: bytes | None
     fabric_tx_id: str | None
@@ -519,8 +521,10 @@ class OutboxStore:
         error: str,
         delay_s: float,
         burn_nonce: bool = False,
+        counts: bool = True,
     ) -> bool:
-        """Back to PENDING after ``delay_s``. Keeps the nonce (same tx id next time) unless burnt."""
+        """Back to PENDING after ``delay_s``. Keeps the nonce (same tx id next time) unless burnt.
+        ``counts=False`` gives the claim's counted attempt back (an outage must not use up attempts)."""
         params = {
             "id": id,
             "token": token,
@@ -528,6 +532,7 @@ class OutboxStore:
             "error": truncate_error(error),
             "delay_s": max(0.0, float(delay_s)),
             "burn": burn_nonce,
+            "counts": counts,
         }
         return bool(await self._rows("retry_later", params))
 

@@ -523,7 +523,7 @@ class Pipeline:
         await self._on_commit(job, result)
 
     async def _on_commit(self, job: Job, result: CommitResult) -> None:
-        action = commit_action(result.code, result.code_name, job.cmd.attempts)
+        action = commit_action(result.code, result.code_name, job.cmd.counted_attempts)
         if action.kind == "commit":
             await self._committed(job, result)
         elif action.kind == "retry":
@@ -591,17 +591,19 @@ class Pipeline:
         job.stage = Stage.FINISHING
         self.last_error = f"{action.error_code}: {error}"[:500]
         on_ledger = action.on_ledger or job.may_be_on_ledger
-        exhausted = action.counts and cmd.attempts >= self.s.max_attempts
+        # Counted attempts only: the claims of retries that do not count are given back (migration 0006).
+        exhausted = action.counts and cmd.counted_attempts >= self.s.max_attempts
         if exhausted and not on_ledger:
-            await self._fail(job, "RETRIES_EXHAUSTED", f"after {cmd.attempts} attempts: {action.error_code}: "
-                                                       f"{error}", tx_id=job.tx_id)
+            tries = f" ({cmd.attempts} tries in all)" if cmd.attempts != cmd.counted_attempts else ""
+            await self._fail(job, "RETRIES_EXHAUSTED", f"after {cmd.counted_attempts} attempts{tries}: "
+                                                       f"{action.error_code}: {error}", tx_id=job.tx_id)
             return
         if delay is None:
             # A row that may be on the ledger and ran out of attempts keeps being resolved, slowly.
             delay = self.backoff_cap if exhausted else self.backoff(cmd.attempts)
         ok = await self.db.call(lambda st: st.retry_later(
             cmd.id, cmd.lease_token, error_code=action.error_code, error=error, delay_s=delay,
-            burn_nonce=action.burn_nonce))
+            burn_nonce=action.burn_nonce, counts=action.counts))
         if not ok:
             raise _Gone
         # The claim loop wakes at this row's next_attempt_at (NOTIFY only covers new rows).

@@ -104,6 +104,7 @@ WITH first_due AS (
 UPDATE {schema}.outbox_commands AS c
    SET status = 'CLAIMED',
        attempts = c.attempts + 1,
+       counted_attempts = c.counted_attempts + 1,
        locked_by = %(worker_id)s,
        locked_at = now(),
        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
@@ -111,7 +112,7 @@ UPDATE {schema}.outbox_commands AS c
        updated_at = now()
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
-          c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
+          c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
           c.submitted_at IS NOT NULL, c.created_at
 
 -- name: renew
@@ -196,9 +197,12 @@ SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
 
 -- name: retry_later
 -- Burning the nonce (after a definite INVALID commit of that tx id) forgets the tx id and its
--- submission: the next attempt stores a fresh nonce before endorsing (DESIGN 2.3).
+-- submission: the next attempt stores a fresh nonce before endorsing (DESIGN 2.3). A retry that does
+-- not count (gateway unavailable, breaker open, in doubt) gives the claim's counted attempt back (0006).
 UPDATE {schema}.outbox_commands AS c
    SET status = 'PENDING',
+       counted_attempts = CASE WHEN %(counts)s THEN c.counted_attempts
+                               ELSE greatest(c.counted_attempts - 1, 0) END,
        next_attempt_at = now() + make_interval(secs => %(delay_s)s),
        error_code = %(error_code)s,
        error = %(error)s,
@@ -236,6 +240,7 @@ WITH released AS (
     UPDATE {schema}.outbox_commands AS c
        SET status = 'PENDING',
            attempts = greatest(c.attempts - 1, 0),
+           counted_attempts = greatest(c.counted_attempts - 1, 0),
            next_attempt_at = now(),
            lease_expires_at = NULL,
            lease_token = NULL,
@@ -268,6 +273,7 @@ WITH requeued AS (
     UPDATE {schema}.outbox_commands AS c
        SET status = 'PENDING',
            attempts = 0,
+           counted_attempts = 0,
            next_attempt_at = now(),
            error_code = NULL,
            error = NULL,

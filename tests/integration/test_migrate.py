@@ -92,3 +92,29 @@ async def test_schema_names_are_quoted(pg_url: str) -> None:
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(odd)))
+
+
+async def test_0006_starts_unfinished_rows_at_their_attempts(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An upgrade must not give a row more tries than the old rule (attempts) left it.
+    import gxsubmit.outbox as outbox
+
+    every = outbox._migrations()
+    name = new_schema_name()
+    try:
+        monkeypatch.setattr(outbox, "_migrations", lambda: every[:5])
+        assert await _migrate(pg_url, name) == 5
+        t = sql.Identifier(name, "outbox_commands")
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            for rid, status, attempts in (("p", "PENDING", 4), ("c", "CLAIMED", 2), ("s", "SUBMITTED", 7),
+                                          ("d", "COMMITTED", 3), ("f", "FAILED", 10)):
+                await conn.execute(sql.SQL(
+                    "INSERT INTO {} (service, command_type, request_id, payload, status, attempts) "
+                    "VALUES ('s', 'MINT', %s, '{{}}', %s, %s)").format(t), [rid, status, attempts])
+            monkeypatch.setattr(outbox, "_migrations", lambda: every)
+            assert await _migrate(pg_url, name) == len(every) >= 6
+            cur = await conn.execute(sql.SQL("SELECT request_id, counted_attempts FROM {}").format(t))
+            assert dict(await cur.fetchall()) == {"p": 4, "c": 2, "s": 7, "d": 0, "f": 0}
+    finally:
+        drop_schema(pg_url, name)

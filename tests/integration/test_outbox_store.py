@@ -641,6 +641,38 @@ async def test_a_worker_wakes_only_for_its_own_schema_and_types(pg_url: str, sch
         drop_schema(pg_url, other)
 
 
+async def test_counted_attempts_leave_out_retries_that_do_not_count(
+    conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
+) -> None:
+    # attempts counts claims (the backoff grows with it); counted_attempts is what max_attempts limits.
+    (rid,) = await add(conn, schema, 1)
+
+    async def claim(s: OutboxStore = store) -> ClaimedCommand:
+        (c,) = await s.claim(["MINT"], 1, 300.0)
+        return c
+
+    a = await claim()
+    assert (a.attempts, a.counted_attempts) == (1, 1)
+    assert await store.retry_later(rid, a.lease_token, error_code="GATEWAY_UNAVAILABLE", error="down",
+                                   delay_s=0, counts=False)
+    b = await claim()
+    assert (b.attempts, b.counted_attempts) == (2, 1)
+    assert await store.retry_later(rid, b.lease_token, error_code="DEADLINE_EXCEEDED", error="t", delay_s=0)
+    c = await claim()
+    assert (c.attempts, c.counted_attempts) == (3, 2)
+    assert await store.release([(rid, c.lease_token)]) == 1  # shutdown hand-back: neither counts
+    d = await claim()
+    assert (d.attempts, d.counted_attempts) == (3, 2)
+    assert await store2.release_owned(["w1"]) == 1  # a crash counts
+    e = await claim(store2)
+    assert (e.attempts, e.counted_attempts) == (4, 3)
+    assert await store2.mark_failed(rid, e.lease_token, error_code="E", error="e")
+    assert await store.requeue(ids=[rid]) == 1
+    f = await claim()
+    assert (f.attempts, f.counted_attempts) == (1, 1)
+    assert (await row(conn, schema, rid))["counted_attempts"] == 1
+
+
 async def test_release_owned_hands_back_rows_of_exited_workers(
     conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
 ) -> None:

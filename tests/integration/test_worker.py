@@ -400,6 +400,33 @@ def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None
 
 
 @pytest.mark.parametrize("emu_opts", [{"block_time": 2.0}])  # commits wait for the block: work in flight
+def test_an_outage_leaves_every_attempt_for_the_failures_after_it(h: Harness) -> None:
+    """Departure 3: the claims an outage caused are not attempts. Before 2026-12-04 they were claims like
+    any other, so the first counted failure after an outage dead-lettered the row (RETRIES_EXHAUSTED)."""
+    h.emu.faults.outage(6.0)
+    ids = h.enqueue([_user(str(n)) for n in range(6)])
+    h.spawn("org1-partner-api", max_attempts=4, backoff_base=0.1, backoff_cap=1.0, breaker_threshold=10000,
+            connect_timeout=1.0, endorse_timeout=0.5)
+    wait_for(lambda: not h.emu.faults.in_outage(), 30, 0.1, "outage over")
+    assert all(r["attempts"] >= 4 for r in h.rows().values()), "each row was claimed max_attempts times"
+    # Now about one counted failure each (an endorsement that times out), then a healthy gateway.
+    h.emu.faults.endorse_timeout = 1.0
+    timed_out: set[uuid.UUID] = set()
+
+    def each_timed_out() -> bool:
+        timed_out.update(i for i, r in h.rows().items()
+                         if r["error_code"] == "DEADLINE_EXCEEDED" or r["status"] == "FAILED")
+        return len(timed_out) == len(ids)
+
+    wait_for(each_timed_out, 30, 0.02, "every row failed by an endorsement timeout")
+    h.emu.faults.clear()
+    wait_for(lambda: h.all_final(ids), 60, 0.2, "all final")
+    rows = h.rows()
+    assert {r["status"] for r in rows.values()} == {"COMMITTED"}, {i: (r["status"], r["error"])
+                                                                  for i, r in rows.items()}
+    h.audit(ids)
+
+
 def test_sigterm_drains_and_hands_back(h: Harness) -> None:
     # Slow enough endorsements that the status file (written every 0.2 s here) sees the work in flight:
     # with 0.05-0.3 s, 300 rows could all commit within one heartbeat on a fast machine.

@@ -68,13 +68,14 @@ def test_texts_orjson_reads_differently_fall_back_to_json(text: str) -> None:
 
 def test_claimed_builds_a_frozen_claimed_command() -> None:
     row = (
-        uuid.uuid4(), 7, "default", "svc", "MINT", "r1", "{}", 1, uuid.uuid4(), b"n" * 24, "tx", "fp",
+        uuid.uuid4(), 7, "default", "svc", "MINT", "r1", "{}", 3, 1, uuid.uuid4(), b"n" * 24, "tx", "fp",
         datetime(2026, 1, 2, tzinfo=UTC), True, datetime(2025, 1, 2, tzinfo=UTC),
     )
     got = _claimed(row, {"x": 1})
     want = ClaimedCommand(*row[:6], {"x": 1}, *row[7:])  # type: ignore[arg-type]
     assert type(got) is ClaimedCommand
     assert got == want and repr(got) == repr(want)
+    assert (got.attempts, got.counted_attempts) == (3, 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         got.attempts = 2  # type: ignore[misc]
     assert dataclasses.replace(got, attempts=2).attempts == 2
