@@ -137,6 +137,8 @@ def add_enqueue_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-id", metavar="ID", help="idempotency key (default: the new row id)")
     parser.add_argument("--tenant", default="default", help="tenant id (default: %(default)s)")
     parser.add_argument("--service", default="cli", help="producing service name (default: %(default)s)")
+    parser.add_argument("--order-key", metavar="KEY",
+                        help="submit after every earlier command with this key (e.g. an account id)")
 
 
 def run_enqueue(cfg: Config, args: argparse.Namespace) -> int:
@@ -158,6 +160,7 @@ def run_enqueue(cfg: Config, args: argparse.Namespace) -> int:
                 tenant_id=args.tenant,
                 service=args.service,
                 schema=cfg.schema,
+                order_key=args.order_key,
             )
         print(f"{row_id} {'created' if created else 'exists (same tenant and request id)'}")
         return RET_OK

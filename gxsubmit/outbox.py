@@ -302,12 +302,14 @@ async def enqueue(
     service: str = "cli",
     schema: str = "public",
     id: uuid.UUID | None = None,
+    order_key: str | None = None,
 ) -> tuple[uuid.UUID, bool]:
     """Insert a command unless (tenant_id, request_id) exists; return (id, created).
 
     Runs in whatever transaction ``conn`` is in, so a producer can enqueue atomically with its own
     business change: if that transaction rolls back, no row remains. A missing ``request_id``
-    defaults to the row id (no de-duplication).
+    defaults to the row id (no de-duplication). Commands with the same ``order_key`` (per tenant) are
+    submitted one at a time in enqueue order (migration 0007); None means no order.
     """
     row_id = id if id is not None else uuid.uuid4()
     params = {
@@ -317,6 +319,7 @@ async def enqueue(
         "command_type": command_type,
         "request_id": request_id if request_id is not None else str(row_id),
         "payload": Jsonb(payload),
+        "order_key": order_key,
     }
     for _ in range(3):
         cur = await conn.execute(_compose("enqueue", schema), params)

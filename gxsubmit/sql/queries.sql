@@ -48,8 +48,8 @@ SET max_parallel_workers_per_gather = 0; SET jit = off
 LISTEN gxsubmit
 
 -- name: enqueue
-INSERT INTO {schema}.outbox_commands (id, tenant_id, service, command_type, request_id, payload)
-VALUES (%(id)s, %(tenant_id)s, %(service)s, %(command_type)s, %(request_id)s, %(payload)s)
+INSERT INTO {schema}.outbox_commands (id, tenant_id, service, command_type, request_id, payload, order_key)
+VALUES (%(id)s, %(tenant_id)s, %(service)s, %(command_type)s, %(request_id)s, %(payload)s, %(order_key)s)
 ON CONFLICT (tenant_id, request_id) DO NOTHING
 RETURNING id
 
@@ -65,6 +65,8 @@ SELECT id FROM {schema}.outbox_commands WHERE tenant_id = %(tenant_id)s AND requ
 -- (migration 0005). The type condition there is written as a range on purpose: with "=" the planner
 -- may serve the probe from outbox_commands_pending_idx (seq order) and walk every PENDING row of
 -- other types for a type that has none; a range cannot give (command_type, seq) order from that index.
+-- A row with an order_key is taken only when no earlier row of its tenant and key is unfinished
+-- (migration 0007): one probe of outbox_commands_order_key_idx per keyed candidate, none for the others.
 WITH first_due AS (
     SELECT f.seq
       FROM unnest(%(types)s::text[]) AS t(command_type)
@@ -92,6 +94,11 @@ WITH first_due AS (
        AND o.next_attempt_at <= now()
        AND o.command_type = ANY(%(types)s::text[])
        AND o.seq >= (SELECT min(first_due.seq) FROM first_due)
+       AND (o.order_key IS NULL OR NOT EXISTS (
+             SELECT 1
+               FROM {schema}.outbox_commands AS e
+              WHERE e.tenant_id = o.tenant_id AND e.order_key = o.order_key AND e.seq < o.seq
+                AND e.order_key IS NOT NULL AND e.status IN ('PENDING', 'CLAIMED', 'SUBMITTED')))
      ORDER BY o.seq
      LIMIT {limit}
        FOR UPDATE SKIP LOCKED
@@ -189,10 +196,18 @@ WITH held AS (
       FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[], %(tx_ids)b::text[], %(blocks)b::bigint[],
                   %(codes)b::text[]) AS u(id, token, tx_id, block, code)
      WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
-    RETURNING c.id
+    RETURNING c.id, c.tenant_id, c.order_key, c.seq
+), woken AS (
+    -- the next row of each finished key may be another identity's: wake its worker (0007)
+    SELECT {schema}.gxsubmit_wake_next({schema_name}, array_agg(held.tenant_id), array_agg(held.order_key),
+                                       array_agg(held.seq)) AS n
+      FROM held
+     WHERE held.order_key IS NOT NULL
+    HAVING count(*) > 0
 )
 SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
-            THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
+            THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END,
+       (SELECT woken.n FROM woken)
   FROM held
 
 -- name: retry_later
@@ -221,18 +236,26 @@ RETURNING c.id
 
 -- name: mark_failed
 -- validation_code is set exactly (not coalesced): on a FAILED row it is the definite commit result of
--- the row's current fabric_tx_id, or NULL. requeue relies on that.
-UPDATE {schema}.outbox_commands AS c
-   SET status = 'FAILED',
-       error_code = %(error_code)s,
-       error = %(error)s,
-       fabric_tx_id = coalesce(%(tx_id)s, c.fabric_tx_id),
-       validation_code = %(validation_code)s,
-       lease_expires_at = NULL,
-       lease_token = NULL,
-       updated_at = now()
- WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
-RETURNING c.id
+-- the row's current fabric_tx_id, or NULL. requeue relies on that. A FAILED row no longer holds its
+-- order key: the next row of the key is woken (0007).
+WITH failed AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'FAILED',
+           error_code = %(error_code)s,
+           error = %(error)s,
+           fabric_tx_id = coalesce(%(tx_id)s, c.fabric_tx_id),
+           validation_code = %(validation_code)s,
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           updated_at = now()
+     WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
+    RETURNING c.id, c.tenant_id, c.order_key, c.seq
+)
+SELECT failed.id,
+       CASE WHEN failed.order_key IS NOT NULL
+            THEN {schema}.gxsubmit_wake_next({schema_name}, ARRAY[failed.tenant_id], ARRAY[failed.order_key],
+                                             ARRAY[failed.seq]) END
+  FROM failed
 
 -- name: release
 -- Shutdown hand-back: immediately claimable again, and the claim's attempt is given back.
@@ -261,9 +284,15 @@ WITH failed AS (
            error = 'no route for command type ' || c.command_type,
            updated_at = now()
      WHERE c.status = 'PENDING' AND NOT (c.command_type = ANY(%(types)s::text[]))
-    RETURNING 1
+    RETURNING c.tenant_id, c.order_key, c.seq
+), woken AS (
+    SELECT {schema}.gxsubmit_wake_next({schema_name}, array_agg(failed.tenant_id),
+                                       array_agg(failed.order_key), array_agg(failed.seq)) AS n
+      FROM failed
+     WHERE failed.order_key IS NOT NULL
+    HAVING count(*) > 0
 )
-SELECT count(*) FROM failed
+SELECT count(*), (SELECT woken.n FROM woken) FROM failed
 
 -- name: requeue
 -- Back to PENDING with a fresh attempt budget. The nonce is kept (a copy of that tx id may be on the

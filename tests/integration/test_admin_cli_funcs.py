@@ -68,6 +68,19 @@ def test_enqueue_status_requeue_round_trip(
     assert "  ROTATION_UNRESOLVED: 1" in capsys.readouterr().out.splitlines()
 
 
+def test_enqueue_with_an_order_key(pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(pg_url, schema)
+    for n, key in ((1, "u-9"), (2, None)):
+        argv = ["MINT", "--payload", f'{{"toUserId": "u-9", "amount": {n}}}']
+        assert admin.run_enqueue(cfg, _args(admin.add_enqueue_arguments, *argv,
+                                            *(["--order-key", key] if key else []))) == RET_OK
+    capsys.readouterr()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        query = sql.SQL("SELECT payload->>'amount', order_key FROM {}.outbox_commands ORDER BY seq")
+        got = conn.execute(query.format(sql.Identifier(schema))).fetchall()
+    assert got == [("1", "u-9"), ("2", None)]
+
+
 def test_migrate_command(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     from dbutil import drop_schema
 

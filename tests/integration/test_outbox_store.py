@@ -687,3 +687,78 @@ async def test_release_owned_hands_back_rows_of_exited_workers(
     assert [c.attempts for c in again] == [2, 2]  # the crashed try counts
     assert again[0].submitted_before
     assert not await store.mark_failed(mine[0].id, mine[0].lease_token, error_code="E", error="e")
+
+
+# -- order keys (migration 0007) --------------------------------------------------------------------
+
+
+async def _keyed(conn: Any, schema: str, items: list[tuple[str, str | None]], tenant: str = "default",
+                 ctype: str = "MINT") -> list[uuid.UUID]:
+    ids = []
+    for tag, key in items:
+        rid, _ = await enqueue(conn, command_type=ctype, payload={"t": tag}, schema=schema, order_key=key,
+                               tenant_id=tenant)
+        ids.append(rid)
+    return ids
+
+
+async def test_rows_of_one_order_key_are_claimed_one_at_a_time_in_order(
+    conn: Any, schema: str, store: OutboxStore, store2: OutboxStore
+) -> None:
+    a, b, c, d, e = await _keyed(conn, schema, [("a", "k1"), ("b", "k1"), ("c", None), ("d", "k2"),
+                                                ("e", "k1")])
+    (x,) = await _keyed(conn, schema, [("x", "k1")], tenant="other")  # keys are per tenant
+    got = {r.id: r for r in await store.claim(["MINT"], 10, 300.0)}
+    assert set(got) == {a, c, d, x}
+    assert await store2.claim(["MINT"], 10, 300.0) == []  # b and e wait, whoever asks
+    # A retry keeps the key held: b still waits behind a.
+    assert await store.retry_later(a, got[a].lease_token, error_code="T", error="t", delay_s=0)
+    (a2,) = await store2.claim(["MINT"], 10, 300.0)
+    assert a2.id == a
+    assert await store2.mark_committed([Committed(a, a2.lease_token, "tx-a", 1, "VALID")]) == {a}
+    (b1,) = await store.claim(["MINT"], 10, 300.0)
+    assert b1.id == b
+    # A FAILED row does not hold the key.
+    assert await store.mark_failed(b, b1.lease_token, error_code="CHAINCODE_ERROR", error="no")
+    (e1,) = await store.claim(["MINT"], 10, 300.0)
+    assert e1.id == e
+
+
+async def test_finishing_a_keyed_row_wakes_the_worker_of_the_next_one(
+    pg_url: str, conn: Any, schema: str, store: OutboxStore
+) -> None:
+    # The next row of the key is another identity's type: its worker hears of it by NOTIFY, not at
+    # its next fallback poll. Committing, failing, and the supervisor's unroutable sweep all wake it.
+    first = await _keyed(conn, schema, [("1", "k")])
+    await _keyed(conn, schema, [("2", "k")], ctype="FREEZE_WALLET")
+    first2 = await _keyed(conn, schema, [("3", "j")])
+    await _keyed(conn, schema, [("4", "j")], ctype="FREEZE_WALLET")
+    gone = await _keyed(conn, schema, [("5", "u")], ctype="NO_ROUTE")
+    await _keyed(conn, schema, [("6", "u")], ctype="FREEZE_WALLET")
+    claimed = {c.id: c for c in await store.claim(["MINT"], 10, 300.0)}
+    assert set(claimed) == {first[0], first2[0]} and await store.claim(["FREEZE_WALLET"], 10, 300.0) == []
+
+    async def woken_by(finish: Any) -> bool:
+        notifier = await Notifier.connect(pg_url, schema=schema, types=["FREEZE_WALLET"])
+        try:
+            await finish()
+            return await notifier.wait(timeout=10.0)
+        finally:
+            await notifier.close()
+
+    c1, c2 = claimed[first[0]], claimed[first2[0]]
+    assert await woken_by(lambda: store.mark_committed([Committed(c1.id, c1.lease_token, "t", 1, "VALID")]))
+    assert await woken_by(lambda: store.mark_failed(c2.id, c2.lease_token, error_code="E", error="e"))
+    assert await woken_by(lambda: store.fail_unroutable(["MINT", "FREEZE_WALLET"]))
+    assert (await row(conn, schema, gone[0]))["error_code"] == "UNROUTABLE"
+    assert {c.payload["t"] for c in await store.claim(["FREEZE_WALLET"], 10, 300.0)} == {"2", "4", "6"}
+    # Rows without a key wake nobody (no NOTIFY from a plain completion).
+    (plain,) = await add(conn, schema, 1)
+    (p1,) = await store.claim(["MINT"], 10, 300.0)
+    assert p1.id == plain
+    notifier = await Notifier.connect(pg_url, schema=schema, types=["FREEZE_WALLET"])
+    try:
+        assert await store.mark_committed([Committed(plain, p1.lease_token, "t", 2, "VALID")]) == {plain}
+        assert await notifier.wait(timeout=0.5) is False
+    finally:
+        await notifier.close()

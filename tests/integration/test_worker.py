@@ -74,15 +74,18 @@ class Harness:
         self.procs.append(p)
         return p
 
-    def enqueue(self, items: list[tuple[str, dict[str, Any]]]) -> list[uuid.UUID]:
+    def enqueue(self, items: list[tuple[str, dict[str, Any]]], order_keys: list[str | None] | None = None
+                ) -> list[uuid.UUID]:
         cat = load_catalog(self.catalog_path)
+        keys = order_keys or [None] * len(items)
 
         async def go() -> list[uuid.UUID]:
             out = []
             async with await psycopg.AsyncConnection.connect(self.url) as conn:
                 async with conn.transaction():
-                    for ctype, payload in items:
-                        cid, _ = await enqueue(conn, command_type=ctype, payload=payload, schema=self.schema)
+                    for (ctype, payload), key in zip(items, keys, strict=True):
+                        cid, _ = await enqueue(conn, command_type=ctype, payload=payload, schema=self.schema,
+                                               order_key=key)
                         out.append(cid)
                         route = cat.route(ctype)
                         if route is not None:
@@ -332,6 +335,44 @@ def test_mvcc_conflicts_retry_with_new_nonce(h: Harness) -> None:
     committed_txs = {rows[i]["fabric_tx_id"] for i in transfers}
     assert not committed_txs & {t["tx_id"] for t in conflicts}, "a conflicted tx id is never reused"
     assert any(rows[i]["attempts"] >= 2 for i in transfers)
+
+
+def test_order_keys_keep_dependent_commands_in_order(h: Harness) -> None:
+    """Commands enqueued together run concurrently, so an UNFREEZE can be endorsed before the FREEZE it
+    follows has committed ("wallet is not frozen") and a transfer before the MINT that funds it. With an
+    order key each runs after the one before it, across identities, woken by NOTIFY (the fallback poll
+    is 60 s here, longer than the test's deadline)."""
+    pairs, keys = [], []
+    for n in range(4):
+        user, payee = f"ok-{n}-{uuid.uuid4().hex[:8]}", f"payee-{n}-{uuid.uuid4().hex[:8]}"
+        pairs += [("FREEZE_WALLET", {"userId": user, "reason": "kyc"}), ("UNFREEZE_WALLET", {"userId": user}),
+                  _mint(str(n), to=user, amount=50),  # org1-super-admin
+                  ("TRANSFER_TOKENS", {"fromUserId": user, "toUserId": payee, "amount": 20,  # org1-admin
+                                       "remark": f"pay-{uuid.uuid4().hex[:8]}"})]
+        keys += [user] * 4
+    unkeyed = []
+    for n in range(4):
+        user = f"nokey-{n}-{uuid.uuid4().hex[:8]}"
+        unkeyed += [("FREEZE_WALLET", {"userId": user, "reason": "kyc"}),
+                    ("UNFREEZE_WALLET", {"userId": user})]
+    ids = h.enqueue(pairs, keys)
+    loose = h.enqueue(unkeyed)
+    for identity in ("org1-super-admin", "org1-admin"):
+        h.spawn(identity, poll_interval=60.0)
+    wait_for(lambda: h.all_final([*ids, *loose]), 20, 0.1, "all final")
+    rows = h.rows()
+    assert {rows[i]["status"] for i in ids} == {"COMMITTED"}, [(rows[i]["status"], rows[i]["error"])
+                                                                for i in ids]
+    h.audit(ids)
+    # On the ledger, each key's commands are in enqueue order, one block after another.
+    where = {t["tx_id"]: (t["block"], t["tx_num"]) for t in read_ledger(h.ledger)}
+    for k in range(0, len(ids), 4):
+        spots = [where[rows[i]["fabric_tx_id"]] for i in ids[k:k + 4]]
+        assert spots == sorted(spots) and len({b for b, _ in spots}) == 4, spots
+    # Without a key the same pairs race: some UNFREEZE ran before its FREEZE had committed.
+    unfrozen_first = [rows[i] for i in loose[1::2] if rows[i]["status"] == "FAILED"]
+    assert unfrozen_first and all("is not frozen" in r["error"] for r in unfrozen_first), \
+        [(rows[i]["status"], rows[i]["error"]) for i in loose]
 
 
 def test_permanent_failures_fail_once_and_do_not_block(h: Harness) -> None:
