@@ -76,7 +76,9 @@ def run(ctx: Context) -> dict[str, Any]:
             ctx.shared["saturation_rss"] = stats  # every in-flight slot busy at the default limit
         ctx.db.drop_schema(schema)
     try:
-        configs.append(floor(ctx, emu, identities, in_flight, warmup, duration))
+        # quick: a shorter window than the supervisors' (the whole quick run must stay under 2 minutes)
+        window = (0.5, 2.0) if ctx.quick else (warmup, duration)
+        configs.append(floor(ctx, emu, identities, in_flight, *window))
     except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
         configs.append({"config": "floor: bare client", "floor": True, "skipped": str(exc)})
     return {
