@@ -88,13 +88,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Phase:
-    """Commands enqueued together; the next phase starts when they have all finished."""
+    """Commands enqueued together; the next phase starts when they have all finished.
+
+    Each command is (type, payload, order key): commands of one phase that depend on each other share
+    an order key, and gxsubmit runs them one after another in the order added."""
 
     title: str
-    commands: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    commands: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
 
-    def add(self, command_type: str, **payload: Any) -> None:
-        self.commands.append((command_type, payload))
+    def add(self, command_type: str, *, order_key: str | None = None, **payload: Any) -> None:
+        self.commands.append((command_type, payload, order_key))
 
 
 def _bio(user: str) -> str:
@@ -185,7 +188,14 @@ def build_workload(total: int, catalog: Catalog) -> list[Phase]:
         amount=10**12,
         remark="more than the balance",
     )  # chaincode rejection
-    pay.add("FREEZE_WALLET", userId=users[n_genesis + t + 2], reason="demo")
+    # Dependent commands written together, kept in order by an order key: the unfreeze after its freeze,
+    # the transfer after the mint that funds it (without the key either could run first and fail).
+    frozen, funded = users[n_genesis + t + 2], users[n_genesis + t + 3]
+    pay.add("FREEZE_WALLET", order_key=frozen, userId=frozen, reason="demo")
+    pay.add("UNFREEZE_WALLET", order_key=frozen, userId=frozen)
+    pay.add("MINT", order_key=funded, toUserId=funded, amount=50, remark="demo mint, then spent")
+    pay.add("TRANSFER_TOKENS", order_key=funded, fromUserId=funded, toUserId=f"{funded}-payee", amount=20,
+            remark="spends the mint before it", idempotencyKey="demo-tx-funded")
     pay.add("APPROVE_MULTISIG_TX", pendingTxId="demo-ms-1")
     pay.add("EXECUTE_PROPOSAL", proposalId="demo-proposal-1")
     pay.add("APPLY_VELOCITY_TAX", accountId=users[4], taxRateBps=50)
@@ -209,8 +219,7 @@ def build_workload(total: int, catalog: Catalog) -> list[Phase]:
     )
     pay.add("GOVT_SYNC_BALANCE", treasuryId="treasury-DE")
 
-    wrap = Phase("unfreeze, multisig execution, pause")
-    wrap.add("UNFREEZE_WALLET", userId=users[n_genesis + t + 2])
+    wrap = Phase("multisig execution, pause")
     wrap.add("EXECUTE_MULTISIG_TX", pendingTxId="demo-ms-1")
     wrap.add("PAUSE_SYSTEM", reason="maintenance window")
     resume = Phase("resume")
@@ -221,7 +230,7 @@ def build_workload(total: int, catalog: Catalog) -> list[Phase]:
     # (the deliberate unroutable one stays).
     routed = set(catalog.all_types())
     for phase in phases:
-        phase.commands = [(ct, p) for ct, p in phase.commands if ct in routed or ct.startswith("LEGACY_")]
+        phase.commands = [c for c in phase.commands if c[0] in routed or c[0].startswith("LEGACY_")]
     return [p for p in phases if p.commands]
 
 
@@ -463,7 +472,7 @@ class Demo:
 
             async with await psycopg.AsyncConnection.connect(self.url) as conn:
                 async with conn.transaction():
-                    for i, (ctype, payload) in enumerate(phase.commands):
+                    for i, (ctype, payload, key) in enumerate(phase.commands):
                         await enqueue(
                             conn,
                             command_type=ctype,
@@ -471,6 +480,7 @@ class Demo:
                             schema=self.schema,
                             request_id=f"demo-{self.enqueued + i}",
                             service="demo",
+                            order_key=key,
                         )
 
         asyncio.run(insert())
@@ -551,6 +561,8 @@ class Demo:
                 None,
             )
             failed = conn.execute(_report_sql("failed", self.schema), {"limit": 20}).fetchall()
+            keys, keyed, out_of_order = conn.execute(_report_sql("order_keys", self.schema)).fetchone() or (
+                0, 0, 0)
             audit = audit_ledger(conn, self.schema, self.ledger)
         self.say()
         if count and pcts and span:
@@ -576,6 +588,12 @@ class Demo:
             # The gateway's details carry the chaincode's own message; the summary before them is generic.
             reason = error.split("[details: ", 1)[-1].rstrip("]")
             self.say(f"  {ctype:<26} {code:<18} {reason[:160]}")
+        if keyed:
+            self.say(
+                f"order keys: {keyed} commands on {keys} keys, "
+                + ("each committed in a later block than the one written before it" if not out_of_order
+                   else f"{out_of_order} committed no later than the one written before it: OUT OF ORDER")
+            )
         verdict = "exactly once" if audit.exactly_once else "MISMATCH"
         self.say(
             f"audit: {audit.committed_rows} COMMITTED rows, {audit.valid_txs} VALID ledger transactions, "
@@ -625,7 +643,7 @@ class Demo:
             self.start_supervisor(wallet, gateway)
             phases = build_workload(self.args.commands, self.catalog)
             total = sum(len(p.commands) for p in phases)
-            types = len({ct for p in phases for ct, _ in p.commands})
+            types = len({c[0] for p in phases for c in p.commands})
             self.say(f"enqueueing {total} commands of {types} types in {len(phases)} phases")
             finished = self.run_workload(phases)
             ok = self.summary() and finished

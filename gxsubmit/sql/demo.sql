@@ -20,5 +20,15 @@ SELECT command_type, request_id, coalesce(error_code, ''), coalesce(error, '')
  ORDER BY seq
  LIMIT %(limit)s
 
+-- name: order_keys
+-- Keys, keyed rows, and keyed rows that committed in the same or an earlier block than the row of their
+-- key written before them (0 when order keys work).
+SELECT count(DISTINCT order_key), count(*),
+       count(*) FILTER (WHERE prev_block IS NOT NULL AND (commit_block IS NULL OR commit_block <= prev_block))
+  FROM (SELECT order_key, commit_block,
+               lag(commit_block) OVER (PARTITION BY tenant_id, order_key ORDER BY seq) AS prev_block
+          FROM {schema}.outbox_commands
+         WHERE order_key IS NOT NULL) AS k
+
 -- name: rows_for_audit
 SELECT id::text, command_type, status, fabric_tx_id FROM {schema}.outbox_commands

@@ -260,14 +260,15 @@ def service_settings(
 # --- database helpers ------------------------------------------------------------------------
 
 
-def enqueue_many(url: str, schema: str, commands: Iterable[tuple[str, dict[str, Any]]], prefix: str) -> int:
+def enqueue_many(url: str, schema: str, commands: Iterable[tuple[Any, ...]], prefix: str) -> int:
+    """Enqueue (type, payload) or (type, payload, order key) items in one transaction."""
     from gxsubmit.outbox import enqueue
 
     items = list(commands)
 
     async def go() -> None:
         async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
-            for i, (ctype, payload) in enumerate(items):
+            for i, (ctype, payload, *key) in enumerate(items):
                 await enqueue(
                     conn,
                     command_type=ctype,
@@ -275,6 +276,7 @@ def enqueue_many(url: str, schema: str, commands: Iterable[tuple[str, dict[str, 
                     schema=schema,
                     request_id=f"{prefix}-{i}",
                     service="acceptance",
+                    order_key=key[0] if key else None,
                 )
 
     run_sync(go())

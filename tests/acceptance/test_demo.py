@@ -26,6 +26,7 @@ def test_demo_runs_end_to_end_and_audits_exactly_once(tmp_path: Path) -> None:
     assert "All Fabric clients initialized successfully (count=3)" in out
     assert "PAYLOAD_INVALID" in out and "UNROUTABLE" in out and "insufficient balance" in out
     assert "0 missing, 0 duplicated, 0 unexpected, 0 unresolved: exactly once" in out
+    assert "order keys: 4 commands on 2 keys, each committed in a later block than the one written" in out
     assert "service stopped (exit 0)" in out
     # Nothing is left running: the service's runtime directory lock is free again.
     import fcntl
