@@ -279,3 +279,99 @@ def test_lease_state_machine(pg_url: str, schema: str) -> None:
         lambda: LeaseMachine(pg_url, schema),
         settings=settings(max_examples=12, stateful_step_count=25, deadline=None),
     )
+
+
+# -- order keys across processes (migration 0007) -----------------------------------------------------
+
+KEYED_CHILD = r"""
+import asyncio, json, random, sys, time
+from pathlib import Path
+import psycopg
+from psycopg import sql
+from gxsubmit.outbox import Committed, OutboxStore
+
+url, schema, out, go, seed = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
+T = sql.Identifier(schema, "outbox_commands")
+UNFINISHED = sql.SQL("SELECT count(*) FROM {} WHERE status <> 'COMMITTED'").format(T)
+# Rows written before one we now hold, of its key, not yet committed: never, if the claim keeps the order.
+# (A committed row never becomes unfinished again here, so whatever this finds was so at the claim.)
+OVERTAKEN = sql.SQL(
+    "SELECT count(*) FROM {t} AS mine JOIN {t} AS e ON e.tenant_id = mine.tenant_id "
+    "AND e.order_key = mine.order_key AND e.seq < mine.seq AND e.status <> 'COMMITTED' "
+    "WHERE mine.id = ANY(%s)").format(t=T)
+
+async def main():
+    rng = random.Random(seed)
+    store = await OutboxStore.connect(url, schema=schema, worker_id=f"k{seed}")
+    check = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    deadline = time.monotonic() + 90
+    while not go.exists():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    claimed = overtaken = 0
+    while time.monotonic() < deadline:
+        got = await store.claim(["MINT", "CREATE_USER"], rng.randint(1, 20), 300.0)
+        if not got:
+            if (await (await check.execute(UNFINISHED)).fetchone())[0] == 0:
+                break
+            await asyncio.sleep(0.002)
+            continue
+        claimed += len(got)
+        overtaken += (await (await check.execute(OVERTAKEN, [[c.id for c in got]])).fetchone())[0]
+        rng.shuffle(got)
+        for c in got:  # one completion per statement, in random order, interleaved with the others
+            await asyncio.sleep(rng.random() / 1000)
+            assert await store.mark_committed([Committed(c.id, c.lease_token, None, 1, "VALID")]) == {c.id}
+    await store.close()
+    await check.close()
+    out.write_text(json.dumps({"claimed": claimed, "overtaken": overtaken}))
+
+asyncio.run(main())
+"""
+
+
+def test_processes_keep_each_order_key_in_order(pg_url: str, schema: str, tmp_path: Path) -> None:
+    # 600 rows of two types on 31 keys (interleaved) plus 150 without a key, four claimers: a keyed row is
+    # claimed only after the row of its key before it has committed, whoever held either.
+    t = sql.Identifier(schema, "outbox_commands")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {}").format(t))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (service, command_type, request_id, payload, order_key) "
+                "SELECT 'test', (ARRAY['MINT','CREATE_USER'])[1 + (g / 7) % 2], 'r' || g, '1', "
+                "CASE WHEN g % 5 = 0 THEN NULL ELSE 'key-' || (g % 31) END "
+                "FROM generate_series(1, 750) AS g"
+            ).format(t)
+        )
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", KEYED_CHILD, pg_url, schema, str(tmp_path / f"k{i}.json"),
+                          str(go), str(i)])
+        for i in range(4)
+    ]
+    try:
+        go.touch()
+        for p in procs:
+            assert p.wait(timeout=120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = [json.loads((tmp_path / f"k{i}.json").read_text()) for i in range(4)]
+    assert sum(r["claimed"] for r in results) == 750
+    assert sum(r["overtaken"] for r in results) == 0  # no row held while one before it was unfinished
+    assert sum(1 for r in results if r["claimed"]) >= 2  # they really ran concurrently
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(sql.SQL(
+            "SELECT order_key, committed_at, attempts FROM {} WHERE order_key IS NOT NULL "
+            "ORDER BY order_key, seq").format(t)).fetchall()
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE status <> 'COMMITTED'").format(t)
+                            ).fetchone() == (0,)
+    assert len(rows) == 600 and {r[2] for r in rows} == {1}
+    by_key: dict[str, list[Any]] = {}
+    for key, committed_at, _ in rows:
+        by_key.setdefault(key, []).append(committed_at)
+    assert len(by_key) == 31
+    for key, chain in by_key.items():
+        assert chain == sorted(chain), key  # each key committed in the order it was written
