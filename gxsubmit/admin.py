@@ -175,7 +175,7 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def _stats_json(stats: QueueStats) -> dict[str, Any]:
+def _stats_json(stats: QueueStats, waiting: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     by_type: dict[str, dict[str, int]] = {}
     for (status, ctype), n in sorted(stats.by_status_type.items()):
         by_type.setdefault(ctype, {})[status] = n
@@ -186,10 +186,11 @@ def _stats_json(stats: QueueStats) -> dict[str, Any]:
         "failed_by_code": stats.failed_by_code,
         "retrying_by_code": stats.retrying_by_code,
         "committed_estimated": stats.committed_estimated,
+        "waiting_for_order_key": {"rows": waiting[0], "keys": waiting[1]},
     }
 
 
-def format_status(stats: QueueStats) -> str:
+def format_status(stats: QueueStats, waiting: tuple[int, int] = (0, 0)) -> str:
     """A fixed-width table: one row per command type, one column per status."""
     estimated = stats.committed_estimated
 
@@ -216,6 +217,9 @@ def format_status(stats: QueueStats) -> str:
     if estimated:
         out.append("COMMITTED: the planner's estimate (pg_class.reltuples); an exact count would read "
                    "the whole retained table")
+    if waiting[0]:
+        out.append(f"waiting behind an earlier command of their order key: {waiting[0]} PENDING "
+                   f"row{'s' if waiting[0] != 1 else ''} on {waiting[1]} key{'s' if waiting[1] != 1 else ''}")
     for title, counts in (
         ("retrying (not finished, last try failed) by error code:", stats.retrying_by_code),
         ("failed by error code:", stats.failed_by_code),
@@ -234,12 +238,13 @@ def run_status(cfg: Config, args: argparse.Namespace) -> int:
         store = await _open_store(cfg)
         try:
             stats = await store.stats()
+            waiting = await store.waiting_for_key()
         finally:
             await store.close()
         if args.json:
-            print(json.dumps(_stats_json(stats), sort_keys=True))
+            print(json.dumps(_stats_json(stats, waiting), sort_keys=True))
         else:
-            print(format_status(stats))
+            print(format_status(stats, waiting))
         return RET_OK
 
     return _run("status", cfg, body)

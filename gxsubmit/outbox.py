@@ -577,6 +577,11 @@ class OutboxStore:
         rows = await self._rows("release_owned", {"owners": list(owners)})
         return int(rows[0][0])
 
+    async def waiting_for_key(self) -> tuple[int, int]:
+        """(rows, keys): PENDING rows held back by an earlier unfinished row of their order key."""
+        rows = await self._rows("waiting_for_key", {})
+        return int(rows[0][0]), int(rows[0][1])
+
     async def fail_unroutable(self, routed_types: Sequence[str]) -> int:
         """Dead-letter PENDING rows whose type no catalogue route serves (pass every routed type)."""
         rows = await self._rows("fail_unroutable", {"types": list(routed_types)})

@@ -294,6 +294,18 @@ WITH failed AS (
 )
 SELECT count(*), (SELECT woken.n FROM woken) FROM failed
 
+-- name: waiting_for_key
+-- PENDING rows held back by an earlier unfinished row of their order key (0007), and on how many keys.
+-- For `gxsubmit status` only: its cost grows with the unfinished keyed rows, so the supervisor's periodic
+-- statistics do not pay it.
+SELECT count(*), count(DISTINCT (o.tenant_id, o.order_key))
+  FROM {schema}.outbox_commands AS o
+ WHERE o.order_key IS NOT NULL AND o.status = 'PENDING'
+   AND EXISTS (SELECT 1
+                 FROM {schema}.outbox_commands AS e
+                WHERE e.tenant_id = o.tenant_id AND e.order_key = o.order_key AND e.seq < o.seq
+                  AND e.order_key IS NOT NULL AND e.status IN ('PENDING', 'CLAIMED', 'SUBMITTED'))
+
 -- name: requeue
 -- Back to PENDING with a fresh attempt budget. The nonce is kept (a copy of that tx id may be on the
 -- ledger, and re-endorsing with it is what makes a retry safe) unless the row's tx id definitely

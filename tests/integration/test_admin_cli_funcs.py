@@ -79,6 +79,15 @@ def test_enqueue_with_an_order_key(pg_url: str, schema: str, capsys: pytest.Capt
         query = sql.SQL("SELECT payload->>'amount', order_key FROM {}.outbox_commands ORDER BY seq")
         got = conn.execute(query.format(sql.Identifier(schema))).fetchall()
     assert got == [("1", "u-9"), ("2", None)]
+    # A second row of the key waits for the first: status says so.
+    argv = ["MINT", "--payload", '{"toUserId": "u-9", "amount": 3}', "--order-key", "u-9"]
+    assert admin.run_enqueue(cfg, _args(admin.add_enqueue_arguments, *argv)) == RET_OK
+    capsys.readouterr()
+    assert admin.run_status(cfg, _args(admin.add_status_arguments, "--json")) == RET_OK
+    assert json.loads(capsys.readouterr().out)["waiting_for_order_key"] == {"rows": 1, "keys": 1}
+    assert admin.run_status(cfg, _args(admin.add_status_arguments)) == RET_OK
+    assert ("waiting behind an earlier command of their order key: 1 PENDING row on 1 key"
+            in capsys.readouterr().out.splitlines())
 
 
 def test_migrate_command(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
