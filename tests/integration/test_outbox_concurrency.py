@@ -28,18 +28,41 @@ from gxsubmit.outbox import Committed, OutboxStore, enqueue
 TYPES = ["MINT", "CREATE_USER"]
 
 
-def _fill(pg_url: str, schema: str, n: int) -> None:
+def _fill(pg_url: str, schema: str, n: int, *, keys: int = 0) -> None:
+    """``n`` rows, the two types alternating; with ``keys``, four rows in five get one of that many order
+    keys, interleaved (a key's rows are ``keys`` apart, so an odd count gives each key both types)."""
     t = sql.Identifier(schema, "outbox_commands")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(sql.SQL("TRUNCATE {}").format(t))
         conn.execute(
             sql.SQL(
-                "INSERT INTO {} (service, command_type, request_id, payload) "
-                "SELECT 'test', (ARRAY['MINT','CREATE_USER'])[1 + g %% 2], 'r' || g, '1' "
+                "INSERT INTO {} (service, command_type, request_id, payload, order_key) "
+                "SELECT 'test', (ARRAY['MINT','CREATE_USER'])[1 + g %% 2], 'r' || g, '1', "
+                "CASE WHEN %s > 0 AND g %% 5 <> 0 THEN 'key-' || (g %% greatest(%s, 1)) END "
                 "FROM generate_series(1, %s) AS g"
             ).format(t),
-            [n],
+            [keys, keys, n],
         )
+
+
+def _run_children(script: str, pg_url: str, schema: str, tmp_path: Path, n: int) -> list[dict[str, Any]]:
+    """Start ``n`` processes of ``script`` (argv: url, schema, out file, go file, seed), release them at
+    once, and return what each wrote."""
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, pg_url, schema, str(tmp_path / f"out{i}.json"),
+                          str(go), str(i)])
+        for i in range(n)
+    ]
+    try:
+        go.touch()
+        for p in procs:
+            assert p.wait(timeout=120) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(n)]
 
 
 def _all_ids(pg_url: str, schema: str) -> list[tuple[uuid.UUID, str, int]]:
@@ -86,22 +109,7 @@ asyncio.run(main())
 def test_processes_never_claim_the_same_row(pg_url: str, schema: str, tmp_path: Path) -> None:
     n_procs, per_proc = 4, 2000
     _fill(pg_url, schema, n_procs * per_proc)
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, pg_url, schema, str(tmp_path / f"out{i}.json"), str(go), str(i)],
-        )
-        for i in range(n_procs)
-    ]
-    try:
-        go.touch()
-        for p in procs:
-            assert p.wait(timeout=120) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    results = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(n_procs)]
+    results = _run_children(CHILD, pg_url, schema, tmp_path, n_procs)
     claimed = [c for r in results for c in r["claimed"]]
     assert sum(r["rejected"] for r in results) == 0
     assert len(claimed) == len(set(claimed)) == n_procs * per_proc
@@ -334,31 +342,8 @@ def test_processes_keep_each_order_key_in_order(pg_url: str, schema: str, tmp_pa
     # 600 rows of two types on 31 keys (interleaved) plus 150 without a key, four claimers: a keyed row is
     # claimed only after the row of its key before it has committed, whoever held either.
     t = sql.Identifier(schema, "outbox_commands")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE {}").format(t))
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (service, command_type, request_id, payload, order_key) "
-                "SELECT 'test', (ARRAY['MINT','CREATE_USER'])[1 + (g / 7) % 2], 'r' || g, '1', "
-                "CASE WHEN g % 5 = 0 THEN NULL ELSE 'key-' || (g % 31) END "
-                "FROM generate_series(1, 750) AS g"
-            ).format(t)
-        )
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", KEYED_CHILD, pg_url, schema, str(tmp_path / f"k{i}.json"),
-                          str(go), str(i)])
-        for i in range(4)
-    ]
-    try:
-        go.touch()
-        for p in procs:
-            assert p.wait(timeout=120) == 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    results = [json.loads((tmp_path / f"k{i}.json").read_text()) for i in range(4)]
+    _fill(pg_url, schema, 750, keys=31)
+    results = _run_children(KEYED_CHILD, pg_url, schema, tmp_path, 4)
     assert sum(r["claimed"] for r in results) == 750
     assert sum(r["overtaken"] for r in results) == 0  # no row held while one before it was unfinished
     assert sum(1 for r in results if r["claimed"]) >= 2  # they really ran concurrently
