@@ -445,13 +445,14 @@ def test_an_outage_leaves_every_attempt_for_the_failures_after_it(h: Harness) ->
     """Departure 3: the claims an outage caused are not attempts. Before 2026-12-04 they were claims like
     any other, so the first counted failure after an outage dead-lettered the row (RETRIES_EXHAUSTED)."""
     h.emu.faults.outage(6.0)
+    # After the outage, about one counted failure each (an endorsement that times out), then a healthy
+    # gateway. Set now: the outage answers first while it lasts, and no row can commit in between.
+    h.emu.faults.endorse_timeout = 1.0
     ids = h.enqueue([_user(str(n)) for n in range(6)])
     h.spawn("org1-partner-api", max_attempts=4, backoff_base=0.1, backoff_cap=1.0, breaker_threshold=10000,
             connect_timeout=1.0, endorse_timeout=0.5)
     wait_for(lambda: not h.emu.faults.in_outage(), 30, 0.1, "outage over")
     assert all(r["attempts"] >= 4 for r in h.rows().values()), "each row was claimed max_attempts times"
-    # Now about one counted failure each (an endorsement that times out), then a healthy gateway.
-    h.emu.faults.endorse_timeout = 1.0
     timed_out: set[uuid.UUID] = set()
 
     def each_timed_out() -> bool:
