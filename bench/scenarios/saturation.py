@@ -146,7 +146,7 @@ def floor(
     done = sum(o["marks"][1] - o["marks"][0] for o in outs)
     secs = b[0] - a[0]
     return {
-        "config": f"floor: bare client, 3 ids x {in_flight}, no DB",
+        "config": f"floor: bare client, {len(identities)} ids x {in_flight}, no DB",
         "floor": True,
         "commands_per_s": done / secs if secs > 0 else None,
         "gxsubmit_cpu_ms_per_command": cpu_delta(a[1], b[1]) * 1000 / done if done else None,
