@@ -542,6 +542,16 @@ class OutboxStore:
             raise SchemaNotMigrated(f"schema {self.schema!r} has no tx id key; run 'gxsubmit migrate'")
         return bytes(rows[0][0])
 
+    async def record_creator(self, fingerprint: str, creator: bytes) -> None:
+        """Remember a serialized creator by its fingerprint (once; before rows name it)."""
+        conn = await self._get()
+        await conn.execute(self._q["record_creator"], {"fingerprint": fingerprint, "creator": creator})
+
+    async def find_creator(self, fingerprint: str) -> bytes | None:
+        """The serialized creator a row's creator_fingerprint names, if recorded (0008)."""
+        rows = await self._rows("find_creator", {"fingerprint": fingerprint})
+        return bytes(rows[0][0]) if rows else None
+
     async def mark_committed(self, items: Sequence[Committed]) -> set[uuid.UUID]:
         if not items:
             return set()

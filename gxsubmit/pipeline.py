@@ -231,6 +231,12 @@ class IdentityRing:
         while len(self._all) > 4:
             self._all.popitem(last=False)
 
+    def add_former(self, signer: SigningIdentity, not_after: datetime) -> None:
+        """An earlier creator of a key held here (see ``SigningIdentity.as_creator``); never current."""
+        if signer.creator_fingerprint not in self._all:
+            self._all[signer.creator_fingerprint] = (signer, not_after)
+            self._all.move_to_end(signer.creator_fingerprint, last=False)
+
     def signers(self, now: datetime | None = None) -> list[SigningIdentity]:
         """The identities that can still sign, the current one first."""
         now = now or datetime.now(UTC)
@@ -302,6 +308,9 @@ class Pipeline:
         #: monotonic times at which rows this worker put back with retry_later become due (a heap)
         self.retry_due: list[float] = []
         self._proposals: OrderedDict[str, tuple[Proposal, float]] = OrderedDict()
+        #: creator fingerprints recorded in gxsubmit_creators by this process, and those looked up there
+        self._creators_recorded: set[str] = set()
+        self._creators_looked_up: set[str] = set()
         self._proposal_cap = 4096
         self.n_committed = 0
         self.n_failed = 0
@@ -401,6 +410,7 @@ class Pipeline:
         # Write-ahead: from here on a copy may exist on the ledger.
         job.stage = Stage.SUBMITTING
         job.may_be_on_ledger = True
+        await self._record_creator(signer)  # once per creator and process: before a row names it
         stored_fp, stored_nonce = signer.creator_fingerprint, None
         if cmd.tx_nonce is not None and nonce == cmd.tx_nonce:
             # a stored nonce (before 0008) is kept, with its row's fingerprint and expiry
@@ -445,6 +455,8 @@ class Pipeline:
         # A stored nonce (rows from before 0008) is kept; otherwise the derived one.
         nonce = cmd.tx_nonce if cmd.tx_nonce is not None else self._derive(job, route, args)
         signer = reproducing_signer(nonce, cmd.fabric_tx_id, signers)
+        if signer is None and await self._learn_former_creator(cmd.creator_fingerprint):
+            signer = reproducing_signer(nonce, cmd.fabric_tx_id, self.ring.signers())
         if signer is not None:
             return nonce, compute_tx_id(nonce, signer.creator), signer
         assert cmd.fabric_tx_id is not None
@@ -457,6 +469,30 @@ class Pipeline:
         signer = self.ring.current
         job.may_be_on_ledger = False  # a tx id other than the stored one: never handed to an orderer by us
         return nonce, compute_tx_id(nonce, signer.creator), signer
+
+    async def _learn_former_creator(self, fingerprint: str | None) -> bool:
+        """Whether the ring now holds the creator a row names: the same key under other creator bytes (a
+        re-encoded certificate) can sign as the recorded creator and so reproduce the stored tx id."""
+        if fingerprint is None or fingerprint in self._creators_looked_up or self.ring.holds(fingerprint):
+            return False
+        self._creators_looked_up.add(fingerprint)
+        creator = await self.db.call(lambda st: st.find_creator(fingerprint))
+        if creator is None:
+            return False
+        for held in self.ring.signers():
+            twin = held.as_creator(creator)
+            if twin is not None:
+                self.ring.add_former(twin, self.ring.not_after(held.creator_fingerprint) or datetime.now(UTC))
+                log.info("Signing as the recorded creator of the same key", extra={
+                    "creator": fingerprint[:16], "fingerprint": held.fingerprint[:16]})
+                return True
+        return False
+
+    async def _record_creator(self, signer: SigningIdentity) -> None:
+        fp = signer.creator_fingerprint
+        if fp not in self._creators_recorded:
+            await self.db.call(lambda st: st.record_creator(fp, signer.creator))
+            self._creators_recorded.add(fp)
 
     async def _resolve_duplicate(self, job: Job, channel: str, route: Route,
                                  args: Sequence[str], tx_id: str, signer: SigningIdentity

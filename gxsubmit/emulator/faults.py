@@ -22,7 +22,9 @@ class Faults:
     ``submit_lost_ack``: the transaction IS ordered, but the client receives UNAVAILABLE (the
     exactly-once test case). ``submit_timeout``/``endorse_timeout``: the call hangs past the
     client's deadline (the transaction is not ordered). ``outage_until`` is a ``time.monotonic``
-    deadline during which every RPC answers UNAVAILABLE.
+    deadline during which every RPC answers UNAVAILABLE. ``endorse_mismatch_in_flight``: a re-endorsement
+    of a tx id the orderer holds but has not yet cut into a block answers "ProposalResponsePayloads do
+    not match", as a gateway does whose peers are at different heights while the first copy is ordered.
     """
 
     latency_s: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -34,6 +36,7 @@ class Faults:
     commit_status_unavailable: float = 0.0
     mvcc: float = 0.0
     policy_failure: float = 0.0
+    endorse_mismatch_in_flight: bool = False
     outage_until: float = 0.0
 
     def outage(self, duration_s: float) -> None:

@@ -80,6 +80,20 @@ class SigningIdentity:
             deterministic=deterministic,
         )
 
+    def as_creator(self, creator: bytes) -> SigningIdentity | None:
+        """This key under another serialized creator, if that creator's certificate is for this key
+        (the same certificate in other bytes, or under another MSP id); None otherwise."""
+        try:
+            ident = identities_pb2.SerializedIdentity.FromString(creator)
+            cert = x509.load_pem_x509_certificate(ident.id_bytes)
+        except Exception:  # not a creator we can use: the caller resolves the tx id instead
+            return None
+        if cert.public_key() != self._key.public_key():
+            return None
+        twin = SigningIdentity(msp_id=ident.mspid, cert_pem=ident.id_bytes, private_key=self._key,
+                               name=self.name, deterministic=self._deterministic)
+        return twin if twin.creator == creator else None
+
     def sign(self, data: bytes) -> bytes:
         """DER ECDSA signature over SHA-256(data), S normalised to the lower half."""
         return self.sign_digest(hashlib.sha256(data).digest())

@@ -18,3 +18,13 @@ CREATE TABLE IF NOT EXISTS {schema}.gxsubmit_txid_key (
 INSERT INTO {schema}.gxsubmit_txid_key (key)
 SELECT uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())
 ON CONFLICT (one) DO NOTHING;
+
+-- The serialized creators (MSP id + certificate bytes as read) that rows' creator_fingerprint names,
+-- recorded once per creator by the first worker that submits under it. A worker that holds the same
+-- key under other bytes (the certificate re-encoded in its Secret: CRLF line ends, no final newline)
+-- signs as the recorded creator again, so it reproduces the stored tx id instead of parking the row.
+CREATE TABLE IF NOT EXISTS {schema}.gxsubmit_creators (
+    fingerprint text        PRIMARY KEY,
+    creator     bytea       NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);

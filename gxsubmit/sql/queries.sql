@@ -205,6 +205,13 @@ SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
 -- The key of the derived nonces (0008), written once by migrate.
 SELECT t.key FROM {schema}.gxsubmit_txid_key AS t
 
+-- name: record_creator
+INSERT INTO {schema}.gxsubmit_creators (fingerprint, creator) VALUES (%(fingerprint)s, %(creator)s)
+ON CONFLICT (fingerprint) DO NOTHING
+
+-- name: find_creator
+SELECT c.creator FROM {schema}.gxsubmit_creators AS c WHERE c.fingerprint = %(fingerprint)s
+
 -- name: mark_committed
 WITH held AS (
     UPDATE {schema}.outbox_commands AS c
