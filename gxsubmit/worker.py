@@ -10,7 +10,7 @@ channel to the gateway; the identity's key. Tasks:
 * one task per claimed command (:mod:`gxsubmit.pipeline`), so hundreds of transactions wait for
   commit at once;
 * lease renewal (every lease/3, one statement for all held rows; a lost lease cancels the job);
-* batched completions (mark_submitted / mark_committed); per-command metrics are accumulated in
+* batched completions (mark_submitted_tx / mark_committed); per-command metrics are accumulated in
   memory and written to the prometheus mmap files once per committed batch and every 0.5 s;
 * heartbeat: ``<runtime_dir>/worker-<identity>.json`` written atomically every heartbeat interval;
 * wallet watch: a rotated certificate/key is validated and used for new attempts, without restart.

@@ -121,8 +121,10 @@ def test_restore_from_a_dump_taken_mid_run(wallet: Path, tmp_path: Path, procs: 
 def test_failover_to_a_standby_that_lacks_the_last_commits(wallet: Path, tmp_path: Path,
                                                            procs: list[Any]) -> None:
     # Show 2: a real streaming standby (pg_basebackup -R), its replay paused and its WAL stream then cut
-    # so it provably lacks the last commits; the primary SIGKILLed mid-burst, the standby promoted, and
-    # the supervisor finds the new primary through the multi-host URL (target_session_attrs=read-write).
+    # once it has the enqueued rows, so it provably lacks everything the service writes after; the primary
+    # SIGKILLed mid-burst, the standby promoted, and the same supervisor finds the new primary through the
+    # multi-host URL (target_session_attrs=read-write). Before derived tx ids the rows came back without
+    # the nonces they had been sent with.
     repl = {"wal_level": "replica", "max_wal_senders": "4", "hot_standby": "on", "wal_keep_size": "256MB",
             "hot_standby_feedback": "on", "max_standby_streaming_delay": "-1"}
     primary = EmbeddedPostgres(tmp_path / "primary", port=free_port(), fsync=False, settings=repl)
@@ -150,8 +152,6 @@ def test_failover_to_a_standby_that_lacks_the_last_commits(wallet: Path, tmp_pat
         emu = EmulatorProc(wallet=wallet, workdir=tmp_path, extra=("--block-time", "0.5"))
         procs.append(emu)
         emu.start()
-        svc = _start(procs, tmp_path, "svc", service_settings(url, "public", wallet, emu))
-        svc.wait_ready()
         total = enqueue_many(primary.url, "public", _work("fo", 240, 160), prefix="f")
 
         def standby_has_all_rows() -> bool:
@@ -159,16 +159,16 @@ def test_failover_to_a_standby_that_lacks_the_last_commits(wallet: Path, tmp_pat
                 row = conn.execute("SELECT count(*) FROM public.outbox_commands").fetchone()
             return bool(row and row[0] == total)
 
+        # The standby holds the rows as the producers wrote them, and nothing the service writes later.
         wait_for(standby_has_all_rows, 60, 0.05, "the standby has every enqueued row")
-        wait_for(lambda: counts(primary.url, "public")["COMMITTED"] >= total // 5, 90, 0.05,
-                 "a fifth committed")
         with psycopg.connect(standby.url, autocommit=True) as conn:
             conn.execute("SELECT pg_wal_replay_pause()")
             conn.execute("ALTER SYSTEM SET primary_conninfo = ''")  # and no more WAL reaches it
             conn.execute("SELECT pg_reload_conf()")
-        at_pause = counts(primary.url, "public")["COMMITTED"]
-        wait_for(lambda: counts(primary.url, "public")["COMMITTED"] >= at_pause + total // 10, 90, 0.05,
-                 "more committed on the primary after the standby stopped")
+        svc = _start(procs, tmp_path, "svc", service_settings(url, "public", wallet, emu))
+        svc.wait_ready()
+        wait_for(lambda: counts(primary.url, "public")["COMMITTED"] >= total // 3, 90, 0.05,
+                 "a third committed on the primary (none of it on the standby)")
         at_kill = counts(primary.url, "public")["COMMITTED"]
         primary.kill()  # mid-burst: rows in flight, the standby lacks the commits since its pause
         with psycopg.connect(standby.url, autocommit=True) as conn:
