@@ -162,9 +162,13 @@ def test_failover_to_a_standby_that_lacks_the_last_commits(wallet: Path, tmp_pat
         # The standby holds the rows as the producers wrote them, and nothing the service writes later.
         wait_for(standby_has_all_rows, 60, 0.05, "the standby has every enqueued row")
         with psycopg.connect(standby.url, autocommit=True) as conn:
-            conn.execute("SELECT pg_wal_replay_pause()")
-            conn.execute("ALTER SYSTEM SET primary_conninfo = ''")  # and no more WAL reaches it
+            # Cut the WAL stream first (a paused startup process would not apply the new conninfo, and
+            # promotion replays whatever was received), then pause replay.
+            conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
             conn.execute("SELECT pg_reload_conf()")
+            wait_for(lambda: not conn.execute("SELECT 1 FROM pg_stat_wal_receiver").fetchall(), 30, 0.05,
+                     "the standby's WAL receiver stopped")
+            conn.execute("SELECT pg_wal_replay_pause()")
         svc = _start(procs, tmp_path, "svc", service_settings(url, "public", wallet, emu))
         svc.wait_ready()
         wait_for(lambda: counts(primary.url, "public")["COMMITTED"] >= total // 3, 90, 0.05,
