@@ -173,3 +173,25 @@ def test_the_generation_walk_follows_invalid_copies_on_the_ledger(h: Harness) ->
     assert len(_valid(h)) == n_valid
     assert "Transaction id already INVALID on the ledger, next generation" in h.logs()
     h.audit([rid])
+
+
+def test_a_row_with_a_stored_nonce_keeps_it(h: Harness) -> None:
+    # Rows written before migration 0008 hold a random nonce (and the certificate's DER fingerprint):
+    # they keep that nonce and so their tx id, which may already be on its way to the ledger.
+    from gxsubmit.fabric import compute_tx_id, new_nonce
+    from gxsubmit.fabric.identity import serialize_identity
+    from gxsubmit.wallet import fingerprint_of
+
+    pem = (h.wallet / "org1-super-admin-cert").read_bytes()
+    (rid,) = h.enqueue([_mint("legacy")])
+    nonce = new_nonce()
+    tx_id = compute_tx_id(nonce, serialize_identity("Org1MSP", pem))
+    with psycopg.connect(h.url, autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "UPDATE {}.outbox_commands SET tx_nonce = %s, fabric_tx_id = %s, creator_fingerprint = %s "
+            "WHERE id = %s").format(sql.Identifier(h.schema)), [nonce, tx_id, fingerprint_of(pem), rid])
+    h.spawn("org1-super-admin")
+    wait_for(lambda: h.all_final([rid]), 30, 0.1, "committed")
+    row = h.rows()[rid]
+    assert row["status"] == "COMMITTED" and row["fabric_tx_id"] == tx_id
+    h.audit([rid])
