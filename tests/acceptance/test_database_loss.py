@@ -41,7 +41,7 @@ def _migrate(url: str) -> None:
 
 
 def _mints(n: int, prefix: str) -> list[tuple[str, dict[str, Any]]]:
-    return [("MINT", {"toUserId": f"{prefix}-acct-{i % 7}", "amount": 1 + i % 5,
+    return [("MINT", {"toUserId": f"{prefix}-acct-{i % 20}", "amount": 1 + i % 5,
                       "remark": f"{prefix}-{i}-{hashlib.sha256(prefix.encode()).hexdigest()[:6]}"})
             for i in range(n)]
 
@@ -89,7 +89,7 @@ def test_restore_from_a_dump_taken_mid_run(wallet: Path, tmp_path: Path, procs: 
         emu.start()
         svc = _start(procs, tmp_path, "svc", service_settings(pg.url, "public", wallet, emu))
         svc.wait_ready()
-        total = enqueue_many(pg.url, "public", _work("rs", 240, 160), prefix="r")
+        total = enqueue_many(pg.url, "public", _work("rs", 150, 100), prefix="r")
         wait_for(lambda: counts(pg.url, "public")["COMMITTED"] >= total // 5, 90, 0.05, "a fifth committed")
         dump = tmp_path / "mid-run.dump"
         subprocess.run([_tool("pg_dump"), "--format=custom", "--file", str(dump), pg.url], check=True,
@@ -152,7 +152,7 @@ def test_failover_to_a_standby_that_lacks_the_last_commits(wallet: Path, tmp_pat
         emu = EmulatorProc(wallet=wallet, workdir=tmp_path, extra=("--block-time", "0.5"))
         procs.append(emu)
         emu.start()
-        total = enqueue_many(primary.url, "public", _work("fo", 240, 160), prefix="f")
+        total = enqueue_many(primary.url, "public", _work("fo", 150, 100), prefix="f")
 
         def standby_has_all_rows() -> bool:
             with psycopg.connect(standby.url, autocommit=True) as conn:  # type: ignore[union-attr]
