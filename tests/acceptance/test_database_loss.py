@@ -139,9 +139,10 @@ def test_failover_to_a_standby_that_lacks_the_last_commits(wallet: Path, tmp_pat
 
             pw = pwd.getpwnam(SYSTEM_USER)
             os.chown(standby_dir, pw.pw_uid, pw.pw_gid)
-        subprocess.run([_tool("pg_basebackup"), "-D", str(standby_dir), "-R", "-X", "stream",
-                        "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"],
-                       check=True, capture_output=True, timeout=120, **_as_server_user())
+        res = subprocess.run([_tool("pg_basebackup"), "-D", str(standby_dir), "-R", "-X", "stream",
+                              "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"],
+                             check=False, capture_output=True, text=True, timeout=120, **_as_server_user())
+        assert res.returncode == 0, res.stderr
         standby = EmbeddedPostgres(standby_dir, port=free_port(), fsync=False, settings=repl)
         standby.start()
         with psycopg.connect(standby.url, autocommit=True) as conn:
