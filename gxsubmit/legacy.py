@@ -257,7 +257,7 @@ async def adopt(
         await conn.execute(_compose("adoption_lock_timeout", schema))
         for name in ("create_registry", "create_link", "command_id_function", "adopt_one_function",
                      "adopt_function", "take_function", "writeback_function", "guard_function",
-                     "drop_triggers", "create_triggers"):
+                     "requeued_function", "drop_triggers", "create_triggers"):
             await conn.execute(_compose(name, schema, table, lock_timeout_s))
         await conn.execute(_compose("backfill", schema, table, lock_timeout_s))
         await conn.execute(_compose("record_adoption", schema, table, lock_timeout_s))

@@ -317,8 +317,24 @@ BEGIN
 END
 $fn$
 
+-- name: requeued_function
+-- A row nobody runs that is set back to PENDING by hand (the operators' re-drive of the old worker's
+-- dead rows: status PENDING, attempts 0) is queued like a new row.
+CREATE OR REPLACE FUNCTION {schema}.gxsubmit_legacy_requeued() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    BEGIN
+        PERFORM {schema}.gxsubmit_legacy_adopt(ARRAY[NEW.id]);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'gxsubmit: row % of % set to PENDING was not queued: %', NEW.id, {legacy_name}, SQLERRM;
+    END;
+    RETURN NULL;
+END
+$fn$
+
 -- name: drop_triggers
 DROP TRIGGER IF EXISTS gxsubmit_legacy_take ON {legacy};
+DROP TRIGGER IF EXISTS gxsubmit_legacy_requeued ON {legacy};
 DROP TRIGGER IF EXISTS gxsubmit_legacy_guard ON {legacy};
 DROP TRIGGER IF EXISTS gxsubmit_legacy_writeback ON {schema}.outbox_commands
 
@@ -336,6 +352,11 @@ CREATE TRIGGER gxsubmit_legacy_guard
            OR OLD."lockedBy" IS DISTINCT FROM NEW."lockedBy")
           AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION {schema}.gxsubmit_legacy_guard();
+CREATE TRIGGER gxsubmit_legacy_requeued
+    AFTER UPDATE ON {legacy}
+    FOR EACH ROW
+    WHEN (NEW.status::text = 'PENDING' AND OLD.status IS DISTINCT FROM NEW.status AND pg_trigger_depth() = 0)
+    EXECUTE FUNCTION {schema}.gxsubmit_legacy_requeued();
 CREATE TRIGGER gxsubmit_legacy_writeback
     AFTER UPDATE ON {schema}.outbox_commands
     REFERENCING OLD TABLE AS gxsubmit_old_rows NEW TABLE AS gxsubmit_new_rows
@@ -420,6 +441,7 @@ UPDATE {legacy} AS l
 DROP TABLE IF EXISTS {schema}.gxsubmit_legacy_link;
 DROP FUNCTION IF EXISTS {schema}.gxsubmit_legacy_take();
 DROP FUNCTION IF EXISTS {schema}.gxsubmit_legacy_guard();
+DROP FUNCTION IF EXISTS {schema}.gxsubmit_legacy_requeued();
 DROP FUNCTION IF EXISTS {schema}.gxsubmit_legacy_writeback();
 DROP FUNCTION IF EXISTS {schema}.gxsubmit_legacy_adopt(text[]);
 DROP FUNCTION IF EXISTS {schema}.gxsubmit_legacy_adopt_one(text);

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 from dbutil import drop_schema, new_schema_name, run_sync, url_with_search_path
 from psycopg import sql
+from waiting import wait_for
 
 from gxsubmit import legacy
 from gxsubmit.outbox import Committed, OutboxStore, TxRecord, enqueue
@@ -214,8 +216,8 @@ def test_status_follows_the_command(pg_url: str, schema: str, lschema: str) -> N
         done = commands(conn, schema)[ok]
     assert rows[ok]["status"] == "COMMITTED"
     assert (rows[ok]["fabricTxId"], rows[ok]["commitBlock"]) == ("tx-ok", 42)
-    assert rows[ok]["submittedAt"] is not None and rows[ok]["submittedAt"] == done["committed_at"].replace(
-        microsecond=done["committed_at"].microsecond // 1000 * 1000)   # TIMESTAMPTZ(3)
+    # submittedAt is the commit time, as the old worker wrote it (TIMESTAMPTZ(3) rounds to milliseconds)
+    assert abs(rows[ok]["submittedAt"] - done["committed_at"]) <= timedelta(milliseconds=1)
     assert rows[ok]["lockedBy"] is None and rows[ok]["errorCode"] is None
     assert rows[bad]["status"] == "FAILED" and rows[bad]["errorCode"] == "ENDORSEMENT_FAILED"
     assert rows[bad]["error"] == "x" * 1000 and rows[bad]["attempts"] == 1
@@ -227,18 +229,26 @@ def test_old_worker_never_gets_an_adopted_row_and_may_finish_its_own(pg_url: str
                                                                      lschema: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         cur = conn.cursor()
-        held, retryable = lp.insert(cur, lschema, [("CREATE_USER", "held", "default", {"userId": "h"}),
-                                                   ("CREATE_USER", "old-failed", "default", {"userId": "f"})])
+        held, retryable, stale = lp.insert(cur, lschema, [
+            ("CREATE_USER", "held", "default", {"userId": "h"}),
+            ("CREATE_USER", "old-failed", "default", {"userId": "f"}),
+            ("CREATE_USER", "stale", "default", {"userId": "s"})])
         set_old_state(conn, lschema, held, "LOCKED", 1)
         set_old_state(conn, lschema, retryable, "FAILED", 0)
+        set_old_state(conn, lschema, stale, "LOCKED", 3600)
     adopt(pg_url, schema, lschema)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         cur = conn.cursor()
         new = lp.insert(cur, lschema, [("CREATE_USER", f"new-{i}", "default", {"userId": f"n{i}"})
                                        for i in range(3)])
         # The old worker still polls: it gets its own FAILED row (left alone by adoption), none of gxsubmit's.
+        # (gxsubmit is not running here: its command for the stale row is still waiting, so the old
+        # worker may retake that lock, see below.)
+        conn.execute(f'UPDATE {table(lschema)} SET "lockedAt" = now() WHERE id = %s', (stale,))
         got = {r[0] for r in conn.execute(OLD_CLAIM.format(t=table(lschema))).fetchall()}
         assert got == {retryable}
+        conn.execute(f'UPDATE {table(lschema)} SET "lockedAt" = now() - interval \'1 hour\' WHERE id = %s',
+                     (stale,))
         rows = lp.legacy_rows(conn, lschema)
         assert {rows[i]["status"] for i in new} == {"PENDING"}
         # It finishes the row it held at adoption: gxsubmit's waiting command is withdrawn.
@@ -246,7 +256,23 @@ def test_old_worker_never_gets_an_adopted_row_and_may_finish_its_own(pg_url: str
         assert conn.execute(OLD_COMMIT.format(t=table(lschema)), ("oldtx", held)).rowcount == 1
         assert held not in commands(conn, schema)
         assert lp.legacy_rows(conn, lschema)[held]["status"] == "COMMITTED"
-        assert set(commands(conn, schema)) == set(new)
+        assert set(commands(conn, schema)) == {*new, stale}
+        # Its stale lock on a row it held: retaken by it (while gxsubmit has not started the row), gxsubmit
+        # waits for the new lock to age.
+        assert stale in commands(conn, schema)
+        assert commands(conn, schema)[stale]["next_attempt_at"] <= datetime.now(UTC) + timedelta(seconds=5)
+        conn.execute(OLD_CLAIM.format(t=table(lschema)))
+        assert lp.legacy_rows(conn, lschema)[stale]["lockedBy"] == "old-worker"
+        assert commands(conn, schema)[stale]["next_attempt_at"] > datetime.now(UTC) + timedelta(seconds=200)
+        # An operator's re-drive of a dead row of the old worker (their SQL, unchanged) queues it here;
+        # the same on a row gxsubmit runs is ignored, with a notice.
+        conn.execute(f'UPDATE {table(lschema)} SET status = \'FAILED\', attempts = 5 WHERE id = %s',
+                     (retryable,))
+        assert conn.execute(f'UPDATE {table(lschema)} SET status = \'PENDING\', attempts = 0, error = NULL '
+                            'WHERE id = %s', (retryable,)).rowcount == 1
+        assert commands(conn, schema)[retryable]["status"] == "PENDING"
+        assert conn.execute(f'UPDATE {table(lschema)} SET status = \'FAILED\' WHERE id = %s',
+                            (new[0],)).rowcount == 0
 
 
 def test_a_producer_insert_never_fails_because_of_gxsubmit(pg_url: str, schema: str, lschema: str) -> None:
@@ -345,3 +371,58 @@ def test_removal_hands_back_and_restores_the_old_shape(pg_url: str, schema: str,
         # and producers' rows no longer reach gxsubmit
         lp.insert(conn.cursor(), lschema, [("CREATE_USER", "after", "default", {"userId": "z"})])
         assert count_commands(conn, schema) == 1
+
+
+def test_adoption_while_producers_and_the_old_worker_run(pg_url: str, schema: str, lschema: str) -> None:
+    """Whatever interleaving: every row ends either finished by the old worker or queued here, never both,
+    never neither."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    inserted = [0]
+
+    def producer() -> None:
+        try:
+            with psycopg.connect(pg_url) as conn:
+                cur = conn.cursor()
+                i = 0
+                while not stop.is_set():
+                    lp.insert(cur, lschema, [("CREATE_USER", f"c-{i}", "default", {"userId": f"c{i}"})])
+                    conn.commit()
+                    i += 1
+                    inserted[0] = i
+        except BaseException as exc:
+            errors.append(exc)
+
+    def old_worker() -> None:
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                while not stop.is_set():
+                    for (rid,) in conn.execute(OLD_CLAIM.format(t=table(lschema))).fetchall():
+                        conn.execute(OLD_COMMIT.format(t=table(lschema)), ("oldtx", rid))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=producer), threading.Thread(target=old_worker)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: inserted[0] >= 50, 60, what="rows before adoption")
+        adopt(pg_url, schema, lschema)
+        at_adoption = inserted[0]
+        wait_for(lambda: inserted[0] >= at_adoption + 50, 60, what="rows after adoption")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = lp.legacy_rows(conn, lschema)
+        taken = commands(conn, schema)
+        queued = count_commands(conn, schema)
+    assert len(rows) == inserted[0] and queued == len(taken)
+    by_old = {i for i, r in rows.items() if r["status"] == "COMMITTED" and r["fabricTxId"] == "oldtx"}
+    assert by_old and taken, (len(by_old), len(taken))        # both sides had rows
+    assert not (by_old & set(taken))                          # never both
+    assert by_old | set(taken) == set(rows)                   # never neither
+    assert {rows[i]["status"] for i in taken} <= {"PENDING", "LOCKED"}
