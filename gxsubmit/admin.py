@@ -124,6 +124,10 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--legacy-lock-timeout", type=float, metavar="SECONDS", default=300.0,
                         help="the old worker's LOCK_TIMEOUT: rows it holds at adoption start here once their "
                              "lock is this old (default: %(default)s, its code default)")
+    parser.add_argument("--legacy-max-retries", type=int, metavar="N", default=5,
+                        help="with --remove-legacy-outbox: the old worker's MAX_RETRIES; gxsubmit's FAILED "
+                             "rows get at least this many attempts so it does not retry them "
+                             "(default: %(default)s)")
 
 
 def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
@@ -136,7 +140,7 @@ def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
             legacy_table = getattr(args, "legacy_outbox", None)
             removed_table = getattr(args, "remove_legacy_outbox", None)
             if legacy_table or removed_table:
-                lines = await _legacy_outbox(conn, cfg, legacy_table, removed_table, args.legacy_lock_timeout)
+                lines = await _legacy_outbox(conn, cfg, legacy_table, removed_table, args)
                 print("\n".join(lines))
         return RET_OK
 
@@ -144,20 +148,21 @@ def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _legacy_outbox(conn: psycopg.AsyncConnection[Any], cfg: Config, adopt_table: str | None,
-                         remove_table: str | None, lock_timeout_s: float) -> list[str]:
+                         remove_table: str | None, args: argparse.Namespace) -> list[str]:
     """``migrate --legacy-outbox`` / ``--remove-legacy-outbox`` (gxsubmit.legacy)."""
     from gxsubmit import legacy
     from gxsubmit.catalog import CatalogError, load_catalog
 
     try:
         if remove_table:
-            return (await legacy.remove(conn, cfg.schema, remove_table)).lines()
+            return (await legacy.remove(conn, cfg.schema, remove_table,
+                                        max_retries=args.legacy_max_retries)).lines()
         assert adopt_table is not None
         try:
             routed: list[str] | None = load_catalog(cfg.catalog).all_types()
         except CatalogError as exc:
             raise _Fail(RET_CONFIG, f"catalogue: {exc}") from None
-        report = await legacy.adopt(conn, cfg.schema, adopt_table, lock_timeout_s=lock_timeout_s,
+        report = await legacy.adopt(conn, cfg.schema, adopt_table, lock_timeout_s=args.legacy_lock_timeout,
                                     routed_types=routed)
         return report.lines()
     except legacy.LegacyError as exc:

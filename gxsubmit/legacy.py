@@ -22,6 +22,7 @@ from psycopg import sql
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT_S",
+    "DEFAULT_MAX_RETRIES",
     "REQUIRED_COLUMNS",
     "AdoptionReport",
     "LegacyError",
@@ -33,6 +34,9 @@ __all__ = [
 
 #: The old worker's LOCK_TIMEOUT code default (its ConfigMap may say 30 s: pass that then).
 DEFAULT_LOCK_TIMEOUT_S = 300.0
+
+#: The old worker's MAX_RETRIES default: a FAILED row below it is retried by the old worker.
+DEFAULT_MAX_RETRIES = 5
 
 #: Columns of the legacy table the triggers read or write (the Prisma model's names).
 REQUIRED_COLUMNS = (
@@ -153,6 +157,8 @@ class RemovalReport:
     to_locked: int
     withdrawn: int
     submitted_fixed: int
+    dead_kept: int
+    max_retries: int
 
     def lines(self) -> list[str]:
         return [
@@ -161,13 +167,16 @@ class RemovalReport:
             f"  handed back: {self.to_pending} rows PENDING, {self.to_locked + self.submitted_fixed} LOCKED "
             f"(lockedBy gxsubmit-handback; the old worker takes them over after its lock timeout; "
             f"GXSUBMIT_IN_DOUBT rows name a tx that may be on the ledger)",
+            f"  {self.dead_kept} of gxsubmit's FAILED rows had attempts raised to {self.max_retries} (the "
+            f"old worker's MAX_RETRIES) so it does not retry them",
         ]
 
 
-def _compose(name: str, schema: str, table: _Table | None = None, lock_timeout_s: float = 0.0
-             ) -> sql.Composed:
+def _compose(name: str, schema: str, table: _Table | None = None, lock_timeout_s: float = 0.0,
+             max_retries: int = DEFAULT_MAX_RETRIES) -> sql.Composed:
     subs: dict[str, sql.Composable] = {
-        "schema": sql.Identifier(schema), "lock_timeout": sql.Literal(lock_timeout_s)}
+        "schema": sql.Identifier(schema), "lock_timeout": sql.Literal(lock_timeout_s),
+        "max_retries": sql.Literal(max_retries)}
     if table is not None:
         subs.update(legacy=table.ident, legacy_name=sql.Literal(table.display), status_type=table.status_type)
     return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
@@ -269,10 +278,14 @@ async def adopt(
     return AdoptionReport(table.display, int(pending), int(locked), int(refused), lock_timeout_s, unrouted)
 
 
-async def remove(conn: psycopg.AsyncConnection[Any], schema: str, table_text: str) -> RemovalReport:
+async def remove(conn: psycopg.AsyncConnection[Any], schema: str, table_text: str, *,
+                 max_retries: int = DEFAULT_MAX_RETRIES) -> RemovalReport:
     """Remove the adoption of ``table_text``: unfinished commands go back to the legacy table (PENDING, or
-    LOCKED when gxsubmit may have put their tx on the ledger), then triggers, functions and links go.
+    LOCKED when gxsubmit may have put their tx on the ledger), dead letters keep ``attempts`` at least the
+    old worker's ``max_retries`` (so it does not retry them), then triggers, functions and links go.
     Refuses while a running gxsubmit holds one of them (stop it first: its shutdown hands rows back)."""
+    if max_retries < 0:
+        raise LegacyError(f"--legacy-max-retries must be >= 0, got {max_retries}")
     async with conn.transaction():
         table = await _resolve(conn, schema, table_text)
         registered = await _registered(conn, schema)
@@ -290,7 +303,10 @@ async def remove(conn: psycopg.AsyncConnection[Any], schema: str, table_text: st
                               f"{ends}); stop gxsubmit first (its shutdown hands them back), then run this "
                               f"again")
         to_pending, to_locked, withdrawn = await _one(conn, _compose("hand_back", schema, table))
+        cur = await conn.execute(_compose("dead_letters_stay", schema, table, max_retries=max_retries))
+        dead = cur.rowcount
         cur = await conn.execute(_compose("submitted_to_locked", schema, table))
         fixed = cur.rowcount
         await conn.execute(_compose("drop_objects", schema, table))
-    return RemovalReport(table.display, int(to_pending), int(to_locked), int(withdrawn), max(0, fixed))
+    return RemovalReport(table.display, int(to_pending), int(to_locked), int(withdrawn), max(0, fixed),
+                         max(0, dead), max_retries)

@@ -4,7 +4,8 @@
 -- Each section starts with a "-- name: <name>" line (gxsubmit/legacy.py runs them by name).
 -- {schema} is gxsubmit's quoted schema, {legacy} the adopted table (schema-qualified, quoted),
 -- {legacy_name} that table's name as a string literal, {status_type} the quoted type of its "status"
--- column, {lock_timeout} the old worker's lock timeout in seconds (a numeric literal).
+-- column, {lock_timeout} the old worker's lock timeout in seconds (a numeric literal), {max_retries} its
+-- MAX_RETRIES (an integer literal).
 -- Never put literal braces in this file (it goes through psycopg.sql.SQL.format). The catalogue
 -- lookups take %(name)s parameters; every other statement runs without parameters, so the percent
 -- signs of RAISE and format() in them reach the server as written.
@@ -429,6 +430,16 @@ WITH unfinished AS (
 SELECT count(*) FILTER (WHERE status = 'PENDING'), count(*) FILTER (WHERE status = 'LOCKED'),
        (SELECT count(*) FROM deleted)
   FROM handed
+
+-- name: dead_letters_stay
+-- The old worker retries FAILED rows below its MAX_RETRIES: gxsubmit's dead letters (a permanent error, or
+-- retries spent, possibly with a tx of uncertain fate) must stay dead after a rollback, so their attempts
+-- are raised to it. Runs before the links go.
+UPDATE {legacy} AS l
+   SET attempts = {max_retries}, "updatedAt" = now()
+  FROM {schema}.gxsubmit_legacy_link AS k
+  JOIN {schema}.outbox_commands AS c ON c.id = k.command_id
+ WHERE l.id = k.legacy_id AND c.status = 'FAILED' AND l.status::text = 'FAILED' AND l.attempts < {max_retries}
 
 -- name: submitted_to_locked
 -- SUBMITTED is a status the old worker never claims: any left (a row whose command was pruned or

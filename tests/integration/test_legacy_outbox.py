@@ -330,8 +330,8 @@ def test_removal_hands_back_and_restores_the_old_shape(pg_url: str, schema: str,
     adopt(pg_url, schema, lschema)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         cur = conn.cursor()
-        plain, doubt, done = lp.insert(cur, lschema, [
-            ("CREATE_USER", f"r-{i}", "default", {"userId": f"u{i}"}) for i in range(3)])
+        plain, doubt, done, dead = lp.insert(cur, lschema, [
+            ("CREATE_USER", f"r-{i}", "default", {"userId": f"u{i}"}) for i in range(4)])
 
     async def claim() -> tuple[OutboxStore, list[Any]]:
         store = await OutboxStore.connect(pg_url, schema=schema, worker_id="w1:org1-partner-api")
@@ -339,10 +339,11 @@ def test_removal_hands_back_and_restores_the_old_shape(pg_url: str, schema: str,
 
     async def finish(store: OutboxStore, claimed: list[Any]) -> None:
         by_req = {c.request_id: c for c in claimed}
-        d, c = by_req["r-1"], by_req["r-2"]
+        d, c, f = by_req["r-1"], by_req["r-2"], by_req["r-3"]
         await store.record_tx_many([TxRecord(d.id, d.lease_token, b"n" * 24, "tx-maybe", "fp")])
         await store.mark_committed([Committed(c.id, c.lease_token, "tx-done", 3, "VALID")])
-        await store.release([(x.id, x.lease_token) for x in claimed if x.request_id != "r-2"])
+        await store.mark_failed(f.id, f.lease_token, error_code="ENDORSEMENT_FAILED", error="no")
+        await store.release([(x.id, x.lease_token) for x in claimed if x.request_id not in ("r-2", "r-3")])
         await store.close()
 
     store, claimed = run_sync(claim())
@@ -361,16 +362,19 @@ def test_removal_hands_back_and_restores_the_old_shape(pg_url: str, schema: str,
         assert rows[doubt]["status"] == "LOCKED" and rows[doubt]["errorCode"] == "GXSUBMIT_IN_DOUBT"
         assert "tx-maybe" in rows[doubt]["error"]
         assert rows[done]["status"] == "COMMITTED" and rows[done]["fabricTxId"] == "tx-done"
+        # gxsubmit's dead letter stays dead for the old worker (attempts at its MAX_RETRIES, 5)
+        assert (rows[dead]["status"], rows[dead]["errorCode"], rows[dead]["attempts"]) == (
+            "FAILED", "ENDORSEMENT_FAILED", 5)
         assert {r["status"] for r in rows.values()} <= {"PENDING", "LOCKED", "COMMITTED", "FAILED"}
         left = conn.execute(sql.SQL("SELECT count(*) FROM pg_proc WHERE pronamespace = %s::regnamespace "
                                     "AND proname LIKE 'gxsubmit_legacy%%'"), (schema,)).fetchone()
         assert left == (0,)
-        assert count_commands(conn, schema) == 1                     # the committed one, kept
+        assert count_commands(conn, schema) == 2                     # the finished ones, kept
         # The old worker takes over: the PENDING row is its at once.
         assert {r[0] for r in conn.execute(OLD_CLAIM.format(t=table(lschema))).fetchall()} == {plain}
         # and producers' rows no longer reach gxsubmit
         lp.insert(conn.cursor(), lschema, [("CREATE_USER", "after", "default", {"userId": "z"})])
-        assert count_commands(conn, schema) == 1
+        assert count_commands(conn, schema) == 2
 
 
 def test_adoption_while_producers_and_the_old_worker_run(pg_url: str, schema: str, lschema: str) -> None:
