@@ -430,3 +430,42 @@ def test_adoption_while_producers_and_the_old_worker_run(pg_url: str, schema: st
     assert not (by_old & set(taken))                          # never both
     assert by_old | set(taken) == set(rows)                   # never neither
     assert {rows[i]["status"] for i in taken} <= {"PENDING", "LOCKED"}
+
+
+def test_one_line_errors_and_nothing_installed(pg_url: str, schema: str, lschema: str) -> None:
+    missing = cli(pg_url, schema, "--legacy-outbox", f'{lschema}."Outbox"')
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "no table" in missing.stderr
+    wrong = cli(pg_url, schema, "--legacy-outbox", f'{lschema}."UserProfile"')
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert 'no column "id", "tenantId"' in wrong.stderr
+    not_adopted = cli(pg_url, schema, "--remove-legacy-outbox", f'{lschema}."OutboxCommand"')
+    assert not_adopted.returncode == 1 and "does not adopt" in not_adopted.stderr, not_adopted.stderr
+
+    # A producer transaction left open on the table: the adoption gives up after its lock timeout,
+    # says so on one line, and changes nothing (the producer's row is taken by the next run).
+    with psycopg.connect(pg_url) as producer:
+        open_id = lp.insert(producer.cursor(), lschema, [("MINT", "open-tx", "default", {})])[0]
+        busy = cli(pg_url, schema, "--legacy-outbox", f'{lschema}."OutboxCommand"')
+        assert busy.returncode == 69 and busy.stderr.count("\n") == 1, busy.stderr
+        assert "stayed locked" in busy.stderr
+        producer.commit()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert shape(conn, lschema)[1] == ()   # no trigger on the table
+    adopt(pg_url, schema, lschema)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert open_id in commands(conn, schema)
+
+
+def test_the_services_table_in_gxsubmits_own_schema(pg_url: str, schema: str) -> None:
+    """Both tables in one schema (e.g. both in public): the same triggers, no name clash."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        lp.create(conn, schema)
+    adopt(pg_url, schema, schema)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rid = lp.insert(conn.cursor(), schema, [("MINT", "same-schema", "default", {"toUserId": "x"})])[0]
+        assert rid in commands(conn, schema)
+    report = remove(pg_url, schema, schema)
+    assert report.withdrawn == 1
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert lp.legacy_rows(conn, schema)[rid]["status"] == "PENDING" and count_commands(conn, schema) == 0
