@@ -125,6 +125,8 @@ def _quote(name: str) -> str:
 
 @dataclass(frozen=True)
 class AdoptionReport:
+    """What one run of the adoption did (the CLI prints its lines)."""
+
     table: str
     pending_taken: int
     locked_taken: int
@@ -152,6 +154,8 @@ class AdoptionReport:
 
 @dataclass(frozen=True)
 class RemovalReport:
+    """What the removal handed back (the CLI prints its lines)."""
+
     table: str
     to_pending: int
     to_locked: int
@@ -268,9 +272,12 @@ async def adopt(
                      "adopt_function", "take_function", "writeback_function", "guard_function",
                      "requeued_function", "drop_triggers", "create_triggers"):
             await conn.execute(_compose(name, schema, table, lock_timeout_s))
+        # The table is locked against writes from here to the commit: the links' difference is the backfill's.
+        pending0, locked0 = await _one(conn, _compose("backfill_summary", schema, table))
         await conn.execute(_compose("backfill", schema, table, lock_timeout_s))
         await conn.execute(_compose("record_adoption", schema, table, lock_timeout_s))
-        pending, locked = await _one(conn, _compose("backfill_summary", schema, table))
+        pending1, locked1 = await _one(conn, _compose("backfill_summary", schema, table))
+        pending, locked = pending1 - pending0, locked1 - locked0
         refused = (await _one(conn, _compose("refused_rows", schema, table)))[0]
     unrouted: tuple[str, ...] = ()
     if routed_types is not None and table.command_types is not None:

@@ -128,6 +128,7 @@ def test_cli_spelling_backfills_once_and_leaves_finished_rows(pg_url: str, schem
     # Again, schema-qualified this time: the same table, nothing taken twice.
     again = cli(pg_url, schema, "--legacy-outbox", f'{lschema}."OutboxCommand"')
     assert again.returncode == 0, again.stderr
+    assert "backfill: 0 PENDING rows queued, 0 LOCKED" in again.stdout, again.stdout
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         taken = commands(conn, schema)
