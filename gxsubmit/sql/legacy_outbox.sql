@@ -11,6 +11,9 @@
 -- signs of RAISE and format() in them reach the server as written.
 -- Only named columns are written, on both tables, so columns added later (by either side) do not
 -- break a trigger.
+-- The trigger functions run as the role that installed them (SECURITY DEFINER, with a search_path of
+-- pg_catalog only; every name here is schema-qualified): the services' database role needs no grant on
+-- gxsubmit's schema, nor gxsubmit's role on "OutboxCommand".
 
 -- name: find_table
 SELECT n.nspname, c.relname
@@ -225,7 +228,7 @@ $fn$
 -- The producers' side: after each INSERT statement on the legacy table, its PENDING rows are queued in
 -- the same transaction (a producer's rollback takes the command with it). Never raises.
 CREATE OR REPLACE FUNCTION {schema}.gxsubmit_legacy_take() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     BEGIN
         PERFORM {schema}.gxsubmit_legacy_adopt(ARRAY(
@@ -248,7 +251,7 @@ $fn$
 -- meaning of that column); FAILED -> FAILED with errorCode and error cut to 1000 characters ("Unknown
 -- error" when empty, as the old worker wrote); PENDING -> PENDING with the last retry's error kept.
 CREATE OR REPLACE FUNCTION {schema}.gxsubmit_legacy_writeback() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     BEGIN
         UPDATE {legacy} AS l
@@ -284,7 +287,7 @@ $fn$
 -- (COMMITTED/FAILED) withdraws gxsubmit's command, retaking its stale lock moves gxsubmit's wait.
 -- gxsubmit's own write-back runs inside a trigger and is not checked (see the trigger's WHEN).
 CREATE OR REPLACE FUNCTION {schema}.gxsubmit_legacy_guard() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     k record;
     c_status text;
@@ -322,7 +325,7 @@ $fn$
 -- A row nobody runs that is set back to PENDING by hand (the operators' re-drive of the old worker's
 -- dead rows: status PENDING, attempts 0) is queued like a new row.
 CREATE OR REPLACE FUNCTION {schema}.gxsubmit_legacy_requeued() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     BEGIN
         PERFORM {schema}.gxsubmit_legacy_adopt(ARRAY[NEW.id]);

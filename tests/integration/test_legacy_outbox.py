@@ -470,3 +470,29 @@ def test_the_services_table_in_gxsubmits_own_schema(pg_url: str, schema: str) ->
     assert report.withdrawn == 1
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert lp.legacy_rows(conn, schema)[rid]["status"] == "PENDING" and count_commands(conn, schema) == 0
+
+
+def test_a_producer_role_without_grants_on_gxsubmit(pg_url: str, schema: str, lschema: str) -> None:
+    """The services' database role may have rights on its own table only: the triggers run as the role
+    that installed the adoption, and gxsubmit's role needs no grant on "OutboxCommand" either."""
+    role = "gxt_role_" + uuid.uuid4().hex[:12]
+    ident = sql.Identifier(role)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(lschema), ident))
+            conn.execute(sql.SQL('GRANT INSERT, SELECT, UPDATE ON {}."OutboxCommand" TO {}').format(
+                sql.Identifier(lschema), ident))
+        adopt(pg_url, schema, lschema)
+        with psycopg.connect(pg_url, user=role, autocommit=True) as producer:
+            rid = lp.insert(producer.cursor(), lschema, [("MINT", "as-role", "default", {})])[0]
+            # and the old worker's statements under that role are still guarded
+            assert producer.execute(OLD_CLAIM.format(t=table(lschema))).fetchall() == []
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            assert commands(conn, schema)[rid]["status"] == "PENDING"
+            assert lp.legacy_rows(conn, lschema)[rid]["errorCode"] is None
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
