@@ -1,7 +1,7 @@
 """Adoption of the GX services' "OutboxCommand" (gxsubmit.legacy) on a real PostgreSQL: producers' inserts,
 the backfill, the write-back through the store's own statements, the old worker's statements, defensive
 triggers and removal. The end-to-end run with a supervisor and the emulator is in
-tests/acceptance/test_legacy_outbox.py."""
+tests/acceptance/test_legacy_cutover.py."""
 
 from __future__ import annotations
 
