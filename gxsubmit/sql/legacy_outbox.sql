@@ -250,12 +250,14 @@ $fn$
 -- COMMITTED -> COMMITTED with fabricTxId, commitBlock and submittedAt = commit time (the old worker's
 -- meaning of that column); FAILED -> FAILED with errorCode and error cut to 1000 characters ("Unknown
 -- error" when empty, as the old worker wrote); PENDING -> PENDING with the last retry's error kept.
+-- A status a later release may add (not one of the five) shows as LOCKED: in progress for every reader.
 CREATE OR REPLACE FUNCTION {schema}.gxsubmit_legacy_writeback() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     BEGIN
         UPDATE {legacy} AS l
-           SET status = (CASE n.status WHEN 'CLAIMED' THEN 'LOCKED' ELSE n.status END)::{status_type},
+           SET status = (CASE WHEN n.status IN ('PENDING', 'SUBMITTED', 'COMMITTED', 'FAILED') THEN n.status
+                              ELSE 'LOCKED' END)::{status_type},
                attempts = n.attempts,
                "lockedBy" = CASE WHEN n.status IN ('CLAIMED', 'SUBMITTED') THEN n.locked_by END,
                "lockedAt" = CASE WHEN n.status IN ('CLAIMED', 'SUBMITTED') THEN n.locked_at END,
