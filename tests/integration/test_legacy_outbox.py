@@ -496,3 +496,18 @@ def test_a_producer_role_without_grants_on_gxsubmit(pg_url: str, schema: str, ls
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
             conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_a_status_of_a_later_release_shows_in_progress(pg_url: str, schema: str, lschema: str) -> None:
+    """Parallel releases may add a status to outbox_commands: the write-back must not break on it."""
+    adopt(pg_url, schema, lschema)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rid, other = lp.insert(conn.cursor(), lschema, [("MINT", f"later-{i}", "default", {})
+                                                        for i in range(2)])
+        s = sql.Identifier(schema)
+        conn.execute(sql.SQL("ALTER TABLE {}.outbox_commands DROP CONSTRAINT outbox_commands_status_check")
+                     .format(s))
+        conn.execute(sql.SQL("UPDATE {}.outbox_commands SET status = CASE request_id WHEN 'later-0' THEN "
+                             "'SOMETHING_NEW' ELSE 'SUBMITTED' END").format(s))
+        rows = lp.legacy_rows(conn, lschema)
+    assert (rows[rid]["status"], rows[other]["status"]) == ("LOCKED", "SUBMITTED")
