@@ -146,7 +146,7 @@ async def _check_database(cfg: Config, rep: _Report) -> None:
         return
     try:
         store = await OutboxStore.connect(
-            cfg.database_url, schema=cfg.schema, worker_id="check", connect_timeout=cfg.connect_timeout
+            cfg.database_conninfo, schema=cfg.schema, worker_id="check", connect_timeout=cfg.connect_timeout
         )
     except SchemaNotMigrated as exc:
         rep.fail("config", f"database: {exc}")

@@ -227,7 +227,7 @@ class OutboxWatcher:
             from gxsubmit.outbox import OutboxStore
 
             self._store = await OutboxStore.connect(
-                self._cfg.database_url,
+                self._cfg.database_conninfo,
                 schema=self._cfg.schema,
                 worker_id=owner_id(self._cfg.worker_id, "supervisor", os.getpid()),
                 connect_timeout=self._cfg.connect_timeout,

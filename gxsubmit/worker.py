@@ -210,7 +210,7 @@ class Worker:
     # -- setup -------------------------------------------------------------------------------------
 
     async def _connect_store(self) -> OutboxStore:
-        return await OutboxStore.connect(self.cfg.database_url, schema=self.cfg.schema,
+        return await OutboxStore.connect(self.cfg.database_conninfo, schema=self.cfg.schema,
                                          worker_id=f"{self.cfg.worker_id}:{self.identity}:{os.getpid()}",
                                          connect_timeout=self.cfg.connect_timeout)
 

@@ -44,8 +44,20 @@ SELECT max(version) FROM {schema}.gxsubmit_schema_version
 SET plan_cache_mode = force_custom_plan; SET statement_timeout = '30s'; SET TimeZone = 'UTC';
 SET max_parallel_workers_per_gather = 0; SET jit = off
 
+-- name: session_timezone
+-- The part of session_setup that is safe through a transaction pooler: PgBouncer tracks TimeZone per
+-- client and sets it on whichever server connection runs the client's next transaction.
+SET TimeZone = 'UTC'
+
 -- name: listen
 LISTEN gxsubmit
+
+-- name: unlisten
+UNLISTEN gxsubmit
+
+-- name: notify_probe
+-- A wake-up probe (gxsubmit/outbox.py PROBE_PREFIX): does a NOTIFY reach the worker's LISTEN connection?
+SELECT pg_notify('gxsubmit', %(payload)s)
 
 -- name: enqueue
 INSERT INTO {schema}.outbox_commands (id, tenant_id, service, command_type, request_id, payload, order_key)
