@@ -59,7 +59,8 @@ def _dup(fd: int) -> int:
 def _sql(name: str) -> bytes:
     text = resources.files("gxsubmit").joinpath("sql", "route.sql").read_text(encoding="utf-8")
     parts = re.split(r"^--\s*name:\s*(\w+)\s*$", text, flags=re.MULTILINE)
-    return dict(zip(parts[1::2], (b.strip() for b in parts[2::2]), strict=True))[name].encode()
+    bodies: dict[str, str] = dict(zip(parts[1::2], (b.strip() for b in parts[2::2]), strict=True))
+    return bodies[name].encode()
 
 
 async def behind_proxy(conn: psycopg.AsyncConnection[Any]) -> bool:

@@ -388,6 +388,12 @@ class OutboxStore:
         if conn is not None:
             await conn.close()
 
+    @property
+    def tls(self) -> bool:
+        """The current connection is encrypted (to the server, or to the pooler in front of it)."""
+        conn = self._conn
+        return bool(conn is not None and not conn.closed and conn.pgconn.ssl_in_use)
+
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(
             self._url,

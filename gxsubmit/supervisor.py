@@ -876,6 +876,7 @@ class Supervisor:
                 "failed": st.get("failed"),
                 "last_error": st.get("last_error"),
                 "draining": st.get("draining"),
+                "wakeups": st.get("wakeups"),
                 "heartbeat_age_s": round(time.time() - slot.beat, 3) if slot.pid is not None else None,
             }
         stats = self.watcher.stats
@@ -906,6 +907,9 @@ class Supervisor:
             },
             "workers": workers,
             "queue": queue_doc,
+            # One line each, e.g. a LISTEN behind a transaction pooler (workers poll instead).
+            "warnings": sorted({str(s.status["wakeup_warning"]) for s in self.slots.values()
+                                if s.status and s.status.get("wakeup_warning")}),
         }
 
     def _render(self) -> tuple[bytes, str]:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from dbutil import drop_schema, new_schema_name
 from pooler import pgbouncer_for, pooled_url
 
-from gxsubmit.outbox import OutboxStore, enqueue
+from gxsubmit.config import Config
+from gxsubmit.dbroute import CONNECT_ARGS, pool_mode
+from gxsubmit.exitcodes import RET_OK
+from gxsubmit.outbox import Notifier, OutboxStore, enqueue, latest_version, migrate
 from gxsubmit.pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,3 +53,84 @@ def test_repeated_statements_from_several_connections_never_collide_on_prepared_
                 await st.close()
 
     asyncio.run(go())
+
+
+def test_a_pooled_connection_is_told_from_a_direct_one(bouncer: PgBouncer, pg_url: str, schema: str) -> None:
+    async def go() -> tuple[bool, bool]:
+        direct = await OutboxStore.connect(pg_url, schema=schema, worker_id="d")
+        pooled = await OutboxStore.connect(pooled_url(bouncer, pg_url), schema=schema, worker_id="p")
+        try:
+            return direct.pooled, pooled.pooled
+        finally:
+            await direct.close()
+            await pooled.close()
+
+    assert asyncio.run(go()) == (False, True)
+
+
+def test_notify_probe_arrives_directly_but_not_through_a_transaction_pooler(
+    bouncer: PgBouncer, pg_url: str, schema: str
+) -> None:
+    async def probe(listen_url: str) -> bool:
+        store = await OutboxStore.connect(pooled_url(bouncer, pg_url), schema=schema, worker_id="p")
+        notifier = await Notifier.connect(listen_url, schema=schema, types=["CREATE_USER"])
+        try:
+            arrived, _ = await notifier.probe(store.notify_probe, 5.0)
+            return arrived
+        finally:
+            await notifier.close()
+            await store.close()
+
+    assert asyncio.run(probe(pg_url)) is True
+    assert asyncio.run(probe(pooled_url(bouncer, pg_url))) is False
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_pool_mode_is_recognised(pg_url: str, mode: str) -> None:
+    with pgbouncer_for(pg_url, pool_mode=mode) as b:
+        info = asyncio.run(pool_mode(pooled_url(b, pg_url), connect_timeout=5.0))
+    assert info.mode == mode, info.detail
+
+
+def test_concurrent_migrations_through_the_pooler(bouncer: PgBouncer, pg_url: str) -> None:
+    """The migration lock is transaction-scoped: a session-level advisory lock would stay on whichever
+    server connection took it."""
+    name = new_schema_name()
+    url = pooled_url(bouncer, pg_url)
+
+    async def one() -> int:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True, **CONNECT_ARGS) as conn:
+            return await migrate(conn, name)
+
+    async def both() -> list[int]:
+        return list(await asyncio.gather(one(), one(), one()))
+
+    try:
+        assert asyncio.run(both()) == [latest_version()] * 3
+    finally:
+        drop_schema(pg_url, name)
+
+
+def test_check_reports_the_pooler_its_mode_and_notifications(
+    bouncer: PgBouncer, pg_url: str, schema: str, wallet: Path
+) -> None:
+    def check(**settings: Any) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GXSUBMIT_")}
+        env.update(Config(**{"insecure": True, "connect_timeout": 3.0, "wallet": wallet, "schema": schema,
+                             **settings}).to_env())
+        return subprocess.run([sys.executable, "-m", "gxsubmit", "check", "--skip-gateway"], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    pooled = check(database_url=pooled_url(bouncer, pg_url))
+    assert pooled.returncode == RET_OK, pooled.stdout + pooled.stderr
+    assert "ok   database route: through a pooler or proxy (no TLS), pool mode transaction" in pooled.stdout
+    assert "a NOTIFY does not reach the LISTEN connection (the database URL" in pooled.stdout
+    with_listen = check(database_url=pooled_url(bouncer, pg_url), listen_url=pg_url)
+    assert with_listen.returncode == RET_OK, with_listen.stdout + with_listen.stderr
+    assert ("ok   notifications: a NOTIFY reaches the LISTEN connection (GXSUBMIT_LISTEN_URL)"
+            in with_listen.stdout), with_listen.stdout
+    direct = check(database_url=pg_url)
+    assert "ok   database route: direct (no TLS)" in direct.stdout, direct.stdout
+    assert "ok   notifications: a NOTIFY reaches the LISTEN connection (the database URL)" in direct.stdout
