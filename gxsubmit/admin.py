@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from gxsubmit.config import Config
-from gxsubmit.dbroute import CONNECT_ARGS
+from gxsubmit.dbroute import CONNECT_ARGS, ca_setting, tls_problem
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
 from gxsubmit.outbox import (
     PRUNE_BATCH,
@@ -104,6 +104,10 @@ def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]], *, bound
         print(f"{prefix} database unavailable: no answer in time", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.OperationalError as exc:
+        problem = tls_problem(exc, url_setting="GXSUBMIT_DATABASE_URL", ca_setting=ca_setting(cfg))
+        if problem is not None:
+            print(f"{prefix} {problem}", file=sys.stderr)
+            return RET_CONFIG
         print(f"{prefix} database unavailable: {_first_line(exc)}", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.Error as exc:

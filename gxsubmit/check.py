@@ -153,7 +153,13 @@ async def _check_database(cfg: Config, rep: _Report) -> None:
         rep.fail("config", f"database: {exc}")
         return
     except Exception as exc:  # psycopg.OperationalError and friends: report, do not crash
-        rep.fail("unavailable", f"database: cannot connect: {_one_line(exc)}")
+        from gxsubmit.dbroute import ca_setting, tls_problem
+
+        problem = tls_problem(exc, url_setting="GXSUBMIT_DATABASE_URL", ca_setting=ca_setting(cfg))
+        if problem is not None:
+            rep.fail("config", f"database: {problem}")
+        else:
+            rep.fail("unavailable", f"database: cannot connect: {_one_line(exc)}")
         return
     try:
         await _check_route(cfg, rep, store)

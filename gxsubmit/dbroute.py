@@ -17,12 +17,18 @@ import socket
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["CONNECT_ARGS", "PoolInfo", "behind_proxy", "conninfo", "pool_mode", "tls_problem"]
+if TYPE_CHECKING:
+    from gxsubmit.config import Config
+
+__all__ = [
+    "CONNECT_ARGS", "PoolInfo", "behind_proxy", "ca_setting", "conninfo", "pool_mode", "tls_preflight",
+    "tls_problem",
+]
 
 #: Keyword arguments for every ``psycopg.(Async)Connection.connect`` of gxsubmit: never prepare a
 #: statement server-side (psycopg does after 5 runs): a transaction pooler would run the next execute
@@ -129,4 +135,33 @@ def tls_problem(exc: BaseException, *, url_setting: str, ca_setting: str) -> str
         return f"database TLS: the server certificate is not signed by the CA of {ca_setting}: {text}"
     if "root certificate file" in low or "could not read root certificate" in low:
         return f"database TLS: cannot read the CA file of {ca_setting}: {text}"
+    return None
+
+
+def ca_setting(cfg: Config, url_setting: str = "GXSUBMIT_DATABASE_URL") -> str:
+    """Where the CA of the database connection comes from, for error messages."""
+    if cfg.database_ca is not None:
+        return f"GXSUBMIT_DATABASE_CA ({cfg.database_ca})"
+    return f"sslrootcert of {url_setting} (or libpq's default ~/.postgresql/root.crt)"
+
+
+def tls_preflight(cfg: Config) -> str | None:
+    """At start-up: a TLS verification failure of the database (or LISTEN) URL as one line, else None.
+
+    Only when a CA file or ``sslmode=verify-*`` is configured; any other failure (the database down)
+    is left to the usual reconnect loops, as without TLS.
+    """
+    targets = [("GXSUBMIT_DATABASE_URL", cfg.database_conninfo)]
+    if cfg.listen_url:
+        targets.append(("GXSUBMIT_LISTEN_URL", cfg.listen_conninfo))
+    for setting, url in targets:
+        if cfg.database_ca is None and "verify-" not in str(conninfo_to_dict(url).get("sslmode", "")):
+            continue
+        try:
+            with psycopg.connect(url, connect_timeout=max(2, round(cfg.connect_timeout)), **CONNECT_ARGS):
+                pass
+        except psycopg.OperationalError as exc:
+            problem = tls_problem(exc, url_setting=setting, ca_setting=ca_setting(cfg, setting))
+            if problem is not None:
+                return problem
     return None

@@ -992,4 +992,10 @@ def run(cfg: Config) -> int:
     except Exception as exc:  # ConfigError, CatalogError: one line, no restart loop
         log.error("Configuration error, not starting", extra={"error": str(exc)})
         return RET_CONFIG
+    from gxsubmit.dbroute import tls_preflight
+
+    problem = tls_preflight(cfg)  # a wrong CA or host name does not heal by retrying
+    if problem is not None:
+        log.error("Configuration error, not starting", extra={"error": problem})
+        return RET_CONFIG
     return Supervisor(cfg, catalog, identities).run()
