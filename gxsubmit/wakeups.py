@@ -105,7 +105,9 @@ class Wakeups:
                 "NOTIFY does not reach the LISTEN connection (a transaction pooler?): polling every "
                 f"{self._short:g}s; set GXSUBMIT_LISTEN_URL to a direct connection for prompt wake-ups")
             log.warning(self.warning)
-        self.mode = "poll"
+        was, self.mode = self.mode, "poll"
+        if was != "poll":
+            self._wake.set()  # the claim loop may be in a fallback-poll wait (up to 36 s): claim now
         with contextlib.suppress(Exception):
             await notifier.unlisten()
         return False

@@ -69,6 +69,13 @@ def pickup_s(url: str, schema: str, request_id: str) -> float | None:
     return float(row[0]) if row else None
 
 
+def polling(svc: ServiceProc) -> dict[str, Any] | None:
+    """/status once every worker polls (found that NOTIFY does not arrive), else None."""
+    st = svc.status()
+    workers = st.get("workers", {})
+    return st if workers and all(w.get("wakeups") == "poll" for w in workers.values()) else None
+
+
 def lone_row(pg_url: str, schema: str, prefix: str) -> float:
     enqueue_many(pg_url, schema, users(1, prefix), prefix=prefix)
     (delay,) = wait_for(lambda: (lambda d: (d,) if d is not None else None)(pickup_s(pg_url, schema,
@@ -86,19 +93,19 @@ def test_workload_and_a_lone_row_through_a_transaction_pooler(
                                 GXSUBMIT_POLL_INTERVAL="30")
     svc = start(procs, tmp_path, "a", settings)
     svc.wait_ready()
-    total = enqueue_many(pg_url, schema, users(300, "pool"), prefix="p")
+    # Every worker finds that NOTIFY does not arrive, and says so once; /status says it too.
+    st = wait_for(lambda: polling(svc), 60, interval=0.2, what="workers polling")
+    assert len(st["warnings"]) == 1 and "GXSUBMIT_LISTEN_URL" in st["warnings"][0], st["warnings"]
+    # A row right after that: the workers' claim loops were in their 30 s fallback wait when they
+    # learnt it; they must not finish that wait first.
+    assert lone_row(pg_url, schema, "first") < PICKUP_BOUND_S
+
+    total = 1 + enqueue_many(pg_url, schema, users(300, "pool"), prefix="p")
     wait_for(lambda: all_finished(pg_url, schema, total), 120, interval=0.2, what="the workload finished")
     assert counts(pg_url, schema)["COMMITTED"] == total
     assert problems(svc) == [], problems(svc)
+    st = svc.status()
 
-    # Every worker found that NOTIFY does not arrive, and says so once; /status says it too.
-    def polling() -> dict[str, Any] | None:
-        st = svc.status()
-        workers = st.get("workers", {})
-        return st if workers and all(w.get("wakeups") == "poll" for w in workers.values()) else None
-
-    st = wait_for(polling, 60, interval=0.2, what="workers polling")
-    assert len(st["warnings"]) == 1 and "GXSUBMIT_LISTEN_URL" in st["warnings"][0], st["warnings"]
     warned = svc.messages("NOTIFY does not reach the LISTEN connection")
     assert len(warned) == len(st["workers"]), warned
 
