@@ -30,6 +30,8 @@ PROBE_TIMEOUT_S = 3.0
 #: Probe again this often: a listening connection that stopped receiving (a pooler put in between by a
 #: reconnect) falls back to polling, and a polling worker finds out when notifications arrive again.
 REPROBE_S = 300.0
+#: Probe again this soon when the store connection could not send the probe.
+RETRY_PROBE_S = 5.0
 
 
 class Wakeups:
@@ -74,8 +76,9 @@ class Wakeups:
                 next_probe = 0.0
             try:
                 if loop.time() >= next_probe:
-                    next_probe = loop.time() + REPROBE_S
-                    if not await self._probe(self.notifier):
+                    arrived = await self._probe(self.notifier)
+                    next_probe = loop.time() + (REPROBE_S if arrived is not None else RETRY_PROBE_S)
+                    if arrived is False:
                         await self._close()
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), REPROBE_S)
@@ -87,12 +90,12 @@ class Wakeups:
             except Exception:
                 await self._close()
 
-    async def _probe(self, notifier: Notifier) -> bool:
-        """False (and polling from now on) if the probe's NOTIFY did not arrive."""
+    async def _probe(self, notifier: Notifier) -> bool | None:
+        """False (and polling from now on) if the probe's NOTIFY did not arrive; None: cannot tell."""
         try:
             arrived, woken = await notifier.probe(self._send_probe, PROBE_TIMEOUT_S)
         except DbUnavailable:
-            return True  # cannot tell while the store is down; keep listening, probe again later
+            return None  # the store is down: keep listening, probe again soon
         if woken:
             self._wake.set()
         if arrived:
