@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from dbutil import drop_schema, new_schema_name
 from pooler import pgbouncer_for, pooled_url
+from waiting import async_wait_for
 
 from gxsubmit.config import Config
 from gxsubmit.dbroute import CONNECT_ARGS, pool_mode
 from gxsubmit.exitcodes import RET_OK
 from gxsubmit.outbox import Notifier, OutboxStore, enqueue, latest_version, migrate
 from gxsubmit.pgbouncer import PgBouncer
+from gxsubmit.wakeups import Wakeups
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -134,3 +136,45 @@ def test_check_reports_the_pooler_its_mode_and_notifications(
     direct = check(database_url=pg_url)
     assert "ok   database route: direct (no TLS)" in direct.stdout, direct.stdout
     assert "ok   notifications: a NOTIFY reaches the LISTEN connection (the database URL)" in direct.stdout
+
+
+@pytest.mark.parametrize("direct_listen", [True, False])
+def test_wakeups_listen_when_notify_arrives_and_poll_short_when_it_cannot(
+    bouncer: PgBouncer, pg_url: str, schema: str, direct_listen: bool
+) -> None:
+    pooled = pooled_url(bouncer, pg_url)
+
+    async def go() -> tuple[str, str | None, float, bool]:
+        import psycopg
+
+        store = await OutboxStore.connect(pooled, schema=schema, worker_id="w")
+        wake, stop = asyncio.Event(), asyncio.Event()
+        w = Wakeups(
+            connect=lambda: Notifier.connect(pg_url if direct_listen else pooled, schema=schema,
+                                             types=["CREATE_USER"]),
+            send_probe=store.notify_probe, wake=wake, poll_interval=30.0, pooled_poll_interval=0.5)
+        task = asyncio.create_task(w.run(stop))
+        try:
+            async def decided() -> bool:
+                return w.mode != "unknown"
+
+            await async_wait_for(decided, 60, what="the probe's verdict")
+            if w.mode == "notify":  # then an insert wakes the worker
+                wake.clear()
+                async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as prod:
+                    await enqueue(prod, command_type="CREATE_USER", payload={}, schema=schema)
+                await asyncio.wait_for(wake.wait(), 30)
+            return w.mode, w.warning, w.poll_interval, wake.is_set()
+        finally:
+            stop.set()
+            await task
+            await w.close()
+            await store.close()
+
+    mode, warning, interval, woken = asyncio.run(go())
+    if direct_listen:
+        assert (mode, warning, interval, woken) == ("notify", None, 30.0, True)
+    else:
+        # the switch itself wakes the claim loop, which may sit in a 30 s fallback wait
+        assert (mode, interval, woken) == ("poll", 0.5, True)
+        assert warning is not None and "GXSUBMIT_LISTEN_URL" in warning and "every 0.5s" in warning
