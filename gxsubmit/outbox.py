@@ -407,9 +407,9 @@ class OutboxStore:
         conn.add_notify_handler(_ignore_notify)
         try:
             # Through a pooler a SET lands on whichever server connection runs it and stays there: only
-            # the time zone, which PgBouncer tracks per client and replays, is set then.
+            # what PgBouncer tracks per client and replays is set then (queries.sql session_pooled).
             self.pooled = await behind_proxy(conn)
-            await conn.execute(_compose("session_timezone" if self.pooled else "session_setup", self.schema))
+            await conn.execute(_compose("session_pooled" if self.pooled else "session_setup", self.schema))
         except BaseException:
             await conn.close()
             raise

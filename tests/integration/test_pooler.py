@@ -58,16 +58,26 @@ def test_repeated_statements_from_several_connections_never_collide_on_prepared_
 
 
 def test_a_pooled_connection_is_told_from_a_direct_one(bouncer: PgBouncer, pg_url: str, schema: str) -> None:
-    async def go() -> tuple[bool, bool]:
-        direct = await OutboxStore.connect(pg_url, schema=schema, worker_id="d")
-        pooled = await OutboxStore.connect(pooled_url(bouncer, pg_url), schema=schema, worker_id="p")
-        try:
-            return direct.pooled, pooled.pooled
-        finally:
-            await direct.close()
-            await pooled.close()
+    """And gets only the settings PgBouncer replays per client (one application_name for all: the
+    pooler would otherwise SET it before every transaction that changes hands)."""
+    async def go() -> list[tuple[bool, str, str]]:
+        out = []
+        for url in (pg_url, pooled_url(bouncer, pg_url)):
+            store = await OutboxStore.connect(url, schema=schema, worker_id="w1")
+            try:
+                conn = await store._get()
+                cur = await conn.execute("SELECT current_setting('application_name'), "
+                                         "current_setting('statement_timeout')")
+                row = await cur.fetchone()
+                assert row is not None
+                out.append((store.pooled, str(row[0]), str(row[1])))
+            finally:
+                await store.close()
+        return out
 
-    assert asyncio.run(go()) == (False, True)
+    direct, pooled = asyncio.run(go())
+    assert direct == (False, "gxsubmit:w1", "30s")
+    assert pooled[:2] == (True, "gxsubmit")
 
 
 def test_notify_probe_arrives_directly_but_not_through_a_transaction_pooler(
