@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from gxsubmit.config import Config
+from gxsubmit.dbroute import CONNECT_ARGS, ca_setting, tls_problem
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
 from gxsubmit.outbox import (
     PRUNE_BATCH,
@@ -67,10 +68,11 @@ async def _connect(cfg: Config) -> psycopg.AsyncConnection[Any]:
     if not cfg.database_url:
         raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
     return await psycopg.AsyncConnection.connect(
-        cfg.database_url,
+        cfg.database_conninfo,
         autocommit=True,
         connect_timeout=max(2, round(cfg.connect_timeout)),
         application_name="gxsubmit:admin",
+        **CONNECT_ARGS,
     )
 
 
@@ -78,7 +80,7 @@ async def _open_store(cfg: Config) -> OutboxStore:
     if not cfg.database_url:
         raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
     return await OutboxStore.connect(
-        cfg.database_url, schema=cfg.schema, worker_id="admin", connect_timeout=cfg.connect_timeout
+        cfg.database_conninfo, schema=cfg.schema, worker_id="admin", connect_timeout=cfg.connect_timeout
     )
 
 
@@ -102,6 +104,10 @@ def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]], *, bound
         print(f"{prefix} database unavailable: no answer in time", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.OperationalError as exc:
+        problem = tls_problem(exc, url_setting="GXSUBMIT_DATABASE_URL", ca_setting=ca_setting(cfg))
+        if problem is not None:
+            print(f"{prefix} {problem}", file=sys.stderr)
+            return RET_CONFIG
         print(f"{prefix} database unavailable: {_first_line(exc)}", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.Error as exc:
