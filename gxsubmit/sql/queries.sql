@@ -67,8 +67,8 @@ SELECT id FROM {schema}.outbox_commands WHERE tenant_id = %(tenant_id)s AND requ
 -- other types for a type that has none; a range cannot give (command_type, seq) order from that index.
 -- A row with an order_key is taken only when no earlier row of its tenant and key is unfinished
 -- (migration 0007): one probe of outbox_commands_order_key_idx per keyed candidate, none for the others.
--- A row whose claim ended in a crash before (crashed_claims > 0, migration 0009) is not taken here but
--- by claim_suspect, alone; taking a row over from an expired lease counts such a claim (its holder
+-- A row whose claims ended in a crash alone_from times (migration 0009) is not taken here but by
+-- claim_suspect, alone; taking a row over from an expired lease counts such a claim (its holder
 -- stopped renewing: died, hung, or was cut off).
 WITH first_due AS (
     SELECT f.seq
@@ -97,7 +97,7 @@ WITH first_due AS (
        AND o.next_attempt_at <= now()
        AND o.command_type = ANY(%(types)s::text[])
        AND o.seq >= (SELECT min(first_due.seq) FROM first_due)
-       AND o.crashed_claims = 0
+       AND o.crashed_claims < %(alone_from)s
        AND (o.order_key IS NULL OR NOT EXISTS (
              SELECT 1
                FROM {schema}.outbox_commands AS e
@@ -128,12 +128,12 @@ RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.p
           c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims
 
 -- name: claim_suspect
--- One due row whose earlier claim ended in its worker crashing (migration 0009), for a worker with
--- nothing else in flight: run alone, a crash can only be this row's doing. Order keys as in claim.
+-- One due row whose claims ended in its worker crashing alone_from times (migration 0009), for a worker
+-- with nothing else in flight: run alone, a crash can only be this row's doing. Order keys as in claim.
 WITH picked AS (
     SELECT o.id
       FROM {schema}.outbox_commands AS o
-     WHERE o.status = 'PENDING' AND o.crashed_claims > 0
+     WHERE o.status = 'PENDING' AND o.crashed_claims > 0 AND o.crashed_claims >= %(alone_from)s
        AND o.next_attempt_at <= now()
        AND o.command_type = ANY(%(types)s::text[])
        AND (o.order_key IS NULL OR NOT EXISTS (
@@ -163,8 +163,8 @@ RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.p
 -- Whether a row of these types waits to be claimed alone (claim_suspect); reads only the partial index.
 SELECT EXISTS (
     SELECT 1 FROM {schema}.outbox_commands AS o
-     WHERE o.status = 'PENDING' AND o.crashed_claims > 0 AND o.next_attempt_at <= now()
-       AND o.command_type = ANY(%(types)s::text[]))
+     WHERE o.status = 'PENDING' AND o.crashed_claims > 0 AND o.crashed_claims >= %(alone_from)s
+       AND o.next_attempt_at <= now() AND o.command_type = ANY(%(types)s::text[]))
 
 -- name: renew
 -- The fenced batch updates (renew, record_tx_many, mark_submitted, mark_committed) return one row:
@@ -453,7 +453,7 @@ WITH released AS (
            error_code = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN 'WORKER_CRASH' ELSE c.error_code END,
            error = CASE WHEN c.crashed_claims + 1 >= %(limit)s
                         THEN 'its worker died or was killed as hung in ' || (c.crashed_claims + 1)::text
-                             || ' claims of this row (the last ones with nothing else in flight)'
+                             || ' claims of this row (the last with nothing else in flight)'
                              || CASE WHEN c.submitted_at IS NOT NULL
                                      THEN '; transaction ' || coalesce(c.fabric_tx_id, '?')
                                           || ' may be on the ledger: a requeue resolves it before sending again'

@@ -118,8 +118,9 @@ def test_a_row_that_kills_its_worker_ends_worker_crash(
         crashed = dict(conn.execute(sql.SQL("SELECT id, crashed_claims FROM {}.outbox_commands").format(
             sql.Identifier(schema))).fetchall())
     assert crashed[culprit] == 3
-    # the rows that shared its first claim were tried alone after that crash and committed
-    assert max(n for i, n in crashed.items() if i != culprit) <= 1
+    # the rows that shared its claims were tried alone after its second crash and committed, never blamed
+    # for a third
+    assert max(n for i, n in crashed.items() if i != culprit) <= 2
     good = set(rows) - {culprit}
     report = audit_exactly_once(emulator.ledger, expected_args(rows, good), rows)
     assert report.ok, str(report)
