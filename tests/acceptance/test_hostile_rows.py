@@ -130,3 +130,26 @@ def test_a_row_that_kills_its_worker_ends_worker_crash(
     enqueue_many(pg_url, schema, users(5, "after"), prefix="after")
     wait_for(lambda: all_finished(pg_url, schema, 46), 30, interval=0.2, what="later rows committed")
     assert restarts(svc) == 3
+
+
+def test_a_row_that_hangs_its_worker_ends_worker_crash(
+    pg_url: str, schema: str, wallet: Path, emulator: EmulatorProc, procs: list[Any], tmp_path: Path
+) -> None:
+    # userId "hang-me" blocks the worker's event loop (crashhook/sitecustomize.py): no heartbeat, so the
+    # supervisor's watchdog aborts it. Each such kill counts as a crashed claim, like a crash.
+    items = users(10, "w")
+    hang = {"userId": "hang-me", "biometricHash": BIO, "nationality": "KE", "age": 30}
+    items.insert(5, ("CREATE_USER", hang))
+    enqueue_many(pg_url, schema, items, prefix="w")
+    path = os.pathsep.join(p for p in (str(CRASH_HOOK), os.environ.get("PYTHONPATH", "")) if p)
+    settings = service_settings(pg_url, schema, wallet, emulator, GXSUBMIT_MAX_WORKER_CRASHES="2",
+                                GXSUBMIT_HEARTBEAT_TIMEOUT="2", PYTHONPATH=path)
+    svc = start(procs, tmp_path, settings)
+    wait_for(lambda: all_finished(pg_url, schema, 11), 120, interval=0.3, what="all 11 rows final")
+    rows = outbox_rows(pg_url, schema)
+    (culprit,) = [i for i, r in rows.items() if r["status"] != "COMMITTED"]
+    assert (rows[culprit]["status"], rows[culprit]["error_code"]) == ("FAILED", "WORKER_CRASH")
+    assert [m for m in svc.messages("Worker timed out") if m.get("worker") == "org1-partner-api"]
+    assert restarts(svc) == 2
+    report = audit_exactly_once(emulator.ledger, expected_args(rows, set(rows) - {culprit}), rows)
+    assert report.ok, str(report)
