@@ -232,9 +232,6 @@ class TxRecord:
     creator_not_after: datetime | None = None
 
 
-#: ``alone_from`` of a claim that never sets rows aside to be run alone (crashed_claims is far below it)
-NEVER_ALONE = 2**31 - 1
-
 #: Rows deleted per statement by ``OutboxStore.prune``: short transactions, bounded WAL per commit.
 PRUNE_BATCH = 5_000
 
@@ -411,14 +408,12 @@ class OutboxStore:
         return q
 
     async def claim(self, types: Sequence[str], limit: int, lease_s: float, *,
-                    max_payload_bytes: int | None = None, alone_from: int = NEVER_ALONE,
-                    ) -> list[ClaimedCommand]:
+                    max_payload_bytes: int | None = None) -> list[ClaimedCommand]:
         """Lease up to ``limit`` due rows of ``types`` (expired leases first, then FIFO by seq).
 
         Each payload is decoded alone if need be: one that cannot be (or is over ``max_payload_bytes``)
         is a :class:`~gxsubmit.rowdecode.BadPayload` in its row, and the other rows are unaffected.
-        Rows whose claims ended in a crash ``alone_from`` times are not taken here (see
-        :meth:`claim_suspect`).
+        Rows set to run alone after crashes are not taken here (see :meth:`claim_suspect`).
         """
         if not types or limit <= 0:
             return []
@@ -426,8 +421,7 @@ class OutboxStore:
         conn = await self._get()
         cur = await conn.execute(
             self._claim_query(limit, conn),
-            {"types": list(types), "worker_id": self.worker_id, "lease_s": float(lease_s),
-             "alone_from": alone_from},
+            {"types": list(types), "worker_id": self.worker_id, "lease_s": float(lease_s)},
             binary=True,
         )
         rows = await cur.fetchall()  # binary: cheaper uuid and timestamp decoding, bytea as is
@@ -439,21 +433,19 @@ class OutboxStore:
         out.sort(key=_BY_SEQ)
         return out
 
-    async def claim_suspect(self, types: Sequence[str], lease_s: float, *, alone_from: int = 1,
+    async def claim_suspect(self, types: Sequence[str], lease_s: float, *,
                             max_payload_bytes: int | None = None) -> list[ClaimedCommand]:
-        """Lease one due row whose claims ended in a crash ``alone_from`` times, to be run alone
-        (migration 0009)."""
+        """Lease one due row set to run alone after its claims ended in crashes (migration 0009)."""
         if not types:
             return []
         rows = await self._rows("claim_suspect", {
-            "types": list(types), "worker_id": self.worker_id, "lease_s": float(lease_s),
-            "alone_from": alone_from})
+            "types": list(types), "worker_id": self.worker_id, "lease_s": float(lease_s)})
         payloads = _decode_payloads([r[6] for r in rows], max_payload_bytes)
         return [_claimed(r, p) for r, p in zip(rows, payloads, strict=True)]
 
-    async def suspects_due(self, types: Sequence[str], alone_from: int = 1) -> bool:
+    async def suspects_due(self, types: Sequence[str]) -> bool:
         """Whether a row of ``types`` waits to be claimed alone (:meth:`claim_suspect`)."""
-        rows = await self._rows("suspects_due", {"types": list(types), "alone_from": alone_from})
+        rows = await self._rows("suspects_due", {"types": list(types)})
         return bool(rows and rows[0][0])
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_s: float) -> set[uuid.UUID]:
@@ -579,10 +571,12 @@ class OutboxStore:
     async def release_crashed(self, owners: Sequence[str], limit: int) -> tuple[int, int]:
         """:meth:`release_owned` for workers that crashed or were killed as hung: each of their rows'
         claims counts as a crash; a row that reaches ``limit`` is FAILED (WORKER_CRASH) instead of
-        handed back. Returns (handed back, failed)."""
+        handed back, and one a crash short of it is set to run alone (a single crash changes nothing:
+        it may be the host's doing). Returns (handed back, failed)."""
         if not owners:
             return 0, 0
-        rows = await self._rows("release_crashed", {"owners": list(owners), "limit": int(limit)})
+        rows = await self._rows("release_crashed", {"owners": list(owners), "limit": int(limit),
+                                                    "alone_from": max(1, int(limit) - 1)})
         return int(rows[0][0]), int(rows[0][1])
 
     async def waiting_for_key(self) -> tuple[int, int]:

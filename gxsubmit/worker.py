@@ -383,8 +383,7 @@ class Worker:
             try:
                 rows = await self.db.once(
                     lambda st, n=limit: st.claim(self.b.types, n, cfg.lease_seconds,  # type: ignore[misc]
-                                                 max_payload_bytes=cfg.max_payload_bytes,
-                                                 alone_from=self._alone_from))
+                                                 max_payload_bytes=cfg.max_payload_bytes))
             except DbUnavailable:
                 continue
             except Exception as exc:
@@ -404,16 +403,10 @@ class Worker:
                         timeout = min(timeout, due)
                 await self._wait_wake(timeout)
 
-    @property
-    def _alone_from(self) -> int:
-        """Crashed claims after which a row runs alone: the last one before the limit. A single crash
-        (a fault of the host, or a row's) changes nothing; a row that crashes its worker again runs
-        alone, where a crash is its own and the rows that merely shared its batch are never blamed."""
-        return max(1, self.cfg.max_worker_crashes - 1)
-
     async def _run_suspect(self) -> bool:
-        """Rows whose claims ended in a worker crash ``_alone_from`` times run one at a time with nothing
-        else in flight (migration 0009). True: nothing else may be claimed now (the claim loop waits and
+        """Rows set to run alone (a crash short of max_worker_crashes; migration 0009) run one at a time
+        with nothing else in flight, so a crash then is that row's own and the rows that merely shared
+        its batches are never blamed. True: nothing else may be claimed now (the claim loop waits and
         comes back)."""
         if self._suspect is not None:
             await self._wait_wake(1.0)  # it runs alone; its end wakes us
@@ -422,8 +415,7 @@ class Worker:
         if not self._suspects_due and now >= self._suspect_check_at:
             self._suspect_check_at = now + _SUSPECT_CHECK_S
             try:
-                self._suspects_due = await self.db.once(
-                    lambda st: st.suspects_due(self.b.types, self._alone_from))
+                self._suspects_due = await self.db.once(lambda st: st.suspects_due(self.b.types))
             except Exception:  # the claim right after reports database trouble
                 return False
         if not self._suspects_due:
@@ -433,8 +425,7 @@ class Worker:
             return True
         try:
             rows = await self.db.once(lambda st: st.claim_suspect(
-                self.b.types, self.cfg.lease_seconds, alone_from=self._alone_from,
-                max_payload_bytes=self.cfg.max_payload_bytes))
+                self.b.types, self.cfg.lease_seconds, max_payload_bytes=self.cfg.max_payload_bytes))
         except Exception:
             return False
         if not rows:

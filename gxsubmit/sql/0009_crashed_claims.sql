@@ -7,14 +7,16 @@
 -- dying: the supervisor adds one when it hands back the rows of a worker that exited abnormally, and a
 -- claim adds one when it takes a row over from an expired lease (its holder stopped renewing). At
 -- max_worker_crashes the row is FAILED (WORKER_CRASH). A crash cannot say which of the rows its worker
--- held was at fault, so a row one crash short of the limit is claimed only alone, by a worker with
--- nothing else in flight: the rows that merely shared a batch with the culprit then commit, and only the
--- row that crashes its worker by itself reaches the limit. A requeue sets it back to 0.
+-- held was at fault, so a row one crash short of the limit is set to run alone (run_alone): claimed only
+-- by a worker with nothing else in flight. The rows that merely shared a batch with the culprit then
+-- commit, and only the row that crashes its worker by itself reaches the limit. A requeue resets both.
 --
 -- Adding a column with a constant default rewrites nothing (PostgreSQL 11+). The index holds only the
--- PENDING rows waiting to be tried alone, normally none.
+-- PENDING rows waiting to be tried alone, normally none (a new column is false everywhere, so it starts
+-- empty).
 ALTER TABLE {schema}.outbox_commands ADD COLUMN IF NOT EXISTS crashed_claims integer NOT NULL DEFAULT 0;
+ALTER TABLE {schema}.outbox_commands ADD COLUMN IF NOT EXISTS run_alone boolean NOT NULL DEFAULT false;
 
-CREATE INDEX IF NOT EXISTS outbox_commands_suspect_idx
+CREATE INDEX IF NOT EXISTS outbox_commands_run_alone_idx
     ON {schema}.outbox_commands (seq)
-    WHERE status = 'PENDING' AND crashed_claims > 0;
+    WHERE status = 'PENDING' AND run_alone;

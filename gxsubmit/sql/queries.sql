@@ -67,8 +67,8 @@ SELECT id FROM {schema}.outbox_commands WHERE tenant_id = %(tenant_id)s AND requ
 -- other types for a type that has none; a range cannot give (command_type, seq) order from that index.
 -- A row with an order_key is taken only when no earlier row of its tenant and key is unfinished
 -- (migration 0007): one probe of outbox_commands_order_key_idx per keyed candidate, none for the others.
--- A row whose claims ended in a crash alone_from times (migration 0009) is not taken here but by
--- claim_suspect, alone; taking a row over from an expired lease counts such a claim (its holder
+-- A row set to run alone after its claims ended in crashes (run_alone, migration 0009) is not taken
+-- here but by claim_suspect; taking a row over from an expired lease counts such a claim (its holder
 -- stopped renewing: died, hung, or was cut off).
 WITH first_due AS (
     SELECT f.seq
@@ -97,7 +97,7 @@ WITH first_due AS (
        AND o.next_attempt_at <= now()
        AND o.command_type = ANY(%(types)s::text[])
        AND o.seq >= (SELECT min(first_due.seq) FROM first_due)
-       AND o.crashed_claims < %(alone_from)s
+       AND NOT o.run_alone
        AND (o.order_key IS NULL OR NOT EXISTS (
              SELECT 1
                FROM {schema}.outbox_commands AS e
@@ -128,12 +128,12 @@ RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.p
           c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims
 
 -- name: claim_suspect
--- One due row whose claims ended in its worker crashing alone_from times (migration 0009), for a worker
--- with nothing else in flight: run alone, a crash can only be this row's doing. Order keys as in claim.
+-- One due row set to run alone (run_alone: its claims ended in its worker crashing; migration 0009), for a
+-- worker with nothing else in flight: a crash then can only be this row's doing. Order keys as in claim.
 WITH picked AS (
     SELECT o.id
       FROM {schema}.outbox_commands AS o
-     WHERE o.status = 'PENDING' AND o.crashed_claims > 0 AND o.crashed_claims >= %(alone_from)s
+     WHERE o.status = 'PENDING' AND o.run_alone
        AND o.next_attempt_at <= now()
        AND o.command_type = ANY(%(types)s::text[])
        AND (o.order_key IS NULL OR NOT EXISTS (
@@ -163,7 +163,7 @@ RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.p
 -- Whether a row of these types waits to be claimed alone (claim_suspect); reads only the partial index.
 SELECT EXISTS (
     SELECT 1 FROM {schema}.outbox_commands AS o
-     WHERE o.status = 'PENDING' AND o.crashed_claims > 0 AND o.crashed_claims >= %(alone_from)s
+     WHERE o.status = 'PENDING' AND o.run_alone
        AND o.next_attempt_at <= now() AND o.command_type = ANY(%(types)s::text[]))
 
 -- name: renew
@@ -360,6 +360,7 @@ WITH requeued AS (
            attempts = 0,
            counted_attempts = 0,
            crashed_claims = 0,
+           run_alone = false,
            next_attempt_at = now(),
            error_code = NULL,
            error = NULL,
@@ -443,13 +444,15 @@ SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)
 
 -- name: release_crashed
 -- release_owned for workers that exited abnormally (a crash, or killed as hung): each row's claim ended
--- in a crash (migration 0009). Below the limit the row is handed back as release_owned does; at it, the
--- row is FAILED (WORKER_CRASH) and no longer holds its order key. Its tx id and nonce stay: if it was
+-- in a crash (migration 0009). Below the limit the row is handed back as release_owned does, from
+-- alone_from crashes on to be run alone; at the limit, the row is FAILED (WORKER_CRASH) and no longer
+-- holds its order key. Its tx id and nonce stay: if it was
 -- submitted, a requeue re-endorses the same tx id, so a copy already on the ledger is found, not repeated.
 WITH released AS (
     UPDATE {schema}.outbox_commands AS c
        SET status = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN 'FAILED' ELSE 'PENDING' END,
            crashed_claims = c.crashed_claims + 1,
+           run_alone = c.run_alone OR c.crashed_claims + 1 >= %(alone_from)s,
            error_code = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN 'WORKER_CRASH' ELSE c.error_code END,
            error = CASE WHEN c.crashed_claims + 1 >= %(limit)s
                         THEN 'its worker died or was killed as hung in ' || (c.crashed_claims + 1)::text

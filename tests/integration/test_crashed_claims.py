@@ -41,20 +41,19 @@ async def test_a_row_that_keeps_crashing_its_worker_fails_and_its_batch_mates_ru
     ids = [(await enqueue(conn, command_type="MINT", payload={"i": i}, schema=schema))[0] for i in range(3)]
     key_next, _ = await enqueue(conn, command_type="MINT", payload={"k": 2}, schema=schema, order_key="k")
     everything = set(ids) | {key_next}
-    batch = await store.claim(["MINT"], 10, 300.0, alone_from=2)
+    batch = await store.claim(["MINT"], 10, 300.0)
     assert {c.id for c in batch} == everything and all(c.crashed_claims == 0 for c in batch)
     # the worker dies holding all four: each claim counts as a crash, the rows come back
     assert await store.release_crashed(["w1"], 3) == (4, 0)
     assert (await row(conn, schema, ids[0]))["crashed_claims"] == 1
     # one crash changes nothing: they are claimed together again, and the worker dies again
-    batch = await store.claim(["MINT"], 10, 300.0, alone_from=2)
+    batch = await store.claim(["MINT"], 10, 300.0)
     assert {c.id for c in batch} == everything and all(c.crashed_claims == 1 for c in batch)
     assert await store.release_crashed(["w1"], 3) == (4, 0)
     # from the second, a normal claim leaves them; they come one at a time, oldest first
-    assert await store.claim(["MINT"], 10, 300.0, alone_from=2) == []
-    assert await store.suspects_due(["MINT"], 2) and not await store.suspects_due(["OTHER"], 2)
-    assert not await store.suspects_due(["MINT"], 3)
-    (alone,) = await store.claim_suspect(["MINT"], 300.0, alone_from=2)
+    assert await store.claim(["MINT"], 10, 300.0) == []
+    assert await store.suspects_due(["MINT"]) and not await store.suspects_due(["OTHER"])
+    (alone,) = await store.claim_suspect(["MINT"], 300.0)
     assert alone.id == ids[0] and alone.crashed_claims == 2
     await store.mark_submitted([(alone.id, alone.lease_token)])
     assert await store.release_crashed(["w1"], 3) == (0, 1)
@@ -63,13 +62,13 @@ async def test_a_row_that_keeps_crashing_its_worker_fails_and_its_batch_mates_ru
     assert "3 claims" in failed["error"] and "requeue resolves it" in failed["error"]
     # the others run alone and finish (the keyed one too: nothing before it in its key)
     for expected in [*ids[1:], key_next]:
-        (c,) = await store.claim_suspect(["MINT"], 300.0, alone_from=2)
+        (c,) = await store.claim_suspect(["MINT"], 300.0)
         assert c.id == expected
         assert await store.mark_failed(c.id, c.lease_token, error_code="E", error="done")
     # a requeue gives the crashed row a fresh budget, and normal claims take it again
     assert await store.requeue(ids=[ids[0]]) == 1
     assert (await row(conn, schema, ids[0]))["crashed_claims"] == 0
-    assert [c.id for c in await store.claim(["MINT"], 10, 300.0, alone_from=2)] == [ids[0]]
+    assert [c.id for c in await store.claim(["MINT"], 10, 300.0)] == [ids[0]]
 
 
 async def test_a_takeover_of_an_expired_lease_counts_a_crash(
