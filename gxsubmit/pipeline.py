@@ -619,7 +619,7 @@ class Pipeline:
             result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id,
                                                       timeout=self.s.resolve_timeout)
         except FabricError as err2:
-            self._note_gateway(err2)
+            # Not noted for the breaker: a deadline is the expected answer for a tx id the ledger lacks.
             infra = err2.error_code in INFRA_ERROR_CODES or err2.stage == "connect"
             await self._retry(job, Action("retry", err.error_code, counts=not infra, on_ledger=True,
                                           reason="in_doubt", refused=True),
