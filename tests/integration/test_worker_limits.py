@@ -125,3 +125,22 @@ def test_a_refused_row_that_may_be_on_the_ledger_ends_within_its_attempts(h: Har
     assert row["attempts"] <= 3 + 1, row["attempts"]
     st = h.status("org1-partner-api")
     assert st is not None and not st["breaker_open"]
+
+
+def test_a_message_over_the_grpc_cap_fails_its_row_and_never_the_breaker(h: Harness) -> None:
+    # With the limits raised past it, a 5 MB argument reaches grpcio's 4 MiB cap (the emulator's server
+    # keeps grpcio's default): RESOURCE_EXHAUSTED "message larger than max". That is this row's problem;
+    # it used to be taken for an outage (never counted, breaker opened, retried for ever).
+    big = h.enqueue([("CREATE_USER", {"userId": "g" * (5 * 1024 * 1024), "biometricHash": BIO,
+                                      "nationality": "KE", "age": 30})])[0]
+    good = h.enqueue([_user(f"c{i}") for i in range(5)])
+    h.spawn("org1-partner-api", breaker_threshold=1, max_payload_bytes=16 << 20, max_argument_bytes=16 << 20,
+            max_proposal_bytes=16 << 20)
+    wait_for(lambda: h.all_final([big, *good]), 60, 0.1, "rows final")
+    row = h.rows()[big]
+    assert (row["status"], row["error_code"]) == ("FAILED", "PAYLOAD_TOO_LARGE"), row["error"]
+    assert "larger than max" in row["error"] and row["attempts"] == 1
+    st = h.status("org1-partner-api")
+    assert st is not None and not st["breaker_open"]
+    assert "circuit breaker opened" not in h.logs()
+    h.audit(good)
