@@ -568,16 +568,16 @@ class OutboxStore:
         rows = await self._rows("release_owned", {"owners": list(owners)})
         return int(rows[0][0])
 
-    async def release_crashed(self, owners: Sequence[str], limit: int) -> tuple[int, int]:
+    async def release_crashed(self, owners: Sequence[str], limit: int) -> tuple[int, list[str]]:
         """:meth:`release_owned` for workers that crashed or were killed as hung: each of their rows'
         claims counts as a crash; a row that reaches ``limit`` is FAILED (WORKER_CRASH) instead of
         handed back, and one a crash short of it is set to run alone (a single crash changes nothing:
-        it may be the host's doing). Returns (handed back, failed)."""
+        it may be the host's doing). Returns (rows handed back, command type of each row failed)."""
         if not owners:
-            return 0, 0
+            return 0, []
         rows = await self._rows("release_crashed", {"owners": list(owners), "limit": int(limit),
                                                     "alone_from": max(1, int(limit) - 1)})
-        return int(rows[0][0]), int(rows[0][1])
+        return int(rows[0][0]), list(rows[0][1])
 
     async def waiting_for_key(self) -> tuple[int, int]:
         """(rows, keys): PENDING rows held back by an earlier unfinished row of their order key."""

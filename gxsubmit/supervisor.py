@@ -208,10 +208,13 @@ class OutboxWatcher:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
 
-    def release(self, owners: Sequence[str], crash_limit: int | None = None) -> Future[int]:
+    def release(self, owners: Sequence[str], crash_limit: int | None = None,
+                identity: str = "") -> Future[int]:
         """Hand back CLAIMED/SUBMITTED rows locked by ``owners`` (dead workers of this host). With
-        ``crash_limit`` the workers crashed: their rows' claims count as crashes (migration 0009)."""
-        return asyncio.run_coroutine_threadsafe(self._release(list(owners), crash_limit), self._loop)
+        ``crash_limit`` the workers (of ``identity``) crashed: their rows' claims count as crashes
+        (migration 0009)."""
+        work = self._release(list(owners), crash_limit, identity)
+        return asyncio.run_coroutine_threadsafe(work, self._loop)
 
     # -- thread side
 
@@ -284,9 +287,9 @@ class OutboxWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
 
-    async def _release(self, owners: list[str], crash_limit: int | None = None) -> int:
+    async def _release(self, owners: list[str], crash_limit: int | None = None, identity: str = "") -> int:
         assert self._lock is not None
-        failed = 0
+        failed: list[str] = []
         try:
             async with self._lock:
                 store = await self._connect()
@@ -302,8 +305,12 @@ class OutboxWatcher:
             log.info("Released rows of stopped workers", extra={"count": n, "owners": owners})
         if failed:
             log.error("Failed commands that kept crashing their worker", extra={
-                "count": failed, "owners": owners, "error_code": "WORKER_CRASH"})
-        return n + failed
+                "count": len(failed), "owners": owners, "error_code": "WORKER_CRASH"})
+            from gxsubmit.metrics import COMMANDS_FAILED  # imported by Supervisor.run, after the metrics dir
+
+            for command_type in failed:
+                COMMANDS_FAILED.labels(identity, command_type, "WORKER_CRASH").inc()
+        return n + len(failed)
 
 
 # --- the supervisor -------------------------------------------------------------------------
@@ -697,7 +704,7 @@ class Supervisor:
             # crash because of a row.
             crashed = not (self.draining or slot.retiring or slot.reload_requested or code == RET_CONFIG)
             self.watcher.release([owner_id(self.cfg.worker_id, slot.identity, pid)],
-                                 self.cfg.max_worker_crashes if crashed else None)
+                                 self.cfg.max_worker_crashes if crashed else None, slot.identity)
         if self.draining or slot.retiring:
             slot.state = State.STOPPED
             level = log.info if code == 0 else log.warning

@@ -480,7 +480,8 @@ WITH released AS (
     HAVING count(*) > 0
 )
 SELECT (SELECT count(*) FROM released WHERE released.status = 'PENDING'),
-       (SELECT count(*) FROM released WHERE released.status = 'FAILED'),
+       (SELECT coalesce(array_agg(released.command_type), ARRAY[]::text[]) FROM released
+         WHERE released.status = 'FAILED'),
        (SELECT count(*) FROM notified), (SELECT woken.n FROM woken)
 
 -- name: cancel_candidates

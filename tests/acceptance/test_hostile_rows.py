@@ -124,6 +124,7 @@ def test_a_row_that_kills_its_worker_ends_worker_crash(
     good = set(rows) - {culprit}
     report = audit_exactly_once(emulator.ledger, expected_args(rows, good), rows)
     assert report.ok, str(report)
+    assert svc.metric("gxsubmit_commands_failed_total", error_code="WORKER_CRASH") == 1
     # three crashes, three restarts, and the worker is up and serving afterwards
     assert restarts(svc) == 3
     wait_for(lambda: svc.status()["workers"]["org1-partner-api"]["state"] == "running", 30, what="worker up")

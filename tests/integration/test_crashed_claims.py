@@ -44,19 +44,19 @@ async def test_a_row_that_keeps_crashing_its_worker_fails_and_its_batch_mates_ru
     batch = await store.claim(["MINT"], 10, 300.0)
     assert {c.id for c in batch} == everything and all(c.crashed_claims == 0 for c in batch)
     # the worker dies holding all four: each claim counts as a crash, the rows come back
-    assert await store.release_crashed(["w1"], 3) == (4, 0)
+    assert await store.release_crashed(["w1"], 3) == (4, [])
     assert (await row(conn, schema, ids[0]))["crashed_claims"] == 1
     # one crash changes nothing: they are claimed together again, and the worker dies again
     batch = await store.claim(["MINT"], 10, 300.0)
     assert {c.id for c in batch} == everything and all(c.crashed_claims == 1 for c in batch)
-    assert await store.release_crashed(["w1"], 3) == (4, 0)
+    assert await store.release_crashed(["w1"], 3) == (4, [])
     # from the second, a normal claim leaves them; they come one at a time, oldest first
     assert await store.claim(["MINT"], 10, 300.0) == []
     assert await store.suspects_due(["MINT"]) and not await store.suspects_due(["OTHER"])
     (alone,) = await store.claim_suspect(["MINT"], 300.0)
     assert alone.id == ids[0] and alone.crashed_claims == 2
     await store.mark_submitted([(alone.id, alone.lease_token)])
-    assert await store.release_crashed(["w1"], 3) == (0, 1)
+    assert await store.release_crashed(["w1"], 3) == (0, ["MINT"])
     failed = await row(conn, schema, ids[0])
     assert (failed["status"], failed["error_code"], failed["crashed_claims"]) == ("FAILED", "WORKER_CRASH", 3)
     assert "3 claims" in failed["error"] and "requeue resolves it" in failed["error"]
