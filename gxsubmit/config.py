@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gxsubmit.secrets import redact
+
 __all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_config_arguments", "load_config"]
 
 
@@ -176,6 +178,8 @@ _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     _S("database_url", _database_url, _const(""), "PostgreSQL URL (libpq; several hosts and "
        "target_session_attrs=read-write are fine)", (("DATABASE_URL", _database_url),)),
+    _S("database_url_file", _opt_path, _const(None), "file holding the PostgreSQL URL (keeps the password "
+       "off command lines and out of the environment; not together with the URL itself)"),
     _S("schema", _identifier, _const("public"), "schema holding outbox_commands"),
     _S("gateway", _host_port, _const("localhost:7051"), "Fabric Gateway peer HOST:PORT",
        (("FABRIC_PEER_ENDPOINT", _host_port),)),
@@ -244,6 +248,7 @@ class Config:
     """Effective settings of one process (see ``SETTINGS`` for meaning and defaults)."""
 
     database_url: str = ""
+    database_url_file: Path | None = None
     schema: str = "public"
     gateway: str = "localhost:7051"
     wallet: Path = Path("./fabric-wallet")
@@ -295,6 +300,12 @@ class Config:
                 "GXSUBMIT_CLIENT_CERT and GXSUBMIT_CLIENT_KEY must be given together (mutual TLS)"
             )
 
+    def __repr__(self) -> str:
+        """The dataclass repr with the URL's password masked (a Config ends up in tracebacks)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["database_url"] = redact(self.database_url)
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
+
     @property
     def tls_ca_path(self) -> Path:
         """The TLS CA file actually used: explicit, else the wallet's ``tlsca-cert``."""
@@ -326,10 +337,13 @@ class Config:
                 raise ConfigError(f"missing setting {s.env}{legacy} ({s.flag}): {s.help}")
 
     def to_env(self) -> dict[str, str]:
-        """Every setting as ``GXSUBMIT_*`` variables, for child processes."""
+        """Every setting as ``GXSUBMIT_*`` variables, for child processes (a URL read from
+        ``database_url_file`` travels as the file's name: children read it themselves)."""
         out: dict[str, str] = {}
         for s in SETTINGS:
             value = getattr(self, s.name)
+            if s.name == "database_url" and self.database_url_file is not None:
+                value = ""
             if value is None:
                 out[s.env] = ""
             elif isinstance(value, bool):
@@ -346,8 +360,7 @@ class Config:
         """Effective values for ``--print-config`` with credentials in the URL masked."""
         env = self.to_env()
         shown = {s.name: env[s.env] for s in SETTINGS}
-        shown["database_url"] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", shown["database_url"])
-        shown["database_url"] = re.sub(r"(password=)\S+", r"\1***", shown["database_url"])
+        shown["database_url"] = redact(self.database_url)
         return shown
 
 
@@ -370,8 +383,26 @@ def _parse(s: Setting, raw: str, source: str, parse: Callable[[str], Any]) -> An
     try:
         return parse(raw)
     except ValueError as exc:
+        if s.name == "database_url":  # a malformed URL can hold a password anywhere: never echo it
+            raise ConfigError(
+                f"invalid setting {source} (value not shown, it may hold a password): expected {exc}"
+            ) from None
         shown = raw if len(raw) <= 60 else raw[:57] + "..."
-        raise ConfigError(f"invalid setting {source}={shown!r}: expected {exc}") from None
+        raise ConfigError(f"invalid setting {source}={redact(shown)!r}: expected {exc}") from None
+
+
+def _read_database_url(path: Path) -> str:
+    """The URL in ``path`` (surrounding whitespace and a trailing newline dropped)."""
+    source = f"GXSUBMIT_DATABASE_URL_FILE={str(path)!r}"
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"invalid setting {source}: cannot read it ({why})") from None
+    url = _parse(_BY_NAME["database_url"], raw, source, _database_url)
+    if not url:
+        raise ConfigError(f"invalid setting {source}: the file is empty")
+    return str(url)
 
 
 def load_config(
@@ -398,4 +429,11 @@ def load_config(
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    if values.get("database_url_file") is not None and "database_url" not in overrides:
+        if values["database_url"]:
+            raise ConfigError(
+                "GXSUBMIT_DATABASE_URL_FILE and GXSUBMIT_DATABASE_URL (or DATABASE_URL, --database-url): "
+                "give one, not both"
+            )
+        values["database_url"] = _read_database_url(values["database_url_file"])
     return Config(**values)

@@ -39,6 +39,7 @@ from gxsubmit.config import Config
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
 from gxsubmit.log import get_logger, setup_logging
 from gxsubmit.sdnotify import Notifier
+from gxsubmit.secrets import no_core_dumps
 
 if TYPE_CHECKING:
     from gxsubmit.catalog import Catalog
@@ -976,6 +977,7 @@ def _select_identities(catalog: Catalog, cfg: Config) -> list[str]:
 
 def run(cfg: Config) -> int:
     """Entry point of ``gxsubmit supervise``; returns the process exit code."""
+    no_core_dumps()  # holds the database password (and reads the wallet's files)
     _prepare_metrics_env(cfg)
     setup_logging(cfg.log_level, process="supervisor")
     log.info("Starting outbox submitter supervisor", extra={"worker_id": cfg.worker_id})

@@ -46,7 +46,7 @@ import random
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
 from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, TxRecord
 from gxsubmit.pipeline import IdentityRing, Job, Pipeline, PipelineSettings, Stage
+from gxsubmit.secrets import no_core_dumps
 from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_client, wallet_signature
 
 __all__ = ["Boot", "ConfigProblem", "Worker", "boot", "run", "status_path"]
@@ -106,7 +107,8 @@ class Boot:
     wallet_identity: WalletIdentity
     tls_root: bytes | None
     client_cert: bytes | None
-    client_key: bytes | None
+    #: the client TLS private key: never in a repr (a Boot can end up in a traceback or a debug log)
+    client_key: bytes | None = field(repr=False)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -151,6 +153,7 @@ def boot(cfg: Config, identity: str) -> Boot:
 
 def run(cfg: Config, identity: str) -> int:
     """Entry point of ``gxsubmit worker --identity NAME``."""
+    no_core_dumps()  # before the signing key and the client TLS key are read
     setup_logging(cfg.log_level, process="worker", identity=identity)
     try:
         b = boot(cfg, identity)
