@@ -18,8 +18,18 @@ from gxsubmit.fabric.codes import code_name
 from gxsubmit.fabric.errors import ErrorClass, FabricError
 from gxsubmit.fabric.proposal import Prepared, PreparedMismatch, Proposal, parse_prepared
 
-__all__ = ["CommitResult", "FilteredBlock", "deliver_status", "parse_commit_status", "parse_deliver",
-           "parse_endorse"]
+__all__ = [
+    "MAX_BLOCK_NUMBER",
+    "CommitResult",
+    "FilteredBlock",
+    "deliver_status",
+    "parse_commit_status",
+    "parse_deliver",
+    "parse_endorse",
+]
+
+#: The highest block number believed (PostgreSQL's bigint holds it; a real chain never gets there).
+MAX_BLOCK_NUMBER = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -43,41 +53,73 @@ class FilteredBlock:
     transactions: tuple[tuple[str, int], ...]
 
 
-def _bad_response(stage: str, tx_id: str, message: str, *, code: str = "BAD_RESPONSE") -> FabricError:
-    # Nothing was signed or submitted: the same proposal can be endorsed again.
+def _garbled(stage: str, what: str, exc: Exception, *, tx_id: str | None, error_class: ErrorClass,
+             code: str = "BAD_RESPONSE") -> FabricError:
+    # The exception text names the message type, never the bytes (they may be megabytes of anything).
+    message = f"the gateway's {what} answer does not parse ({type(exc).__name__})"
+    return FabricError(stage=stage, error_class=error_class, error_code=code, message=message, tx_id=tx_id)
+
+
+def _unusable(p: Proposal, message: str, *, code: str = "BAD_RESPONSE") -> FabricError:
+    # Nothing was signed or submitted: the same proposal can be endorsed again. TRANSIENT, so a broken
+    # gateway costs counted attempts (bounded by max_attempts), never a signature on something else.
     return FabricError(
-        stage=stage, error_class=ErrorClass.PERMANENT, error_code=code, message=message, tx_id=tx_id
+        stage="endorse", error_class=ErrorClass.TRANSIENT, error_code=code, message=message, tx_id=p.tx_id
     )
 
 
 def parse_endorse(data: bytes, p: Proposal) -> Prepared:
     """The prepared transaction of an Endorse answer, checked to be the transaction ``p`` proposed."""
-    resp = gateway_pb2.EndorseResponse.FromString(data)
+    try:
+        resp = gateway_pb2.EndorseResponse.FromString(data)
+    except Exception as exc:  # DecodeError, or anything a hostile message provokes in the decoder
+        raise _garbled("endorse", "Endorse", exc, tx_id=p.tx_id, error_class=ErrorClass.TRANSIENT) from None
     if not resp.HasField("prepared_transaction"):
-        raise _bad_response("endorse", p.tx_id, "gateway returned no prepared transaction")
+        raise _unusable(p, "gateway returned no prepared transaction")
     try:
         return parse_prepared(resp.prepared_transaction, expected=p)
     except PreparedMismatch as exc:
-        raise _bad_response("endorse", p.tx_id, str(exc), code="PREPARED_MISMATCH") from None
+        raise _unusable(p, str(exc)[:500], code="PREPARED_MISMATCH") from None
 
 
 def parse_commit_status(data: bytes, tx_id: str) -> CommitResult:
-    """A CommitStatus answer about ``tx_id`` (the answer itself names no tx id: the request did)."""
-    resp = gateway_pb2.CommitStatusResponse.FromString(data)
+    """A CommitStatus answer about ``tx_id`` (the answer itself names no tx id: the request did).
+
+    A committed transaction of ours is in block 1 or later (block 0 holds the channel's configuration
+    only), and an empty answer decodes as VALID in block 0 (proto3 defaults): refused, so a truncated
+    answer can never commit a row. Any refusal is IN_DOUBT: the caller asks again."""
+    try:
+        resp = gateway_pb2.CommitStatusResponse.FromString(data)
+    except Exception as exc:
+        raise _garbled("commit_status", "CommitStatus", exc, tx_id=tx_id,
+                       error_class=ErrorClass.IN_DOUBT) from None
+    block = int(resp.block_number)
+    if not 1 <= block <= MAX_BLOCK_NUMBER:
+        raise FabricError(stage="commit_status", error_class=ErrorClass.IN_DOUBT,
+                          error_code="BAD_RESPONSE", tx_id=tx_id,
+                          message=f"the gateway's CommitStatus answer names block {block}")
     code = int(resp.result)
-    return CommitResult(
-        tx_id=tx_id, block_number=int(resp.block_number), code=code, code_name=code_name(code)
-    )
+    return CommitResult(tx_id=tx_id, block_number=block, code=code, code_name=code_name(code))
 
 
 def parse_deliver(data: bytes, channel: str) -> FilteredBlock | None:
-    """One DeliverFiltered message: a block, None for a kind not asked for, or the stream's end (raised)."""
-    resp = events_pb2.DeliverResponse.FromString(data)
+    """One DeliverFiltered message: a block, None for a kind not asked for, or the stream's end (raised).
+    An answer that does not parse ends the stream too (TRANSIENT: the watcher reconnects)."""
+    try:
+        resp = events_pb2.DeliverResponse.FromString(data)
+    except Exception as exc:
+        raise _garbled("deliver", f"block stream ({channel})", exc, tx_id=None,
+                       error_class=ErrorClass.TRANSIENT, code="DELIVER_BAD_RESPONSE") from None
     kind = resp.WhichOneof("Type")
     if kind == "filtered_block":
         fb = resp.filtered_block
+        number = int(fb.number)
+        if number > MAX_BLOCK_NUMBER:
+            raise FabricError(stage="deliver", error_class=ErrorClass.TRANSIENT,
+                              error_code="DELIVER_BAD_RESPONSE",
+                              message=f"block stream on {channel} sent block number {number}")
         return FilteredBlock(
-            number=int(fb.number),
+            number=number,
             transactions=tuple((t.txid, int(t.tx_validation_code)) for t in fb.filtered_transactions),
         )
     if kind == "status":
