@@ -40,7 +40,8 @@ def test_failing_commands_do_not_print_the_password(dsn: str, wallet: Path) -> N
     refused_by_config = not dsn.startswith("postgresql://") and "=" not in dsn
     commands = [["migrate"], ["status"], ["requeue", "--all-failed"], ["check"]]
     if refused_by_config:  # otherwise the service starts and retries: covered below
-        commands += [["supervise"], ["supervise", "--database-url", dsn], ["worker", "--identity", "org1-admin"]]
+        commands += [["supervise"], ["supervise", "--database-url", dsn],
+                     ["worker", "--identity", "org1-admin"]]
     for argv in commands:
         out = _run(argv, env)
         assert out.returncode != 0, (argv, out.stdout, out.stderr)
@@ -69,7 +70,7 @@ def test_a_service_that_cannot_reach_its_database_never_shows_the_password(
 
         def workers_reported() -> bool:
             assert svc.proc is not None and svc.proc.poll() is None, svc.tail()
-            code, body = svc.readyz()
+            code, _ = svc.readyz()
             return code == 503 and len([f for f in run_dir.glob("worker-*.json")]) >= 1 and "database" in (
                 svc.log_path.read_text(errors="replace").lower()
             )
