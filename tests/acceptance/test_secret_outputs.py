@@ -80,15 +80,21 @@ def test_a_service_that_cannot_reach_its_database_never_shows_the_password(
                 svc.http("/metrics")[1].decode(), svc.http("/readyz?json")[1].decode()]
         seen += [p.read_text(errors="replace") for p in run_dir.glob("*.json")]
         pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+        workers = 0
         for pid in pids:
             try:
                 ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
             if ppid == svc.proc.pid:  # type: ignore[union-attr]
+                workers += 1
                 seen.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+                core = [ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                        if ln.startswith("Max core file size")]
+                assert core and core[0].split()[4:6] == ["0", "0"], core  # no core dump of a key holder
                 if via_file and os.geteuid() == 0:  # a non-dumpable process's environ is root's to read
                     seen.append(Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace"))
+        assert workers >= 1
         assert svc.terminate(30) == 0
         seen.append(svc.log_path.read_text(errors="replace"))
         for text in seen:
