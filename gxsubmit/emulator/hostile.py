@@ -1,7 +1,7 @@
 """The hostile-peer mode of the emulator: answers that are garbled, truncated, oversized or contradictory.
 
-``Faults.hostile`` is the chance that one answer (an Endorse or CommitStatus reply, a block on a
-DeliverFiltered stream) is replaced by a hostile one. What the mode does, and the line it keeps:
+``Faults.hostile`` is the chance that one answer (an Endorse, Evaluate or CommitStatus reply, a block
+on a DeliverFiltered stream) is replaced by a hostile one. What the mode does, and the line it keeps:
 
 - Garbage instead of an answer; an answer cut short (down to zero bytes: which decodes as "VALID in
   block 0"); an answer padded to megabytes with an unknown field; a CommitStatus naming block 0 or
@@ -98,6 +98,14 @@ class HostilePeer:
         return bytes(
             gateway_pb2.CommitStatusResponse(result=honest.result, block_number=block).SerializeToString()
         )
+
+    def evaluate(self, honest: gateway_pb2.EvaluateResponse) -> bytes:
+        data = honest.SerializeToString()
+        kind = self.rng.choice(("garbage", "truncated", "oversized"))
+        self._count(f"evaluate_{kind}")
+        if kind == "garbage":
+            return self._garbage()
+        return self._truncated(data) if kind == "truncated" else self._padded(data)
 
     def endorse(self, honest: gateway_pb2.EndorseResponse) -> bytes:
         data = honest.SerializeToString()

@@ -519,7 +519,8 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     ) -> gateway_pb2.EvaluateResponse:
         try:
             await self._gate("Evaluate")
-            return self._evaluate(request)
+            resp = self._evaluate(request)
+            return self.hostile.evaluate(resp) if self.core.roll(self.core.faults.hostile) else resp
         except _Abort as err:
             await self._fail(context, err)
 

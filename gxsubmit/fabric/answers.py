@@ -26,6 +26,7 @@ __all__ = [
     "parse_commit_status",
     "parse_deliver",
     "parse_endorse",
+    "parse_evaluate",
 ]
 
 #: The highest block number believed (PostgreSQL's bigint holds it; a real chain never gets there).
@@ -80,6 +81,15 @@ def parse_endorse(data: bytes, p: Proposal) -> Prepared:
         return parse_prepared(resp.prepared_transaction, expected=p)
     except PreparedMismatch as exc:
         raise _unusable(p, str(exc)[:500], code="PREPARED_MISMATCH") from None
+
+
+def parse_evaluate(data: bytes, tx_id: str) -> bytes:
+    """The chaincode's result in an Evaluate answer (nothing was ordered: a bad answer is TRANSIENT)."""
+    try:
+        resp = gateway_pb2.EvaluateResponse.FromString(data)
+    except Exception as exc:
+        raise _garbled("evaluate", "Evaluate", exc, tx_id=tx_id, error_class=ErrorClass.TRANSIENT) from None
+    return bytes(resp.result.payload)
 
 
 def parse_commit_status(data: bytes, tx_id: str) -> CommitResult:

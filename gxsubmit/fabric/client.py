@@ -20,6 +20,7 @@ from gxsubmit.fabric.answers import (
     parse_commit_status,
     parse_deliver,
     parse_endorse,
+    parse_evaluate,
 )
 from gxsubmit.fabric.errors import ErrorClass, FabricError, from_rpc_error
 from gxsubmit.fabric.identity import SigningIdentity
@@ -136,6 +137,7 @@ class GatewayClient:
         # parse is then a mapped FabricError like any other, not an error inside grpcio.
         self._endorse = self._channel.unary_unary("/gateway.Gateway/Endorse", _registered_method=True)
         self._submit = self._channel.unary_unary("/gateway.Gateway/Submit", _registered_method=True)
+        self._evaluate = self._channel.unary_unary("/gateway.Gateway/Evaluate", _registered_method=True)
         self._commit_status = self._channel.unary_unary(
             "/gateway.Gateway/CommitStatus", _registered_method=True
         )
@@ -165,10 +167,11 @@ class GatewayClient:
     async def evaluate(self, p: Proposal) -> bytes:
         """Run the transaction on one peer without ordering it; returns the chaincode's result."""
         try:
-            resp = await self._stub.Evaluate(evaluate_request(p), timeout=self.deadlines.evaluate)
+            request = evaluate_request(p).SerializeToString()
+            data = await self._evaluate(request, timeout=self.deadlines.evaluate)
         except grpc.RpcError as err:
             raise from_rpc_error("evaluate", err, tx_id=p.tx_id) from None
-        return bytes(resp.result.payload)
+        return parse_evaluate(data, p.tx_id)
 
     async def transaction_known(self, identity: SigningIdentity, *, channel: str, tx_id: str) -> bool:
         """Whether the gateway peer's ledger holds ``tx_id`` (qscc GetTransactionByID, any validation

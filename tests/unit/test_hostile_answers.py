@@ -31,6 +31,7 @@ from gxsubmit.fabric.answers import (
     parse_commit_status,
     parse_deliver,
     parse_endorse,
+    parse_evaluate,
 )
 from gxsubmit.fabric.codes import DUPLICATE_TXID, MVCC_READ_CONFLICT, VALID, code_name
 from gxsubmit.fabric.commits import CommitWatcher
@@ -203,6 +204,19 @@ def test_endorse_mutated(proposal: Proposal, m: tuple[int, int, bytes]) -> None:
 
 def test_a_good_endorse_answer_is_ours(proposal: Proposal) -> None:
     assert parse_endorse(_good_endorse(proposal), proposal).tx_id == proposal.tx_id
+
+
+# --- Evaluate -------------------------------------------------------------------------------------
+
+@FUZZ
+@given(st.binary(max_size=512), mutations)
+def test_evaluate_random_and_mutated(data: bytes, m: tuple[int, int, bytes]) -> None:
+    honest = gateway_pb2.EvaluateResponse(result={"status": 200, "payload": b"true"}).SerializeToString()
+    for answer in (data, _mutate(honest, *m)):
+        try:
+            assert isinstance(parse_evaluate(answer, "tx-1"), bytes)
+        except FabricError as err:
+            assert err.stage == "evaluate" and err.tx_id == "tx-1"
 
 
 # --- error details (grpc-status-details-bin) ------------------------------------------------------
