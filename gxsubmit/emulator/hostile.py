@@ -58,6 +58,8 @@ def add_gateway_servicer(servicer: Any, server: grpc.aio.Server) -> None:
             servicer.ChaincodeEvents, g.SignedChaincodeEventsRequest.FromString, _bytes_or_message),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("gateway.Gateway", methods),))
+    if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63: no per-call method lookup
+        server.add_registered_method_handlers("gateway.Gateway", methods)
 
 
 class HostilePeer:
