@@ -56,6 +56,9 @@ def test_workers_against_a_hostile_peer(
 
     # No worker died or was restarted; the supervisor never saw a crash.
     assert not svc.messages("Worker died") and not svc.messages("Worker was killed"), svc.tail()
+    # Nothing unexpected either: retries and a lost commit stream are warnings, no error was logged.
+    errors = [d for d in svc.logs() if d.get("level") in ("error", "critical")]
+    assert not errors, errors[:5]
     status = svc.status()
     assert status, svc.tail()
     assert svc.terminate(60) == 0
