@@ -18,16 +18,21 @@ _URL_CREDENTIALS = re.compile(r"(://[^\s:/@]*:)[^\s@]*@")
 #: ``user:password@host`` without a scheme.
 _BARE_CREDENTIALS = re.compile(r"(^|[\s'\"=])([^\s:/@'\"]+:)(?!//)[^\s@]+@")
 #: libpq key=value ``password=...`` (quoted or not) and the URL query form ``?password=...&``.
-_KV_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&'\"]+)")
+_KV_PASSWORD = re.compile(r"(?i)(\b(?:pg)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&'\"]+)")
+
+#: A PEM private key (or the start of one, if the text was cut).
+_PEM_KEY = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|$)", re.S)
 
 _PR_SET_DUMPABLE = 4
 
 
 def redact(text: str) -> str:
-    """``text`` with every password-like part of a PostgreSQL connection string replaced by ``***``."""
-    if ":" not in text and "=" not in text:
+    """``text`` with every password-like part of a PostgreSQL connection string replaced by ``***`` and
+    any PEM private key removed."""
+    if ":" not in text and "=" not in text and "-----" not in text:
         return text
-    out = _URL_CREDENTIALS.sub(r"\1***@", text)
+    out = _PEM_KEY.sub(r"<\1private key removed>", text)
+    out = _URL_CREDENTIALS.sub(r"\1***@", out)
     out = _BARE_CREDENTIALS.sub(r"\1\2***@", out)
     return _KV_PASSWORD.sub(r"\1***", out)
 

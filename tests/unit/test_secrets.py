@@ -60,6 +60,9 @@ def test_config_repr_and_describe_hide_the_password(dsn: str) -> None:
         (f"password={PW} host=h", "password=*** host=h"),
         (f"PASSWORD = '{PW} with space' host=h", "host=h"),
         (f"postgres://h/db?sslmode=require&password={PW}", "sslmode=require"),
+        (f"PGPASSWORD={PW} psql", "psql"),
+        (f"key: -----BEGIN EC PRIVATE KEY-----\n{PW}\n-----END EC PRIVATE KEY-----\n tail", "tail"),
+        (f"cut: -----BEGIN PRIVATE KEY-----\n{PW}", "cut:"),
     ],
 )
 def test_redact(text: str, kept: str) -> None:
