@@ -181,6 +181,11 @@ SETTINGS: tuple[Setting, ...] = (
     _S("database_url_file", _opt_path, _const(None), "file holding the PostgreSQL URL (keeps the password "
        "off command lines and out of the environment; not together with the URL itself)"),
     _S("schema", _identifier, _const("public"), "schema holding outbox_commands"),
+    _S("listen_url", _database_url, _const(""), "PostgreSQL URL for LISTEN only, not through a transaction "
+       "pooler (default: the database URL; without one behind a pooler, workers poll every "
+       "pooled_poll_interval)"),
+    _S("database_ca", _opt_path, _const(None), "CA file for TLS to PostgreSQL (sslrootcert; sslmode "
+       "defaults to verify-full when given)"),
     _S("gateway", _host_port, _const("localhost:7051"), "Fabric Gateway peer HOST:PORT",
        (("FABRIC_PEER_ENDPOINT", _host_port),)),
     _S("wallet", _path, _const(Path("./fabric-wallet")), "wallet directory (ca-cert, <identity>-cert/-key, "
@@ -212,6 +217,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("poll_interval", _seconds(0.01, 3600), _const(30.0),
        "fallback poll when no NOTIFY arrives (rows a worker retries later wake it at their due time)",
        (("POLL_INTERVAL", _millis_as_seconds(_seconds(0.01, 3600))),)),
+    _S("pooled_poll_interval", _seconds(0.05, 60), _const(1.0),
+       "poll interval when a NOTIFY probe shows that notifications do not arrive (LISTEN through a "
+       "transaction pooler)"),
     _S("max_attempts", _int_range(1, 1000), _const(10), "attempts before a retryable failure is final",
        (("MAX_RETRIES", _int_range(1, 1000)),)),
     _S("lease_seconds", _seconds(1, 3600), _const(30.0), "claim lease, renewed while a command is worked on",
@@ -241,6 +249,8 @@ SETTINGS: tuple[Setting, ...] = (
        "$PROMETHEUS_MULTIPROC_DIR or <runtime_dir>/metrics)", (("PROMETHEUS_MULTIPROC_DIR", _opt_path),)),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: Settings holding a connection string (and so perhaps a password): never echoed, masked in reprs.
+_URL_SETTINGS = ("database_url", "listen_url")
 
 
 @dataclass(frozen=True)
@@ -250,6 +260,8 @@ class Config:
     database_url: str = ""
     database_url_file: Path | None = None
     schema: str = "public"
+    listen_url: str = ""
+    database_ca: Path | None = None
     gateway: str = "localhost:7051"
     wallet: Path = Path("./fabric-wallet")
     catalog: Path | None = None
@@ -269,6 +281,7 @@ class Config:
     batch_size: int = 256
     max_in_flight: int = 256
     poll_interval: float = 30.0
+    pooled_poll_interval: float = 1.0
     max_attempts: int = 10
     lease_seconds: float = 30.0
     backoff_base: float = 1.0
@@ -303,7 +316,8 @@ class Config:
     def __repr__(self) -> str:
         """The dataclass repr with the URL's password masked (a Config ends up in tracebacks)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values["database_url"] = redact(self.database_url)
+        for name in _URL_SETTINGS:
+            values[name] = redact(values[name])
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
 
     @property
@@ -323,6 +337,20 @@ class Config:
         if self.client_cert is not None and self.client_key is not None:
             return self.tls_ca_path, self.client_cert, self.client_key
         return self.tls_ca_path, self.wallet / "client-tls-cert", self.wallet / "client-tls-key"
+
+    @property
+    def database_conninfo(self) -> str:
+        """The database URL with the PostgreSQL CA file applied (what every connection uses)."""
+        from gxsubmit.dbroute import conninfo
+
+        return conninfo(self.database_url, self.database_ca)
+
+    @property
+    def listen_conninfo(self) -> str:
+        """The LISTEN connection's URL: the direct one if given, else the database URL."""
+        from gxsubmit.dbroute import conninfo
+
+        return conninfo(self.listen_url or self.database_url, self.database_ca)
 
     @property
     def metrics_dir(self) -> Path:
@@ -360,7 +388,8 @@ class Config:
         """Effective values for ``--print-config`` with credentials in the URL masked."""
         env = self.to_env()
         shown = {s.name: env[s.env] for s in SETTINGS}
-        shown["database_url"] = redact(self.database_url)
+        for name in _URL_SETTINGS:
+            shown[name] = redact(getattr(self, name))
         return shown
 
 
@@ -383,7 +412,7 @@ def _parse(s: Setting, raw: str, source: str, parse: Callable[[str], Any]) -> An
     try:
         return parse(raw)
     except ValueError as exc:
-        if s.name == "database_url":  # a malformed URL can hold a password anywhere: never echo it
+        if s.name in _URL_SETTINGS:  # a malformed URL can hold a password anywhere: never echo it
             raise ConfigError(
                 f"invalid setting {source} (value not shown, it may hold a password): expected {exc}"
             ) from None

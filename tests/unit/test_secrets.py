@@ -32,12 +32,13 @@ def _args(*argv: str) -> argparse.Namespace:
 )
 def test_a_malformed_database_url_is_not_echoed(dsn: str) -> None:
     for kwargs in ({"environ": {"GXSUBMIT_DATABASE_URL": dsn}}, {"environ": {"DATABASE_URL": dsn}},
-                   {"args": _args("--database-url", dsn), "environ": {}}):
+                   {"args": _args("--database-url", dsn), "environ": {}},
+                   {"environ": {"GXSUBMIT_LISTEN_URL": dsn}}):
         with pytest.raises(ConfigError) as exc:
             load_config(**kwargs)  # type: ignore[arg-type]
         text = str(exc.value)
         assert PW not in text, text
-        assert "DATABASE_URL" in text.upper().replace("-", "_") and "\n" not in text
+        assert "_URL" in text.upper().replace("-", "_") and "\n" not in text
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,7 @@ def test_a_malformed_database_url_is_not_echoed(dsn: str) -> None:
      f"host=db.example password='{PW}' dbname=gx", f"postgresql://db.example/gx?password={PW}&sslmode=require"],
 )
 def test_config_repr_and_describe_hide_the_password(dsn: str) -> None:
-    cfg = Config(database_url=dsn)
+    cfg = Config(database_url=dsn, listen_url=dsn)
     assert PW not in repr(cfg)
     assert PW not in str(cfg)
     assert PW not in str(cfg.describe())
