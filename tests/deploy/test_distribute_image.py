@@ -209,3 +209,35 @@ def test_remote_script_is_valid_sh_and_removes_every_attempt(tmp_path: Path) -> 
     proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 65 and "checksum mismatch" in proc.stderr
     assert not (tmp_path / "ctr.calls").exists() and not (tmp_path / "n3").exists()
+
+
+def test_nodes_come_from_kubectl_when_none_are_named(tmp_path: Path) -> None:
+    """`kubectl get nodes -o json -l SELECTOR` decides the nodes (here a stand-in kubectl that records its
+    arguments), with the address type asked for."""
+    kubectl = tmp_path / "kubectl"
+    nodes = {"items": [
+        {"metadata": {"name": f"srv{i}"}, "status": {"addresses": [
+            {"type": "InternalIP", "address": f"10.0.0.{i}"},
+            {"type": "ExternalIP", "address": f"203.0.113.{i}"}]}}
+        for i in (1, 2, 3)]}
+    kubectl.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\n"
+                       f"cat <<'EOF'\n{json.dumps(nodes)}\nEOF\n")
+    kubectl.chmod(0o755)
+    archive = tmp_path / "small.oci.tar"
+    _fake_oci_archive(archive, REF)
+    proc = _distribute("--archive", str(archive), "--out", str(tmp_path), "--dry-run",
+                       "--kubectl", str(kubectl), "-l", "node-role.kubernetes.io/control-plane=true",
+                       "--address-type", "ExternalIP")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "args").read_text().split() == [
+        "get", "nodes", "-o", "json", "-l", "node-role.kubernetes.io/control-plane=true"]
+    planned = [ln.split(":")[0] for ln in proc.stdout.splitlines()]
+    assert planned == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+    failing = tmp_path / "kubectl-down"
+    failing.write_text("#!/bin/sh\n"
+                       "echo 'The connection to the server localhost:8080 was refused' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    proc = _distribute("--archive", str(archive), "--out", str(tmp_path), "--dry-run",
+                       "--kubectl", str(failing))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "failed: The connection to the server localhost:8080 was refused" in proc.stderr
