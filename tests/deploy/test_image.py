@@ -22,6 +22,7 @@ from waiting import wait_for
 
 from gxsubmit import __version__
 from gxsubmit.emulator import Emulator
+from gxsubmit.metrics import exposed_metric_names
 from gxsubmit.pgembed import free_port
 
 pytestmark = pytest.mark.timeout(1500)  # the session's image build happens in the first test's setup
@@ -158,6 +159,9 @@ def test_migrate_check_and_supervise_in_the_container(
             metrics = r.read().decode()
         assert 'gxsubmit_commands_committed_total{command_type="CREATE_USER",identity="org1-partner-api"}' \
             in metrics, metrics[:2000]
+        # What the running image exports is what the alerts and the dashboard are checked against.
+        live = {ln.split("{")[0].split(" ")[0] for ln in metrics.splitlines() if ln.startswith("gxsubmit_")}
+        assert live and live <= exposed_metric_names(), live - exposed_metric_names()
         health = podman("healthcheck", "run", name, check=False, timeout=60)
         assert health.returncode == 0, health.stdout + health.stderr
         # Nothing written to the image's file system: only podman's own mount points differ (/etc for
