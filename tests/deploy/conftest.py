@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from imagetools import PODMAN, ROOT, TEST_TAG, BuiltImage, need_container_runtime
+from imagetools import PODMAN, ROOT, TEST_TAG, BuiltImage, need_container_runtime, podman
 from tooling import missing_tool
 
 
@@ -33,3 +33,4 @@ def built_image() -> Iterator[BuiltImage]:
     line = proc.stdout.strip().splitlines()[-1]
     print(f"\nbuilt in {seconds:.0f}s (machine shared with other test runs): {line}")
     yield BuiltImage(TEST_TAG, line, seconds)
+    podman("untag", TEST_TAG, TEST_TAG, check=False)  # this name only: other sessions may share the id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from tooling import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PODMAN = ["podman", "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--runtime", "runc"]
-TEST_TAG = "localhost/gxsubmit:pytest"
+#: Tags of this session only (another checkout may run these tests at the same time); the layers stay in
+#: podman's build cache, so the next session's build is quick anyway.
+SESSION = uuid.uuid4().hex[:8]
+TEST_TAG = f"localhost/gxsubmit:pytest-{SESSION}"
 
 
 def need_container_runtime() -> None:

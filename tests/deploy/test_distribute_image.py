@@ -18,14 +18,14 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from imagetools import PODMAN, ROOT, BuiltImage, need_container_runtime, podman
+from imagetools import PODMAN, ROOT, SESSION, BuiltImage, need_container_runtime, podman
 from sshnodes import cluster
 from tooling import missing_tool
 
 pytestmark = pytest.mark.timeout(1500)
 
 SCRIPT = ROOT / "deploy" / "distribute-image"
-REF = "registry.example.com/gx/gxsubmit:pytest"
+REF = f"registry.example.com/gx/gxsubmit:pytest-{SESSION}"
 
 
 def _module() -> ModuleType:
@@ -54,10 +54,12 @@ def _summary_line(stdout: str, node: str) -> str:
     return next(ln for ln in stdout.splitlines() if ln.startswith(node + " "))
 
 
-def test_distribute_to_nodes_with_a_cut_a_corrupted_and_a_dead_link(built_image: BuiltImage,
-                                                                       tmp_path: Path) -> None:
+def test_distribute_to_nodes_with_a_cut_a_corrupted_and_a_dead_link(
+    built_image: BuiltImage, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     _need_node_tools()
     podman("tag", built_image.tag, REF)
+    request.addfinalizer(lambda: podman("untag", built_image.tag, REF, check=False))
     out = tmp_path / "out"
     out.mkdir()
     faults: dict[str, str | None] = {"node-a": None, "node-b": "cut", "node-c": "corrupt"}
@@ -187,7 +189,7 @@ def test_remote_script_is_valid_sh_and_removes_every_attempt(tmp_path: Path) -> 
     ctr.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/ctr.calls"\n'
                    'case "$1 $2" in "images import") cat > /dev/null;; "images ls") '
                    'echo "REF TYPE DIGEST"; '
-                   'echo "registry.example.com/gx/gxsubmit:pytest x sha256:abc";; esac\n')
+                   f'echo "{REF} x sha256:abc";; esac\n')
     ctr.chmod(0o755)
     payload = gzip.compress(b"archive bytes")
     (tmp_path / "n1").write_bytes(b"partial")
