@@ -177,6 +177,11 @@ SETTINGS: tuple[Setting, ...] = (
     _S("database_url", _database_url, _const(""), "PostgreSQL URL (libpq; several hosts and "
        "target_session_attrs=read-write are fine)", (("DATABASE_URL", _database_url),)),
     _S("schema", _identifier, _const("public"), "schema holding outbox_commands"),
+    _S("listen_url", _database_url, _const(""), "PostgreSQL URL for LISTEN only, not through a transaction "
+       "pooler (default: the database URL; without one behind a pooler, workers poll every "
+       "pooled_poll_interval)"),
+    _S("database_ca", _opt_path, _const(None), "CA file for TLS to PostgreSQL (sslrootcert; sslmode "
+       "defaults to verify-full when given)"),
     _S("gateway", _host_port, _const("localhost:7051"), "Fabric Gateway peer HOST:PORT",
        (("FABRIC_PEER_ENDPOINT", _host_port),)),
     _S("wallet", _path, _const(Path("./fabric-wallet")), "wallet directory (ca-cert, <identity>-cert/-key, "
@@ -208,6 +213,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("poll_interval", _seconds(0.01, 3600), _const(30.0),
        "fallback poll when no NOTIFY arrives (rows a worker retries later wake it at their due time)",
        (("POLL_INTERVAL", _millis_as_seconds(_seconds(0.01, 3600))),)),
+    _S("pooled_poll_interval", _seconds(0.05, 60), _const(1.0),
+       "poll interval when a NOTIFY probe shows that notifications do not arrive (LISTEN through a "
+       "transaction pooler)"),
     _S("max_attempts", _int_range(1, 1000), _const(10), "attempts before a retryable failure is final",
        (("MAX_RETRIES", _int_range(1, 1000)),)),
     _S("lease_seconds", _seconds(1, 3600), _const(30.0), "claim lease, renewed while a command is worked on",
@@ -245,6 +253,8 @@ class Config:
 
     database_url: str = ""
     schema: str = "public"
+    listen_url: str = ""
+    database_ca: Path | None = None
     gateway: str = "localhost:7051"
     wallet: Path = Path("./fabric-wallet")
     catalog: Path | None = None
@@ -264,6 +274,7 @@ class Config:
     batch_size: int = 256
     max_in_flight: int = 256
     poll_interval: float = 30.0
+    pooled_poll_interval: float = 1.0
     max_attempts: int = 10
     lease_seconds: float = 30.0
     backoff_base: float = 1.0
@@ -314,6 +325,20 @@ class Config:
         return self.tls_ca_path, self.wallet / "client-tls-cert", self.wallet / "client-tls-key"
 
     @property
+    def database_conninfo(self) -> str:
+        """The database URL with the PostgreSQL CA file applied (what every connection uses)."""
+        from gxsubmit.dbroute import conninfo
+
+        return conninfo(self.database_url, self.database_ca)
+
+    @property
+    def listen_conninfo(self) -> str:
+        """The LISTEN connection's URL: the direct one if given, else the database URL."""
+        from gxsubmit.dbroute import conninfo
+
+        return conninfo(self.listen_url or self.database_url, self.database_ca)
+
+    @property
     def metrics_dir(self) -> Path:
         return self.multiproc_dir if self.multiproc_dir is not None else self.runtime_dir / "metrics"
 
@@ -346,8 +371,9 @@ class Config:
         """Effective values for ``--print-config`` with credentials in the URL masked."""
         env = self.to_env()
         shown = {s.name: env[s.env] for s in SETTINGS}
-        shown["database_url"] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", shown["database_url"])
-        shown["database_url"] = re.sub(r"(password=)\S+", r"\1***", shown["database_url"])
+        for name in ("database_url", "listen_url"):
+            shown[name] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", shown[name])
+            shown[name] = re.sub(r"(password=)\S+", r"\1***", shown[name])
         return shown
 
 

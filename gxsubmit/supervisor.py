@@ -227,7 +227,7 @@ class OutboxWatcher:
             from gxsubmit.outbox import OutboxStore
 
             self._store = await OutboxStore.connect(
-                self._cfg.database_url,
+                self._cfg.database_conninfo,
                 schema=self._cfg.schema,
                 worker_id=owner_id(self._cfg.worker_id, "supervisor", os.getpid()),
                 connect_timeout=self._cfg.connect_timeout,
@@ -876,6 +876,7 @@ class Supervisor:
                 "failed": st.get("failed"),
                 "last_error": st.get("last_error"),
                 "draining": st.get("draining"),
+                "wakeups": st.get("wakeups"),
                 "heartbeat_age_s": round(time.time() - slot.beat, 3) if slot.pid is not None else None,
             }
         stats = self.watcher.stats
@@ -906,6 +907,9 @@ class Supervisor:
             },
             "workers": workers,
             "queue": queue_doc,
+            # One line each, e.g. a LISTEN behind a transaction pooler (workers poll instead).
+            "warnings": sorted({str(s.status["wakeup_warning"]) for s in self.slots.values()
+                                if s.status and s.status.get("wakeup_warning")}),
         }
 
     def _render(self) -> tuple[bytes, str]:
@@ -987,5 +991,11 @@ def run(cfg: Config) -> int:
         identities = _select_identities(catalog, cfg)
     except Exception as exc:  # ConfigError, CatalogError: one line, no restart loop
         log.error("Configuration error, not starting", extra={"error": str(exc)})
+        return RET_CONFIG
+    from gxsubmit.dbroute import tls_preflight
+
+    problem = tls_preflight(cfg)  # a wrong CA or host name does not heal by retrying
+    if problem is not None:
+        log.error("Configuration error, not starting", extra={"error": problem})
         return RET_CONFIG
     return Supervisor(cfg, catalog, identities).run()
