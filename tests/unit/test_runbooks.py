@@ -124,3 +124,11 @@ def test_wallet_export_in_the_cutover_runs(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "wallet").iterdir()) == without_org2
     for f in (tmp_path / "wallet").iterdir():
         assert f.read_text() == f"-----BEGIN {f.name}-----\n" and (f.stat().st_mode & 0o077) == 0
+
+
+def test_every_link_inside_the_guide_leads_to_a_section() -> None:
+    """`](#anchor)` links of docs/operations.md (contents, runbooks, cutover) name headings that exist."""
+    text = OPERATIONS.read_text()
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    missing = links - set(sections(text))
+    assert links and not missing, f"links to missing sections: {sorted(missing)}"
