@@ -22,7 +22,9 @@ class Faults:
     ``submit_lost_ack``: the transaction IS ordered, but the client receives UNAVAILABLE (the
     exactly-once test case). ``submit_timeout``/``endorse_timeout``: the call hangs past the
     client's deadline (the transaction is not ordered). ``outage_until`` is a ``time.monotonic``
-    deadline during which every RPC answers UNAVAILABLE. ``endorse_mismatch_in_flight``: a re-endorsement
+    deadline during which every RPC answers UNAVAILABLE. ``orderer_max_bytes`` is the channel's
+    ``BatchSize.AbsoluteMaxBytes``: a larger envelope is refused at Submit (REQUEST_ENTITY_TOO_LARGE),
+    as a real orderer does; 0 = no limit. ``endorse_mismatch_in_flight``: a re-endorsement
     of a tx id the orderer holds but has not yet cut into a block answers "ProposalResponsePayloads do
     not match", as a gateway does whose peers are at different heights while the first copy is ordered.
     """
@@ -37,7 +39,11 @@ class Faults:
     mvcc: float = 0.0
     policy_failure: float = 0.0
     endorse_mismatch_in_flight: bool = False
+    #: chance that an answer (Endorse, CommitStatus, a block on DeliverFiltered) is a hostile one
+    #: (garbled, truncated, oversized or contradictory: see gxsubmit.emulator.hostile)
+    hostile: float = 0.0
     outage_until: float = 0.0
+    orderer_max_bytes: int = 0
 
     def outage(self, duration_s: float) -> None:
         """Start a gateway outage of ``duration_s`` seconds from now."""
