@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gxsubmit.secrets import redact
+
 __all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_config_arguments", "load_config"]
 
 
@@ -102,6 +104,26 @@ def _millis_as_seconds(inner: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+
+
+def _byte_size(lo: int, hi: int) -> Callable[[str], int]:
+    """A size in bytes: 1048576, 512KiB, 1MiB, 2MB."""
+    expected = f"a size in bytes from {lo} to {hi} (e.g. 524288, 512KiB, 1MiB)"
+
+    def parse(raw: str) -> int:
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", raw)
+        unit = m.group(2).lower() if m else ""
+        if not m or unit not in _BYTE_UNITS or len(m.group(1)) > 12:
+            raise ValueError(expected)
+        value = int(m.group(1)) * _BYTE_UNITS[unit]
+        if not lo <= value <= hi:
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
 def _host_port(raw: str) -> str:
     text = raw.strip()
     m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})", text)
@@ -176,6 +198,8 @@ _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     _S("database_url", _database_url, _const(""), "PostgreSQL URL (libpq; several hosts and "
        "target_session_attrs=read-write are fine)", (("DATABASE_URL", _database_url),)),
+    _S("database_url_file", _opt_path, _const(None), "file holding the PostgreSQL URL (keeps the password "
+       "off command lines and out of the environment; not together with the URL itself)"),
     _S("schema", _identifier, _const("public"), "schema holding outbox_commands"),
     _S("listen_url", _database_url, _const(""), "PostgreSQL URL for LISTEN only, not through a transaction "
        "pooler (default: the database URL; without one behind a pooler, workers poll every "
@@ -218,6 +242,20 @@ SETTINGS: tuple[Setting, ...] = (
        "transaction pooler)"),
     _S("max_attempts", _int_range(1, 1000), _const(10), "attempts before a retryable failure is final",
        (("MAX_RETRIES", _int_range(1, 1000)),)),
+    # Limits before the wire (issue 16; docs/operations.md "Limits"): far under an orderer's
+    # BatchSize.AbsoluteMaxBytes (99 MB in Fabric's sample channel, often 10 MB or less) and under
+    # grpcio's 4 MiB default message cap, which any hop may still use; a GX command is a few hundred bytes.
+    # An envelope carries its arguments several times (input, state writes, the chaincode's answer):
+    # 100 KB of arguments made a 604 KB envelope at the emulator, so 256 KiB stays near 1.5 MB.
+    _S("max_payload_bytes", _byte_size(1024, 64 * 1024**2), _const(512 * 1024),
+       "largest payload (its JSON text) a worker decodes; larger rows fail PAYLOAD_TOO_LARGE"),
+    _S("max_argument_bytes", _byte_size(1024, 64 * 1024**2), _const(256 * 1024),
+       "largest total of one command's chaincode arguments; more fails PAYLOAD_TOO_LARGE"),
+    _S("max_proposal_bytes", _byte_size(4096, 64 * 1024**2), _const(320 * 1024),
+       "largest signed proposal sent for endorsement; larger fails PAYLOAD_TOO_LARGE"),
+    _S("max_worker_crashes", _int_range(2, 1000), _const(3),
+       "claims of one row that may end in its worker crashing or being killed as hung before the row "
+       "is FAILED (WORKER_CRASH)"),
     _S("lease_seconds", _seconds(1, 3600), _const(30.0), "claim lease, renewed while a command is worked on",
        (("LOCK_TIMEOUT", _millis_as_seconds(_seconds(1, 3600))),)),
     _S("backoff_base", _seconds(0.01, 3600), _const(1.0), "first retry delay"),
@@ -245,6 +283,8 @@ SETTINGS: tuple[Setting, ...] = (
        "$PROMETHEUS_MULTIPROC_DIR or <runtime_dir>/metrics)", (("PROMETHEUS_MULTIPROC_DIR", _opt_path),)),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: Settings holding a connection string (and so perhaps a password): never echoed, masked in reprs.
+_URL_SETTINGS = ("database_url", "listen_url")
 
 
 @dataclass(frozen=True)
@@ -252,6 +292,7 @@ class Config:
     """Effective settings of one process (see ``SETTINGS`` for meaning and defaults)."""
 
     database_url: str = ""
+    database_url_file: Path | None = None
     schema: str = "public"
     listen_url: str = ""
     database_ca: Path | None = None
@@ -276,6 +317,10 @@ class Config:
     poll_interval: float = 30.0
     pooled_poll_interval: float = 1.0
     max_attempts: int = 10
+    max_payload_bytes: int = 512 * 1024
+    max_argument_bytes: int = 256 * 1024
+    max_proposal_bytes: int = 320 * 1024
+    max_worker_crashes: int = 3
     lease_seconds: float = 30.0
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
@@ -305,6 +350,13 @@ class Config:
             raise ConfigError(
                 "GXSUBMIT_CLIENT_CERT and GXSUBMIT_CLIENT_KEY must be given together (mutual TLS)"
             )
+
+    def __repr__(self) -> str:
+        """The dataclass repr with the URL's password masked (a Config ends up in tracebacks)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in _URL_SETTINGS:
+            values[name] = redact(values[name])
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
 
     @property
     def tls_ca_path(self) -> Path:
@@ -351,10 +403,13 @@ class Config:
                 raise ConfigError(f"missing setting {s.env}{legacy} ({s.flag}): {s.help}")
 
     def to_env(self) -> dict[str, str]:
-        """Every setting as ``GXSUBMIT_*`` variables, for child processes."""
+        """Every setting as ``GXSUBMIT_*`` variables, for child processes (a URL read from
+        ``database_url_file`` travels as the file's name: children read it themselves)."""
         out: dict[str, str] = {}
         for s in SETTINGS:
             value = getattr(self, s.name)
+            if s.name == "database_url" and self.database_url_file is not None:
+                value = ""
             if value is None:
                 out[s.env] = ""
             elif isinstance(value, bool):
@@ -371,9 +426,8 @@ class Config:
         """Effective values for ``--print-config`` with credentials in the URL masked."""
         env = self.to_env()
         shown = {s.name: env[s.env] for s in SETTINGS}
-        for name in ("database_url", "listen_url"):
-            shown[name] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", shown[name])
-            shown[name] = re.sub(r"(password=)\S+", r"\1***", shown[name])
+        for name in _URL_SETTINGS:
+            shown[name] = redact(getattr(self, name))
         return shown
 
 
@@ -396,8 +450,26 @@ def _parse(s: Setting, raw: str, source: str, parse: Callable[[str], Any]) -> An
     try:
         return parse(raw)
     except ValueError as exc:
+        if s.name in _URL_SETTINGS:  # a malformed URL can hold a password anywhere: never echo it
+            raise ConfigError(
+                f"invalid setting {source} (value not shown, it may hold a password): expected {exc}"
+            ) from None
         shown = raw if len(raw) <= 60 else raw[:57] + "..."
-        raise ConfigError(f"invalid setting {source}={shown!r}: expected {exc}") from None
+        raise ConfigError(f"invalid setting {source}={redact(shown)!r}: expected {exc}") from None
+
+
+def _read_database_url(path: Path) -> str:
+    """The URL in ``path`` (surrounding whitespace and a trailing newline dropped)."""
+    source = f"GXSUBMIT_DATABASE_URL_FILE={str(path)!r}"
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"invalid setting {source}: cannot read it ({why})") from None
+    url = _parse(_BY_NAME["database_url"], raw, source, _database_url)
+    if not url:
+        raise ConfigError(f"invalid setting {source}: the file is empty")
+    return str(url)
 
 
 def load_config(
@@ -424,4 +496,11 @@ def load_config(
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    if values.get("database_url_file") is not None and "database_url" not in overrides:
+        if values["database_url"]:
+            raise ConfigError(
+                "GXSUBMIT_DATABASE_URL_FILE and GXSUBMIT_DATABASE_URL (or DATABASE_URL, --database-url): "
+                "give one, not both"
+            )
+        values["database_url"] = _read_database_url(values["database_url_file"])
     return Config(**values)

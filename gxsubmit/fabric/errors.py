@@ -141,6 +141,11 @@ _NOT_FOUND = re.compile(
 
 _TRANSPORT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"}
 
+#: grpcio's words for a message over its cap ("Sent/Received message larger than max (N vs. M)"): the
+#: message was not delivered, and the same message never will be. Not an outage: RESOURCE_EXHAUSTED
+#: otherwise feeds the breaker and is retried without counting.
+_TOO_LARGE = re.compile(r"message larger than max|REQUEST_ENTITY_TOO_LARGE", re.I)
+
 
 def _transport_code(code: str) -> str:
     return {
@@ -189,6 +194,13 @@ def _endorser_text(text: str) -> tuple[ErrorClass, str] | None:
 
 def classify(stage: str, code: str, text: str) -> tuple[ErrorClass, str]:
     """(class, error_code) for a gRPC status ``code`` name at ``stage`` with message+details ``text``."""
+    if stage in ("endorse", "evaluate", "submit") and (
+            (code == "RESOURCE_EXHAUSTED" and _TOO_LARGE.search(text))
+            or (stage == "submit" and code == "ABORTED" and _TOO_LARGE.search(text))):
+        # Our message was too large for a gRPC hop or the orderer (its BatchSize.AbsoluteMaxBytes).
+        return ErrorClass.PERMANENT, "PAYLOAD_TOO_LARGE"
+    if code == "RESOURCE_EXHAUSTED" and _TOO_LARGE.search(text):
+        return ErrorClass.IN_DOUBT if stage == "commit_status" else ErrorClass.TRANSIENT, "MESSAGE_TOO_LARGE"
     if stage in ("submit", "commit_status"):
         # After the envelope may have left, a transport failure cannot tell us whether it was ordered.
         if code in _TRANSPORT or code in ("UNKNOWN", "INTERNAL", "DATA_LOSS"):
@@ -221,12 +233,31 @@ def classify(stage: str, code: str, text: str) -> tuple[ErrorClass, str]:
     return _permanent_code(code) or (ErrorClass.PERMANENT, f"{stage.upper()}_{code}")
 
 
+#: Bounds on what a peer's error text may cost us: it goes into log lines, the row's error column and
+#: /readyz. A real gateway's message is a line; its details are one per endorsing peer.
+MAX_MESSAGE_CHARS = 2000
+MAX_DETAILS = 10
+MAX_DETAIL_CHARS = 400
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 30] + f"...[{len(text) - limit + 30} more chars]"
+
+
 def from_rpc_error(stage: str, err: grpc.RpcError, *, tx_id: str | None = None) -> FabricError:
-    """Map a grpc (sync or aio) error at ``stage`` into a FabricError, decoding all ErrorDetails."""
+    """Map a grpc (sync or aio) error at ``stage`` into a FabricError, decoding the ErrorDetails (the
+    first ``MAX_DETAILS``; texts clipped: a peer's error can be megabytes)."""
     code_obj = err.code() if hasattr(err, "code") else None
     code = code_obj.name if isinstance(code_obj, grpc.StatusCode) else "UNKNOWN"
-    message = (err.details() if hasattr(err, "details") else None) or ""
-    details = decode_details(rich_status(err))
+    message = _clip((err.details() if hasattr(err, "details") else None) or "", MAX_MESSAGE_CHARS)
+    all_details = decode_details(rich_status(err))
+    details = tuple(
+        ErrorDetail(address=_clip(d.address, 200), msp_id=_clip(d.msp_id, 100),
+                    message=_clip(d.message, MAX_DETAIL_CHARS))
+        for d in all_details[:MAX_DETAILS]
+    )
+    if len(all_details) > MAX_DETAILS:
+        details += (ErrorDetail(address="", msp_id="", message=f"... {len(all_details) - MAX_DETAILS} more"),)
     text = " | ".join([message, *(d.message for d in details)])
     error_class, error_code = classify(stage, code, text)
     return FabricError(
