@@ -83,6 +83,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"faultproxy-{name}", daemon=True)
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._flowing: asyncio.Event | None = None
         self.port = 0
 
@@ -181,8 +182,11 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
         self._reset_all()
-        for task in [t for c in list(self._conns) for t in c.tasks]:
+        tasks = [*self._handlers, *(t for c in list(self._conns) for t in c.tasks)]
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
 
     def _set_flowing(self, on: bool) -> None:
         assert self._flowing is not None
@@ -202,6 +206,10 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.accepted += 1
+        me = asyncio.current_task()
+        if me is not None:
+            self._handlers.add(me)
+            me.add_done_callback(self._handlers.discard)
         if self._refuse:
             self.stats.refused += 1
             _abort(writer)

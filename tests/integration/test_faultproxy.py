@@ -16,8 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.faultproxy import FaultProxy  # noqa: E402
-from tests.waiting import wait_for  # noqa: E402
+from bench.faultproxy import FaultProxy
+from tests.waiting import wait_for
 
 
 class _Echo(socketserver.BaseRequestHandler):
