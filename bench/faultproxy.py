@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["FaultProxy", "ProxyStats"]
+__all__ = ["FaultProxy", "ProxyStats", "upstream_of", "via"]
 
 T = TypeVar("T")
 _CHUNK = 65536
@@ -291,3 +291,22 @@ class FaultProxy:
                 await dst.drain()
             except (ConnectionError, OSError):
                 return
+
+
+def upstream_of(database_url: str) -> str:
+    """``host:port`` of a libpq URL's (first) server, as the proxy's upstream."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(database_url)
+    host = str(info.get("host") or "127.0.0.1").split(",")[0]
+    port = str(info.get("port") or "5432").split(",")[0]
+    return f"{host}:{port}"
+
+
+def via(database_url: str, proxy: FaultProxy) -> str:
+    """The same libpq URL with its server replaced by the proxy's address."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    info = conninfo_to_dict(database_url)
+    info.update(host="127.0.0.1", port=str(proxy.port))
+    return make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})

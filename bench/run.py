@@ -43,7 +43,11 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "queue": ("bench.scenarios.queue", "outbox claim+complete vs procrastinate, pgqueuer, graphile-worker"),
     "idle": ("bench.scenarios.idle", "idle queries/s per replica and INSERT->claim pickup delay"),
     "startup": ("bench.scenarios.startup", "start to /readyz 200, peak RSS at full in-flight"),
+    "wan": ("bench.scenarios.wan", "links to the database and gateway 0-250 ms away; near + far replicas"),
+    "soak": ("bench.scenarios.soak", "mixed load through 2 supervisors under a seeded schedule of faults"),
 }
+#: Run only when named: not part of `all` (the soak takes minutes by design, wan is its own study).
+NOT_IN_ALL = frozenset({"wan", "soak"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: GXSUBMIT_BENCH_DATABASE_URL, else 127.0.0.1:5432/test if it answers, else embedded",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers) afterwards")
+    p.add_argument("--minutes", type=float, default=None, metavar="N",
+                   help="soak: length of the fault phase (default 30; --quick 3)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="soak: fault schedule seed (default: random, printed)")
     return p.parse_args(argv)
 
 
@@ -285,7 +293,8 @@ def _stop_on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    names = list(SCENARIOS) if "all" in args.scenario else list(dict.fromkeys(args.scenario))
+    names = ([n for n in SCENARIOS if n not in NOT_IN_ALL] if "all" in args.scenario
+             else list(dict.fromkeys(args.scenario)))
     t_start = time.monotonic()
     workdir = make_workdir(args.keep)
     say(f"bench: work directory {workdir}")
@@ -304,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         wallet = workdir / "wallet"
         make_dev_wallet(wallet)
         ctx = Context(workdir=workdir, quick=args.quick, db=db, wallet=wallet)
+        ctx.shared["args"] = {"minutes": args.minutes, "seed": args.seed}
         meta.update(
             {
                 "database": db.server,
