@@ -235,6 +235,25 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{fmt_num(rss)} MB",
             "<= 300 MB",
         )
+    wan = results.get("wan")
+    if wan and not wan.get("skipped"):
+        rows = {c.get("rtt_ms"): c for c in wan.get("configs", []) if c.get("rtt_ms") is not None}
+        far, base = rows.get(150, {}), rows.get(0, {})
+        ratio = far.get("ratio_to_0ms")
+        add("wan: throughput at 150 ms round trip vs 0 ms (same settings)",
+            None if ratio is None else ratio >= 0.8,
+            f"{fmt_num(ratio)} ({fmt_num(far.get('commands_per_s'))} vs "
+            f"{fmt_num(base.get('commands_per_s'))} cmd/s)", ">= 0.8")
+        p50, bound = far.get("p50_ms"), far.get("p50_bound_ms")
+        add("wan: p50 at 150 ms round trip", None if p50 is None or bound is None else p50 <= bound,
+            f"{fmt_num(p50)} ms", f"<= block time + 4 round trips ({fmt_num(bound)} ms)")
+    soak = _get(results, "soak")
+    if soak:
+        ok = (soak.get("lost") == 0 and soak.get("duplicated") == 0 and soak.get("stuck") == 0
+              and bool(soak.get("every_kind_present")))
+        add("soak: lost, duplicated, stuck (every fault kind present)", ok,
+            f"{soak.get('lost')} / {soak.get('duplicated')} / {soak.get('stuck')}, "
+            f"{len(soak.get('faults', {}))} kinds", "0 / 0 / 0 over 30 min with every kind")
     return out
 
 
