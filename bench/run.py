@@ -237,8 +237,17 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     wan = results.get("wan")
     if wan and not wan.get("skipped"):
-        rows = {c.get("rtt_ms"): c for c in wan.get("configs", []) if c.get("rtt_ms") is not None}
+        rows = {c.get("rtt_ms"): c for c in wan.get("configs", [])
+                if c.get("rtt_ms") is not None and not c.get("sized")}
         far, base = rows.get(150, {}), rows.get(0, {})
+        sized = next((c for c in wan.get("configs", []) if c.get("sized") and c.get("rtt_ms") == 150), None)
+        if sized is not None:
+            r = sized.get("ratio_to_0ms")
+            add(f"wan: 150 ms at the recommended in-flight {sized.get('max_in_flight')} vs 0 ms at "
+                f"{base.get('max_in_flight')}", None if r is None else r >= 0.8,
+                f"{fmt_num(r)} ({fmt_num(sized.get('commands_per_s'))} cmd/s, "
+                f"p50 {fmt_num(sized.get('p50_ms'))} ms)",
+                ">= 0.8")
         ratio = far.get("ratio_to_0ms")
         add("wan: throughput at 150 ms round trip vs 0 ms (same settings)",
             None if ratio is None else ratio >= 0.8,
