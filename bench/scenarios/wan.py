@@ -167,7 +167,7 @@ def run(ctx: Context) -> dict[str, Any]:
             schema = ctx.db.new_schema()
             sup = SupervisorProc(ctx.workdir, f"wan-{rtt}-{lim}", database_url=via(ctx.db.url, dbp),
                                  schema=schema, gateway=gwp.address, wallet=ctx.wallet, insecure=True,
-                                 max_in_flight=lim)
+                                 max_in_flight=lim, log_level="info")
             stats = run_load(ctx, label=f"wan rtt {rtt} ms in-flight {lim}", sups=[sup], emu=emu,
                              schema=schema,
                              types=workload_for(identities), target=len(identities) * lim, warmup=warmup,
