@@ -160,6 +160,20 @@ class FaultProxy:
     def open_connections(self) -> int:
         return self.stats.open
 
+    def upstream_ports(self) -> set[int]:
+        """Local ports of the open upstream connections: the server's view of this proxy's clients
+        (``pg_stat_activity.client_port``), so a test can tell its own backends from others'."""
+
+        def ports() -> set[int]:
+            out = set()
+            for conn in self._conns:
+                name = conn.upstream.get_extra_info("sockname") if conn.upstream is not None else None
+                if name:
+                    out.add(int(name[1]))
+            return out
+
+        return set(self._call(ports))
+
     # -- loop side
 
     def _call(self, fn: Callable[[], Any] | Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:

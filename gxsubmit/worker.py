@@ -439,6 +439,10 @@ class Worker:
                         self._db_url, connect_timeout=self.cfg.connect_timeout,
                         schema=self.cfg.schema, types=self.b.types)
                     pacer.reset()
+                    # Rows inserted before this LISTEN took effect (the start's first claim ran in
+                    # parallel; an outage dropped the old one) sent no NOTIFY we saw: claim once now
+                    # rather than at the fallback poll.
+                    self._wake.set()
                 except Exception:
                     await pacer.sleep(self.stop)
                     continue

@@ -127,3 +127,39 @@ def test_blackholed_gateway_link_turns_the_replica_unready_and_its_rows_pass_on(
             import json
             print(json.dumps(far.status(), indent=1)[:3000])
             raise
+
+
+def test_rows_inserted_while_the_listen_connection_opens_are_claimed_without_the_fallback_poll(
+    pg_url: str, schema: str, wallet: Path, tmp_path: Path, procs: list[Any]
+) -> None:
+    """The worker claims once at start, then sleeps until a NOTIFY or the fallback poll. Its LISTEN
+    connection opens in parallel; a row inserted between the two (a far database makes the gap seconds
+    long; a reconnect after an outage opens it again) waited for the poll (30 s by default), which the
+    wan scenario showed as a replica idle for a whole window."""
+    emu = EmulatorProc(wallet=wallet, workdir=tmp_path, extra=("--block-time", "0.3"))
+    procs.append(emu)
+    emu.start()
+    with FaultProxy(_upstream(pg_url), name="db") as proxy:
+        proxy.delay(2000.0)  # one round trip = 2 s: the LISTEN is up about 2 s after the first claim
+        settings = service_settings(
+            pg_url, schema, wallet, emu, GXSUBMIT_IDENTITIES="org1-partner-api",
+            GXSUBMIT_DATABASE_URL=_via(pg_url, proxy), GXSUBMIT_POLL_INTERVAL="300",
+            GXSUBMIT_CONNECT_TIMEOUT="20", GXSUBMIT_DB_DEADLINE="30")
+        _start(procs, tmp_path, "far", settings)
+
+        def first_claim_done_listen_not_yet() -> bool:
+            mine = list(proxy.upstream_ports())  # this replica's backends only (the server is shared)
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT application_name, state, query FROM pg_stat_activity WHERE client_port = ANY(%s)",
+                    (mine,)).fetchall()
+            listening = any(q.startswith("LISTEN") for app, _, q in rows if app == "gxsubmit:listen")
+            claimed = any("first_due" in q and state == "idle" for app, state, q in rows
+                          if app.startswith("gxsubmit:far:org1-partner-api"))
+            assert not listening, f"the LISTEN was up before the first claim: no gap to test: {rows}"
+            return claimed
+
+        wait_for(first_claim_done_listen_not_yet, 60, interval=0.05, what="first claim done, LISTEN not yet")
+        enqueue_many(pg_url, schema, users(5, "gap"), "gap")
+        wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == 5, 60, interval=0.5,
+                 what=f"rows committed long before the 300 s poll: {counts(pg_url, schema)}")
