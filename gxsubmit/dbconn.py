@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from gxsubmit.config import Config
 
-__all__ = ["link_conninfo", "tcp_params"]
+__all__ = ["link_conninfo", "tcp_params", "with_tcp"]
 
 
 def tcp_params(cfg: Config) -> dict[str, str]:
@@ -30,9 +30,16 @@ def tcp_params(cfg: Config) -> dict[str, str]:
     return out
 
 
-def link_conninfo(cfg: Config) -> str:
-    """``cfg.database_url`` with :func:`tcp_params` added where the URL does not set them."""
-    url = cfg.database_url
+def with_tcp(url: str, cfg: Config) -> str:
+    """``url`` with :func:`tcp_params` added where the URL does not set them."""
+    if not url:
+        return url
     given = conninfo_to_dict(url)
     extra = {k: v for k, v in tcp_params(cfg).items() if k not in given}
     return make_conninfo(url, **extra) if extra else url
+
+
+def link_conninfo(cfg: Config) -> str:
+    """The connection string of the store connections: ``cfg.database_conninfo`` (URL, CA file) with
+    the TCP settings."""
+    return with_tcp(cfg.database_conninfo, cfg)
