@@ -510,7 +510,10 @@ def figures(soak: Soak, times: dict[str, float]) -> dict[str, Any]:
         if route is None:
             continue
         try:
-            keys[cid] = audit.args_key(route.function, route.build_args(row["payload"]))
+            payload = row["payload"]  # text since the audit keeps the stored bytes (not every row is JSON)
+            if isinstance(payload, str):
+                payload = json.loads(payload)
+            keys[cid] = audit.args_key(route.function, route.build_args(payload))
         except ValueError:
             continue  # poison: its payload does not build; it must end FAILED (checked below)
     counts = Counter(keys.values())

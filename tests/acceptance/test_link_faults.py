@@ -8,6 +8,7 @@ the case TCP keepalive cannot catch.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import uuid
@@ -36,7 +37,8 @@ def _expected(rows: dict[uuid.UUID, dict[str, Any]]) -> dict[uuid.UUID, ArgsKey]
     for cid, row in rows.items():
         route = cat.route(row["command_type"])
         assert route is not None
-        out[cid] = args_key(route.function, route.build_args(row["payload"]))
+        payload = json.loads(row["payload"]) if isinstance(row["payload"], str) else row["payload"]
+        out[cid] = args_key(route.function, route.build_args(payload))
     return out
 
 

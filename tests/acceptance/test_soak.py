@@ -26,3 +26,4 @@ def test_short_soak_loses_duplicates_and_strands_nothing(tmp_path: Path) -> None
     assert result["duplicated"] == 0
     assert result["stuck"] == 0, result["stuck_by_code"]
     assert result["commands"] > 100
+    assert result["audited_commands"] > result["commands"] - 50  # all but the poison and once-only rows
