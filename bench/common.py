@@ -363,6 +363,7 @@ class EmulatorSpec:
     block_time: float = 0.1
     block_size: int = 500
     latency: dict[str, tuple[float, float]] = field(default_factory=dict)
+    extra: tuple[str, ...] = ()  # more emulator arguments (e.g. --control FILE)
 
     def describe(self) -> str:
         lat = ",".join(f"{k}={a * 1000:g}-{b * 1000:g}ms" for k, (a, b) in self.latency.items()) or "none"
@@ -405,6 +406,7 @@ class EmulatorProc:
         ]
         for rpc, (lo, hi) in self.spec.latency.items():
             cmd += ["--latency", f"{rpc}={lo:g}:{hi:g}"]
+        cmd += list(self.spec.extra)
         log = open(self.workdir / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=child_env()
@@ -478,6 +480,8 @@ class SupervisorProc:
         self.cfg = Config(**settings)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        #: own session / process group, so the soak can SIGKILL the supervisor with its workers
+        self.new_session = False
 
     @property
     def base(self) -> str:
@@ -492,6 +496,7 @@ class SupervisorProc:
             stderr=subprocess.STDOUT,
             cwd=self.dir,
             env=child_env(self.cfg.to_env()),
+            start_new_session=self.new_session,
         )
         log.close()
 

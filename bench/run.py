@@ -43,7 +43,11 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "queue": ("bench.scenarios.queue", "outbox claim+complete vs procrastinate, pgqueuer, graphile-worker"),
     "idle": ("bench.scenarios.idle", "idle queries/s per replica and INSERT->claim pickup delay"),
     "startup": ("bench.scenarios.startup", "start to /readyz 200, peak RSS at full in-flight"),
+    "wan": ("bench.scenarios.wan", "links to the database and gateway 0-250 ms away; near + far replicas"),
+    "soak": ("bench.scenarios.soak", "mixed load through 2 supervisors under a seeded schedule of faults"),
 }
+#: Run only when named: not part of `all` (the soak takes minutes by design, wan is its own study).
+NOT_IN_ALL = frozenset({"wan", "soak"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: GXSUBMIT_BENCH_DATABASE_URL, else 127.0.0.1:5432/test if it answers, else embedded",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers) afterwards")
+    p.add_argument("--minutes", type=float, default=None, metavar="N",
+                   help="soak: length of the fault phase (default 30; --quick 3)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="soak: fault schedule seed (default: random, printed)")
     return p.parse_args(argv)
 
 
@@ -227,6 +235,34 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{fmt_num(rss)} MB",
             "<= 300 MB",
         )
+    wan = results.get("wan")
+    if wan and not wan.get("skipped"):
+        rows = {c.get("rtt_ms"): c for c in wan.get("configs", [])
+                if c.get("rtt_ms") is not None and not c.get("sized")}
+        far, base = rows.get(150, {}), rows.get(0, {})
+        sized = next((c for c in wan.get("configs", []) if c.get("sized") and c.get("rtt_ms") == 150), None)
+        if sized is not None:
+            r = sized.get("ratio_to_0ms")
+            add(f"wan: 150 ms at the recommended in-flight {sized.get('max_in_flight')} vs 0 ms at "
+                f"{base.get('max_in_flight')}", None if r is None else r >= 0.8,
+                f"{fmt_num(r)} ({fmt_num(sized.get('commands_per_s'))} cmd/s, "
+                f"p50 {fmt_num(sized.get('p50_ms'))} ms)",
+                ">= 0.8")
+        ratio = far.get("ratio_to_0ms")
+        add("wan: throughput at 150 ms round trip vs 0 ms (same settings)",
+            None if ratio is None else ratio >= 0.8,
+            f"{fmt_num(ratio)} ({fmt_num(far.get('commands_per_s'))} vs "
+            f"{fmt_num(base.get('commands_per_s'))} cmd/s)", ">= 0.8")
+        p50, bound = far.get("p50_ms"), far.get("p50_bound_ms")
+        add("wan: p50 at 150 ms round trip", None if p50 is None or bound is None else p50 <= bound,
+            f"{fmt_num(p50)} ms", f"<= block time + 4 round trips ({fmt_num(bound)} ms)")
+    soak = _get(results, "soak")
+    if soak:
+        ok = (soak.get("lost") == 0 and soak.get("duplicated") == 0 and soak.get("stuck") == 0
+              and bool(soak.get("every_kind_present")))
+        add("soak: lost, duplicated, stuck (every fault kind present)", ok,
+            f"{soak.get('lost')} / {soak.get('duplicated')} / {soak.get('stuck')}, "
+            f"{len(soak.get('faults', {}))} kinds", "0 / 0 / 0 over 30 min with every kind")
     return out
 
 
@@ -285,7 +321,8 @@ def _stop_on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    names = list(SCENARIOS) if "all" in args.scenario else list(dict.fromkeys(args.scenario))
+    names = ([n for n in SCENARIOS if n not in NOT_IN_ALL] if "all" in args.scenario
+             else list(dict.fromkeys(args.scenario)))
     t_start = time.monotonic()
     workdir = make_workdir(args.keep)
     say(f"bench: work directory {workdir}")
@@ -304,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         wallet = workdir / "wallet"
         make_dev_wallet(wallet)
         ctx = Context(workdir=workdir, quick=args.quick, db=db, wallet=wallet)
+        ctx.shared["args"] = {"minutes": args.minutes, "seed": args.seed}
         meta.update(
             {
                 "database": db.server,

@@ -268,6 +268,13 @@ SETTINGS: tuple[Setting, ...] = (
     _S("commit_events", _bool, _const(True), "learn commits from one filtered-block stream per worker "
        "(the peer's Deliver service); false = one CommitStatus call per transaction"),
     _S("connect_timeout", _seconds(0.1, 600), _const(5.0), "database and gateway connect deadline"),
+    _S("db_deadline", _seconds(0.5, 600), _const(8.0), "client-side deadline of one database round trip "
+       "(a statement, or the idle probe): past it the connection is dropped, the worker reports the "
+       "database unavailable and reconnects"),
+    _S("db_keepalive", _seconds(1, 3600), _const(5.0), "TCP keepalive on database connections: first probe "
+       "after this idle time, then every third of it; 3 unanswered probes close the link"),
+    _S("db_tcp_user_timeout", _seconds(0, 3600, positive=False), _const(10.0), "TCP user timeout on "
+       "database connections: data unacknowledged this long closes the link (0 = the kernel's default)"),
     _S("drain_timeout", _seconds(0, 3600, positive=False), _const(25.0),
        "graceful shutdown: time to finish or hand back in-flight work"),
     _S("heartbeat_interval", _seconds(0.05, 60), _const(1.0), "worker status-file refresh"),
@@ -330,6 +337,9 @@ class Config:
     commit_timeout: float = 60.0
     commit_events: bool = True
     connect_timeout: float = 5.0
+    db_deadline: float = 8.0
+    db_keepalive: float = 5.0
+    db_tcp_user_timeout: float = 10.0
     drain_timeout: float = 25.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 30.0

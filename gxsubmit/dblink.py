@@ -47,8 +47,14 @@ class DbLink:
         base_delay: float = 0.2,
         max_delay: float = 10.0,
         on_reconnect: Callable[[], None] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self._connect = connect
+        #: client-side deadline of one statement: a link that accepts bytes and never answers (a
+        #: blackhole the kernel cannot see) counts as lost after it, not after TCP's ~15 minutes
+        self._deadline = deadline
+        #: loop time of the last statement that returned (for the worker's idle probe)
+        self.last_ok = 0.0
         self._base = base_delay
         self._max = max_delay
         self._on_reconnect = on_reconnect
@@ -84,6 +90,7 @@ class DbLink:
                 await pacer.sleep(stop)
                 continue
             self._store = store
+            self.last_ok = asyncio.get_running_loop().time()
             self._ready.set()
             if not first:
                 self.reconnects += 1
@@ -130,7 +137,18 @@ class DbLink:
         if store is None or not self._ready.is_set():
             raise DbUnavailable(self.last_error or "database not connected")
         try:
-            return await asyncio.shield(fn(store))
+            if self._deadline is None:
+                result = await asyncio.shield(fn(store))
+            else:
+                result = await asyncio.wait_for(asyncio.shield(fn(store)), self._deadline)
+            self.last_ok = asyncio.get_running_loop().time()
+            return result
+        except TimeoutError:
+            # The shielded statement may still be waiting on the socket: closing the connection
+            # (broken -> _swap) ends it; the lease fences whatever it would have written.
+            exc = DbUnavailable(f"no answer from the database within {self._deadline or 0:g} s")
+            self.broken(store, exc)
+            raise exc from None
         except Exception as exc:
             if is_connection_error(exc):
                 self.broken(store, exc)

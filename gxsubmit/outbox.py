@@ -432,6 +432,10 @@ class OutboxStore:
         cur = await conn.execute(self._q[name], params)
         return await cur.fetchall()
 
+    async def ping(self) -> None:
+        """One round trip that touches nothing: the worker's idle check that the link still answers."""
+        await self._rows("ping", {})
+
     async def _held(self, name: str, params: dict[str, Any]) -> set[uuid.UUID]:
         """Run a fenced batch update; the ids of ``params["ids"]`` whose lease held.
 

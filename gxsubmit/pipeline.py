@@ -821,6 +821,13 @@ class Pipeline:
         else:
             self._gateway_up()  # the gateway answered (e.g. a chaincode error): it is up
 
+    def note_probe(self, err: FabricError | None) -> None:
+        """The outcome of an idle gateway probe (:mod:`gxsubmit.gatewayprobe`), counted like a call's."""
+        if err is None:
+            self._gateway_up()
+        else:
+            self._note_gateway(err)
+
     def _gateway_up(self) -> None:
         self.gateway_ok = True
         if not self.breaker.is_closed:

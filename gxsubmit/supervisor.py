@@ -27,11 +27,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -51,6 +51,8 @@ __all__ = ["Supervisor", "run", "status_file"]
 log = get_logger("gxsubmit.supervisor")
 
 #: Main loop period: how often children, heartbeats and readiness are looked at.
+T = TypeVar("T")
+
 TICK = 0.25
 #: How often the gateway TLS files are checked for a change (three stat calls).
 TLS_CHECK_INTERVAL = 3.0
@@ -229,15 +231,23 @@ class OutboxWatcher:
 
     async def _connect(self) -> OutboxStore:
         if self._store is None:
+            from gxsubmit.dbconn import with_tcp
             from gxsubmit.outbox import OutboxStore
 
             self._store = await OutboxStore.connect(
-                self._cfg.database_conninfo,
+                with_tcp(self._cfg.database_conninfo, self._cfg),
                 schema=self._cfg.schema,
                 worker_id=owner_id(self._cfg.worker_id, "supervisor", os.getpid()),
                 connect_timeout=self._cfg.connect_timeout,
             )
         return self._store
+
+    async def _bounded(self, coro: Awaitable[T]) -> T:
+        """A statement under the client-side deadline: a blackholed link fails it (and /readyz)."""
+        try:
+            return await asyncio.wait_for(coro, self._cfg.db_deadline)
+        except TimeoutError:
+            raise TimeoutError(f"no answer from the database within {self._cfg.db_deadline:g} s") from None
 
     async def _close(self) -> None:
         store, self._store = self._store, None
@@ -260,15 +270,15 @@ class OutboxWatcher:
             try:
                 async with self._lock:
                     store = await self._connect()
-                    stats = await store.stats()
+                    stats = await self._bounded(store.stats())
                     routed = list(self._routed_types())
                     n = 0
                     if _has_unroutable(stats, routed):
                         # Only when the statistics show PENDING rows no route serves: an idle
                         # replica does not pay a statement for it every pass.
-                        n = await store.fail_unroutable(routed)
+                        n = await self._bounded(store.fail_unroutable(routed))
                         if n:
-                            stats = await store.stats()
+                            stats = await self._bounded(store.stats())
                 busy = any(stats.by_status.get(s, 0) for s in _UNFINISHED) or (
                     self.stats is not None and self.stats.by_status != stats.by_status)
                 if busy:
@@ -295,9 +305,9 @@ class OutboxWatcher:
             async with self._lock:
                 store = await self._connect()
                 if crash_limit is None:
-                    n: int = await store.release_owned(owners)
+                    n: int = await self._bounded(store.release_owned(owners))
                 else:
-                    n, failed = await store.release_crashed(owners, crash_limit)
+                    n, failed = await self._bounded(store.release_crashed(owners, crash_limit))
         except Exception as exc:
             self._failed(exc)
             await self._close()

@@ -73,6 +73,10 @@ class Wakeups:
                 try:
                     self.notifier = await self._connect()
                     pacer.reset()
+                    # Rows inserted before this LISTEN took effect (the start's first claim runs in
+                    # parallel; an outage dropped the old one) sent no NOTIFY we saw: claim once now,
+                    # not at the fallback poll (the wan scenario showed whole windows lost to it).
+                    self._wake.set()
                 except Exception:
                     await pacer.sleep(stop)
                     continue

@@ -56,10 +56,12 @@ from gxsubmit.backoff import Backoff, compute_delay
 from gxsubmit.breaker import BreakerState, CircuitBreaker
 from gxsubmit.catalog import Catalog, CatalogError, load_catalog
 from gxsubmit.config import Config
+from gxsubmit.dbconn import with_tcp
 from gxsubmit.dblink import Batcher, DbLink, DbUnavailable
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
 from gxsubmit.fabric import Deadlines, FabricError, GatewayClient, SigningIdentity
 from gxsubmit.fabric.commits import CommitWatcher, tls_cert_hash
+from gxsubmit.gatewayprobe import probe_idle_gateway
 from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
 from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, SubmittedTx
@@ -77,6 +79,9 @@ _WALLET_CHECK_S = 3.0
 _MIN_CLAIM_GAP_S = 0.005  # coalesce NOTIFY bursts into one claim
 _SLOT_WAIT_S = 0.02  # with a backlog, wait this long for more free slots before a small claim
 _GC_GEN0_THRESHOLD = 10_000  # CPython's default is 700
+#: With no statement answered for this long, the worker sends a ping so a dead link shows in /readyz
+#: (within this + db_deadline + a heartbeat) even when idle; costs 1/5 statement/s per idle worker.
+_DB_PROBE_QUIET_S = 5.0
 _METRICS_FLUSH_S = 0.5  # buffered per-command metrics reach the mmap files at least this often
 _BATCH_LINGER_S = 0.005  # under load, a batched status write waits this long for more rows
 #: A claim only counts as having seen a put-back row when it ran this long after the row's due time.
@@ -203,9 +208,12 @@ class Worker:
         self.breaker = CircuitBreaker(
             threshold=cfg.breaker_threshold, cooldown=min(cfg.breaker_cooldown, 2.0),
             max_cooldown=max(cfg.breaker_cooldown, 2.0))
-        self.db = DbLink(self._connect_store, max_delay=10.0, on_reconnect=self._on_db_reconnect)
+        self._db_url = with_tcp(cfg.database_conninfo, cfg)
+        self.db = DbLink(self._connect_store, max_delay=10.0, on_reconnect=self._on_db_reconnect,
+                         deadline=cfg.db_deadline)
+        listen_url = with_tcp(cfg.listen_conninfo, cfg)
         self.wakeups = Wakeups(
-            connect=lambda: Notifier.connect(cfg.listen_conninfo, connect_timeout=cfg.connect_timeout,
+            connect=lambda: Notifier.connect(listen_url, connect_timeout=cfg.connect_timeout,
                                              schema=cfg.schema, types=b.types),
             send_probe=lambda payload: self.db.once(lambda st: st.notify_probe(payload)),
             wake=self._wake, poll_interval=cfg.poll_interval, pooled_poll_interval=cfg.pooled_poll_interval)
@@ -225,7 +233,7 @@ class Worker:
     # -- setup -------------------------------------------------------------------------------------
 
     async def _connect_store(self) -> OutboxStore:
-        return await OutboxStore.connect(self.cfg.database_conninfo, schema=self.cfg.schema,
+        return await OutboxStore.connect(self._db_url, schema=self.cfg.schema,
                                          worker_id=f"{self.cfg.worker_id}:{self.identity}:{os.getpid()}",
                                          connect_timeout=self.cfg.connect_timeout)
 
@@ -304,6 +312,7 @@ class Worker:
             self._spawn(w.run(self.closing), f"commits-{w.channel}")
         self._spawn(self.wakeups.run(self.stop), "notify")
         self._spawn(self._renew_loop(), "renew")
+        self._spawn(self._db_probe_loop(), "db-probe")
         self._spawn(self._wallet_loop(), "wallet")
         self._spawn(self._metrics_loop(), "metrics")
         await self._claim_loop()
@@ -401,6 +410,8 @@ class Worker:
             claim_fail.reset()
             for cmd in rows:
                 self._start(cmd)
+            if not rows and state is BreakerState.HALF_OPEN:
+                await self._probe_idle_gateway()
             backlog = len(rows) >= limit
             if not backlog:
                 timeout = self._poll_timeout()
@@ -409,6 +420,17 @@ class Worker:
                     if due is not None:
                         timeout = min(timeout, due)
                 await self._wait_wake(timeout)
+
+    async def _probe_idle_gateway(self) -> None:
+        """Half-open with nothing to send: probe with a read so a healed link closes the breaker."""
+        assert self.gateway is not None and self.pipeline is not None and self._ring is not None
+        channels = [self.cfg.channel] if self.cfg.channel else self.b.catalog.channels_for(self.identity)
+        if not channels:
+            return
+        outcome = await probe_idle_gateway(self.gateway, self._ring.current, channels[0], self.breaker)
+        if outcome is not False:
+            self.pipeline.note_probe(None if outcome is True else outcome)
+            self._write_status()
 
     async def _run_suspect(self) -> bool:
         """Rows set to run alone (a crash short of max_worker_crashes; migration 0009) run one at a time
@@ -491,6 +513,24 @@ class Worker:
                         "command_id": str(j.cmd.id), "tx_id": j.tx_id})
                     if j.task is not None:
                         j.task.cancel()
+
+    async def _db_probe_loop(self) -> None:
+        """Ping the database when nothing else has for a while: under load the statements themselves
+        notice a dead link (db_deadline); an idle worker would otherwise stay ready on one."""
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            quiet = loop.time() - self.db.last_ok
+            if quiet < _DB_PROBE_QUIET_S or not self.db.ok:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), max(0.2, _DB_PROBE_QUIET_S - quiet))
+                continue
+            try:
+                await self.db.once(lambda st: st.ping())
+            except DbUnavailable:
+                pass
+            except Exception as exc:
+                log.warning("Database probe failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                await asyncio.sleep(_DB_PROBE_QUIET_S)
 
     async def _wallet_loop(self) -> None:
         wallet = self.cfg.wallet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import signal
 import sys
@@ -120,6 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ready-file", type=Path, default=None, metavar="PATH", help="write the bound port here once serving"
     )
+    parser.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help='JSON re-read when it changes, to change faults while running: {"latency": {"Endorse": '
+        "[MIN, MAX]}} replaces the added latencies (seconds; {} removes them)",
+    )
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
@@ -138,6 +147,31 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         rpc, span = parse_latency(spec)
         faults.latency_s[rpc] = span
     return faults
+
+
+class _Control:
+    """The ``--control`` file: faults a harness changes while the emulator runs (e.g. slow endorsements)."""
+
+    def __init__(self, path: Path, faults: Faults) -> None:
+        self.path, self.faults = path, faults
+        self.seen: float | None = None
+
+    def poll(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime == self.seen:
+            return
+        self.seen = mtime
+        try:
+            doc = json.loads(self.path.read_text())
+            latency = {str(rpc): (float(lo), float(hi)) for rpc, (lo, hi) in doc.get("latency", {}).items()}
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"emulator: control file ignored: {exc}", flush=True)
+            return
+        self.faults.latency_s = latency  # one assignment: the serving threads see the old or the new dict
+        print(f"emulator: latency now {latency or 'none'}", flush=True)
 
 
 def _write_ready(path: Path, port: int) -> None:
@@ -191,7 +225,10 @@ def run(args: argparse.Namespace) -> int:
             _write_ready(args.ready_file, port)
         started = time.monotonic()
         outage_at = started + args.outage_after if args.outage_after is not None else None
-        while not stop.wait(0.05 if outage_at is not None else 1.0):
+        control = _Control(args.control, faults) if args.control is not None else None
+        while not stop.wait(0.05 if outage_at is not None or control is not None else 1.0):
+            if control is not None:
+                control.poll()
             if outage_at is not None and time.monotonic() >= outage_at:
                 faults.outage(args.outage_for)
                 print(f"emulator: outage for {args.outage_for}s", flush=True)

@@ -62,6 +62,10 @@ UNLISTEN gxsubmit
 -- A wake-up probe (gxsubmit/outbox.py PROBE_PREFIX): does a NOTIFY reach the worker's LISTEN connection?
 SELECT pg_notify('gxsubmit', %(payload)s)
 
+-- name: ping
+-- The worker's idle liveness check (db_deadline): a blackholed link only shows when a statement waits.
+SELECT 1
+
 -- name: enqueue
 INSERT INTO {schema}.outbox_commands (id, tenant_id, service, command_type, request_id, payload, order_key)
 VALUES (%(id)s, %(tenant_id)s, %(service)s, %(command_type)s, %(request_id)s, %(payload)s, %(order_key)s)

@@ -1,0 +1,58 @@
+"""The worker's database link under a blackhole it cannot see at the TCP level (the fault proxy keeps
+acknowledging): the client-side deadline fails the statement, marks the link down, and the link
+reconnects once the route heals."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gxsubmit.config import Config
+from gxsubmit.dbconn import link_conninfo, tcp_params
+from gxsubmit.dblink import DbLink, DbUnavailable
+from gxsubmit.outbox import OutboxStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.faultproxy import FaultProxy
+
+
+def test_tcp_settings_are_added_unless_the_url_sets_them() -> None:
+    cfg = Config(database_url="postgresql://u@db:5432/x?keepalives_idle=42", db_keepalive=6.0,
+                 db_tcp_user_timeout=12.5)
+    info = psycopg.conninfo.conninfo_to_dict(link_conninfo(cfg))
+    assert info["keepalives_idle"] == "42"  # the operator's own value wins
+    assert info["keepalives"] == "1" and info["keepalives_interval"] == "2"
+    assert info["keepalives_count"] == "3"
+    assert info["tcp_user_timeout"] == "12500"
+    assert info["host"] == "db" and info["dbname"] == "x"
+    assert "tcp_user_timeout" not in tcp_params(Config(db_tcp_user_timeout=0.0))
+
+
+def test_a_blackholed_link_fails_within_the_deadline_and_heals(pg_url: str, schema: str) -> None:
+    info = psycopg.conninfo.conninfo_to_dict(pg_url)
+    with FaultProxy(f"{info.get('host') or '127.0.0.1'}:{info.get('port') or 5432}", name="db") as proxy:
+        info.update(host="127.0.0.1", port=str(proxy.port))
+        url = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+        async def main() -> None:
+            link = DbLink(lambda: OutboxStore.connect(url, schema=schema, worker_id="t", connect_timeout=2),
+                          base_delay=0.05, max_delay=0.5, deadline=1.0)
+            assert await link.open(asyncio.Event())
+            await link.once(lambda st: st.ping())
+            proxy.blackhole()
+            with pytest.raises(DbUnavailable, match="no answer from the database within 1 s"):
+                await link.once(lambda st: st.ping())
+            assert not link.ok
+            with pytest.raises(DbUnavailable):  # no waiting on a link known to be down
+                await link.once(lambda st: st.ping())
+            proxy.blackhole(False)
+            assert await link.wait_ready(60)
+            await link.call(lambda st: st.ping(), timeout=60)
+            assert link.reconnects == 1
+            await link.close()
+
+        asyncio.run(main())
