@@ -83,14 +83,16 @@ def _migrations() -> tuple[tuple[int, str, str], ...]:
             found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
     found.sort()
     versions = [v for v, _, _ in found]
-    if versions != list(range(1, len(versions) + 1)):
-        raise RuntimeError(f"migration files must be numbered 0001.. without gaps, found {versions}")
+    # Numbers are reserved per change, so one may be skipped (a change that needed no migration), but
+    # never used twice: each is applied once and recorded by its number.
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise RuntimeError(f"migration files must be numbered from 0001, each number once, found {versions}")
     return tuple(found)
 
 
 def latest_version() -> int:
-    """The schema version this code ships."""
-    return len(_migrations())
+    """The schema version this code ships (the highest migration number)."""
+    return _migrations()[-1][0]
 
 
 def _compose(name: str, schema: str, **literals: int) -> sql.Composed:
@@ -414,6 +416,10 @@ class OutboxStore:
                 self._conn = None
                 conn = self._conn = await self._open()
             return conn
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The store's connection (reopened if broken), for statements of other modules (gxsubmit.fleet)."""
+        return await self._get()
 
     async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         conn = await self._get()
