@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from harness import (
     EmulatorProc,
     ServiceProc,
@@ -24,6 +25,8 @@ from harness import (
     service_settings,
     users,
 )
+from psycopg import sql
+from psycopg.types.json import Jsonb
 from waiting import wait_for
 
 IDENTITIES = ("org1-super-admin", "org1-admin", "org1-partner-api")
@@ -37,6 +40,18 @@ def cli(pg_url: str, schema: str, *args: str) -> subprocess.CompletedProcess[str
     env.update(GXSUBMIT_DATABASE_URL=pg_url, GXSUBMIT_SCHEMA=schema)
     return subprocess.run([sys.executable, "-m", "gxsubmit", *args], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
+
+
+def enqueue_due_later(pg_url: str, schema: str, commands: list[tuple[str, dict[str, Any]]],
+                      delay_s: float) -> int:
+    """Insert PENDING rows that are due only ``delay_s`` from now (as a retry scheduled later would be)."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for ctype, payload in commands:
+            conn.execute(sql.SQL(
+                "INSERT INTO {}.outbox_commands (service, command_type, request_id, payload, next_attempt_at)"
+                " VALUES ('test', %s, %s, %s, now() + make_interval(secs => %s))"
+            ).format(sql.Identifier(schema)), (ctype, str(payload["userId"]), Jsonb(payload), delay_s))
+    return len(commands)
 
 
 def live(pg_url: str, schema: str) -> set[str]:
@@ -67,7 +82,16 @@ def test_two_nodes_one_lacking_a_type_commit_it_all_then_fleet_and_verify(
     wait_for(lambda: live(pg_url, schema) == {"rep-a", "rep-b"}, 30, interval=0.3, what="both registered")
 
     # Rows of the type rep-a's catalogue lacks commit through rep-b; rep-a's sweep fails none of them.
-    total = enqueue_many(pg_url, schema, users(40, "mixed"), prefix="mixed")
+    # Some are due only later, so rep-a's statistics (every 15 s when idle) surely see them PENDING and
+    # its sweep runs over them (before the registry, that sweep dead-lettered them).
+    total = enqueue_many(pg_url, schema, users(30, "mixed"), prefix="mixed")
+    total += enqueue_due_later(pg_url, schema, users(10, "later"), delay_s=25)
+
+    def a_saw_them_pending() -> bool:
+        assert "FAILED" not in counts(pg_url, schema), counts(pg_url, schema)
+        return bool(a.status().get("queue", {}).get("by_status_type", {}).get("PENDING/CREATE_USER"))
+
+    wait_for(a_saw_them_pending, 25, interval=0.2, what="rep-a's statistics show the rows PENDING")
     wait_for(lambda: all_finished(pg_url, schema, total), 90, interval=0.2, what="rows finished")
     assert counts(pg_url, schema) == {"COMMITTED": 40}
     assert not a.messages("Failed unroutable commands")
