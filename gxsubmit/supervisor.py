@@ -419,7 +419,9 @@ class Supervisor:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            log.error("Another supervisor uses this runtime directory", extra={"runtime_dir": str(rd)})
+            log.error("Another supervisor uses this runtime directory: give each supervisor on a host "
+                      "its own GXSUBMIT_WORKER_ID (and GXSUBMIT_RUNTIME_DIR, if set)",
+                      extra={"runtime_dir": str(rd), "worker_id": self.cfg.worker_id})
             return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

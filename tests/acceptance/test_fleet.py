@@ -220,3 +220,35 @@ def test_rollout_and_rollback_of_a_catalogue_dead_letter_nothing(
     up("new-3", "node-a", newer)
     wait_for(lambda: all_finished(pg_url, schema, enqueued), 90, interval=0.2, what="every row finished")
     assert counts(pg_url, schema) == {"COMMITTED": enqueued}
+
+
+class SharedHost(ServiceProc):
+    """A supervisor without a runtime-directory setting, on a host whose XDG_RUNTIME_DIR others share."""
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        del env["GXSUBMIT_RUNTIME_DIR"]
+        env["XDG_RUNTIME_DIR"] = str(self.workdir / "xdg")
+        return env
+
+
+def test_two_supervisors_of_different_worker_ids_share_a_host_and_one_id_is_refused(
+    pg_url: str, schema: str, wallet: Path, emulator: EmulatorProc, procs: list[Any], tmp_path: Path
+) -> None:
+    base = service_settings(pg_url, schema, wallet, emulator, GXSUBMIT_IDENTITIES="org1-partner-api")
+    first, second = SharedHost("unit-1", tmp_path, base), SharedHost("unit-2", tmp_path, base)
+    procs.extend([first, second])
+    first.start()
+    second.start()
+    first.wait_ready()
+    second.wait_ready()  # before: "Another supervisor uses this runtime directory", exit 78
+
+    same = SharedHost("unit-1-again", tmp_path, {**base, "GXSUBMIT_WORKER_ID": "unit-1"})
+    procs.append(same)
+    same.start()
+    assert same.proc is not None and same.proc.wait(60) == 78, same.tail()
+    errors = [m for m in same.logs() if m.get("level") == "error"]
+    assert len(errors) == 1, same.tail()
+    assert errors[0]["message"].startswith("Another supervisor uses this runtime directory")
+    assert errors[0]["worker_id"] == "unit-1"
+    assert first.readyz()[0] == 200  # the running one is untouched
