@@ -32,7 +32,7 @@ async def test_migrate_is_idempotent_and_reports_the_version(pg_url: str, schema
         cur = await conn.execute(
             sql.SQL("SELECT count(*) FROM {}.gxsubmit_schema_version").format(sql.Identifier(schema))
         )
-        assert (await cur.fetchone()) == (latest_version(),)
+        assert (await cur.fetchone()) == (len(_migrations()),)  # numbers may skip a reserved one
 
 
 async def test_concurrent_migrations_from_several_replicas(pg_url: str) -> None:
@@ -121,7 +121,7 @@ async def test_0006_starts_unfinished_rows_at_their_attempts(
                     "INSERT INTO {} (service, command_type, request_id, payload, status, attempts) "
                     "VALUES ('s', 'MINT', %s, '{{}}', %s, %s)").format(t), [rid, status, attempts])
             monkeypatch.setattr(outbox, "_migrations", lambda: every)
-            assert await _migrate(pg_url, name) == len(every) >= 6
+            assert await _migrate(pg_url, name) == every[-1][0] >= 6
             cur = await conn.execute(sql.SQL("SELECT request_id, counted_attempts FROM {}").format(t))
             assert dict(await cur.fetchall()) == {"p": 4, "c": 2, "s": 7, "d": 0, "f": 0}
     finally:
