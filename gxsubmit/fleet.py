@@ -184,7 +184,13 @@ class FleetReporter:
     # -- database thread
 
     def due_in(self) -> float:
-        """Seconds until the next heartbeat is due (0 when it is)."""
+        """Seconds until the next heartbeat is due (0 when it is).
+
+        Not before the main loop's first snapshot: a row without identities would read as a replica
+        that runs none.
+        """
+        if not self._workers:
+            return 0.25
         return max(0.0, self._next_beat - time.monotonic())
 
     def _identities(self, now: float) -> dict[str, Any]:

@@ -58,8 +58,8 @@ def _replica_count(live: Sequence[Replica], others: Sequence[Replica], want: int
         stopped = [r for r in others if r.stopped]
         if gone:
             evidence += "; missing: " + ", ".join(
-                f"{r.worker_id} on {r.node} (no heartbeat for {_dur(r.heartbeat_age_s)}, live until "
-                f"{_dur(r.stale_after_s)})" for r in gone)
+                f"{r.worker_id} on {r.node} (no heartbeat for {_dur(r.heartbeat_age_s)}; gone after "
+                f"{r.stale_after_s:g}s without one)" for r in gone)
         if stopped:
             evidence += "; stopped: " + ", ".join(
                 f"{r.worker_id} ({_dur(r.heartbeat_age_s)} ago)" for r in stopped)

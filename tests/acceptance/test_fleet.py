@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ def test_two_nodes_one_lacking_a_type_commit_it_all_then_fleet_and_verify(
         for name in IDENTITIES:
             assert f"{name}=ok(" in line, line
     assert "rollout in progress" in out.stdout.splitlines()[-1]
+    print(f"\n$ gxsubmit fleet\n{out.stdout}")
 
     # verify: the catalogues differ, so the fleet is mid-rollout
     out = cli(pg_url, schema, "verify", "--replicas", "2")
@@ -117,7 +119,15 @@ def test_two_nodes_one_lacking_a_type_commit_it_all_then_fleet_and_verify(
     # rep-a takes the newer catalogue (SIGHUP reload): one catalogue across the fleet, every check passes
     older.write_text(WITH_CREATE_USER)
     assert a.proc is not None
+    before = {name: w["pid"] for name, w in a.status()["workers"].items()}
     a.proc.send_signal(signal.SIGHUP)
+
+    def reloaded() -> bool:  # the reload restarts the workers one at a time; wait for the last
+        workers = a.status().get("workers", {})
+        fresh = all(workers.get(n, {}).get("pid") not in (None, pid) for n, pid in before.items())
+        return fresh and a.readyz()[0] == 200
+
+    wait_for(reloaded, 90, interval=0.3, what="rep-a's rolling reload done")
 
     def passes() -> str | None:
         res = cli(pg_url, schema, "verify", "--replicas", "2")
@@ -126,6 +136,12 @@ def test_two_nodes_one_lacking_a_type_commit_it_all_then_fleet_and_verify(
     text = wait_for(passes, 90, interval=0.5, what="verify --replicas 2 passes")
     checks = text.splitlines()[:-1]
     assert len(checks) == 7 and all(c.startswith("PASS  ") for c in checks), text
+    print(f"\n$ gxsubmit verify --replicas 2\n{text}")
+    doc = json.loads(cli(pg_url, schema, "verify", "--replicas", "2", "--json").stdout)
+    assert doc["ok"] is True and len(doc["checks"]) == 7, doc["checks"]
+    status = cli(pg_url, schema, "status")
+    assert status.returncode == 0 and status.stdout.splitlines()[-1].startswith(
+        "fleet: 2 live replicas on 2 nodes, version "), status.stdout
 
     # rep-b is SIGKILLed (supervisor and workers): verify names it once its heartbeat is stale
     b.kill_group()
@@ -134,7 +150,10 @@ def test_two_nodes_one_lacking_a_type_commit_it_all_then_fleet_and_verify(
         res = cli(pg_url, schema, "verify", "--replicas", "2")
         return res.stdout if res.returncode == 1 and "missing: rep-b on node-b" in res.stdout else None
 
+    killed = time.monotonic()
     text = wait_for(names_missing, 30, interval=0.3, what="verify names the killed replica")
+    print(f"\n$ gxsubmit verify --replicas 2   # {time.monotonic() - killed:.1f}s after SIGKILL of rep-b "
+          f"(fleet interval 0.5 s, so gone after 1.5 s)\n{text}")
     first = text.splitlines()[0]
     assert first.startswith("FAIL  replicas") and "1 live, want 2" in first, text
 
@@ -157,6 +176,7 @@ def test_verify_names_the_identity_whose_wallet_files_are_missing(
         return res.stdout if named and others_up else None
 
     text = wait_for(names_identity, 60, interval=0.5, what="verify names the identity without wallet files")
+    print(f"\n$ gxsubmit verify --replicas 1\n{text}")
     line = next(x for x in text.splitlines() if " identities " in x)
     # the one identity named, with the reason; the replica's other identities connected, so not named
     assert line.startswith("FAIL") and "CONFIG_ERROR" in line, text
