@@ -6,9 +6,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gxsubmit.catalog import load_catalog
-from gxsubmit.config import load_config
-from gxsubmit.fleet import Replica, _classify, catalog_digest, summary_line
+from gxsubmit.config import Config, load_config
+from gxsubmit.fleet import FleetReporter, Replica, _classify, catalog_digest, summary_line
 from gxsubmit.verify import Flow, evaluate, report
 
 
@@ -139,3 +141,31 @@ def test_runtime_directory_defaults_to_one_per_worker_id(tmp_path: Path) -> None
     assert odd.runtime_dir.parent == a.runtime_dir.parent and "/" not in odd.runtime_dir.name
     explicit = load_config(environ={**env, "GXSUBMIT_WORKER_ID": "pod-a", "GXSUBMIT_RUNTIME_DIR": "/run/gx"})
     assert explicit.runtime_dir == Path("/run/gx")
+
+
+def test_the_reporter_keeps_when_an_error_began_and_when_the_last_commit_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gxsubmit import fleet
+
+    clock = [1000.0]
+    monkeypatch.setattr(fleet.time, "time", lambda: clock[0])
+    r = FleetReporter(Config(worker_id="w", fleet_interval=2.0), lambda: load_catalog(None))
+    assert r.due_in() > 0  # no snapshot yet: nothing to report
+    down = {"state": "running", "db_ok": True, "gateway_ok": False, "last_error": "UNAVAILABLE: peer",
+            "committed": 0}
+    r.observe({"x": down}, True, None)
+    clock[0] += 30
+    r.observe({"x": down}, True, None)  # the same error: it began 30 s ago, not now
+    doc = r._identities(clock[0])["x"]
+    assert (doc["error_code"], doc["error_kind"]) == ("GATEWAY_UNAVAILABLE", "gateway")
+    assert doc["error_age_s"] == 30.0
+    assert doc["gateway"] is False and doc["last_commit_age_s"] is None  # no commit seen since start
+    up = {**down, "gateway_ok": True, "last_error": None, "committed": 6}
+    clock[0] += 5
+    r.observe({"x": up}, True, None)
+    clock[0] += 2
+    doc = r._identities(clock[0])["x"]
+    assert doc["gateway"] is True and doc["last_commit_age_s"] == 2.0
+    assert doc["error_code"] == "GATEWAY_UNAVAILABLE" and doc["error_age_s"] == 37.0  # the last error stays
+    assert r.stale_after == 6.0 and r.due_in() == 0.0
