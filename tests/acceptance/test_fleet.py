@@ -86,13 +86,13 @@ def test_two_nodes_one_lacking_a_type_commit_it_all_then_fleet_and_verify(
     # Some are due only later, so rep-a's statistics (every 15 s when idle) surely see them PENDING and
     # its sweep runs over them (before the registry, that sweep dead-lettered them).
     total = enqueue_many(pg_url, schema, users(30, "mixed"), prefix="mixed")
-    total += enqueue_due_later(pg_url, schema, users(10, "later"), delay_s=25)
+    total += enqueue_due_later(pg_url, schema, users(10, "later"), delay_s=35)
 
     def a_saw_them_pending() -> bool:
         assert "FAILED" not in counts(pg_url, schema), counts(pg_url, schema)
         return bool(a.status().get("queue", {}).get("by_status_type", {}).get("PENDING/CREATE_USER"))
 
-    wait_for(a_saw_them_pending, 25, interval=0.2, what="rep-a's statistics show the rows PENDING")
+    wait_for(a_saw_them_pending, 35, interval=0.2, what="rep-a's statistics show the rows PENDING")
     wait_for(lambda: all_finished(pg_url, schema, total), 90, interval=0.2, what="rows finished")
     assert counts(pg_url, schema) == {"COMMITTED": 40}
     assert not a.messages("Failed unroutable commands")
