@@ -55,9 +55,8 @@ log = get_logger("gxsubmit.fleet")
 
 #: A replica silent for this many fleet intervals is no longer live (its row says how long that is).
 STALE_INTERVALS = 3
-#: Rows silent this long past their staleness are deleted by the other replicas' heartbeats: long
-#: enough that ``verify`` still names a crashed replica the next morning is not needed, but an hour
-#: after a crash the operator has seen it.
+#: Rows silent this long past their staleness are deleted by the other replicas' heartbeats. Until
+#: then ``fleet`` and ``verify`` name a crashed replica (and a removed pod's name) as gone.
 FORGET_AFTER = 3600.0
 _ERROR_TEXT_MAX = 300
 _CODE_RE = re.compile(r"^([A-Z][A-Z0-9_]{2,63}):")
