@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from gxsubmit.config import Config
+from gxsubmit.dbroute import CONNECT_ARGS, ca_setting, tls_problem
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
 from gxsubmit.fleet import read_fleet, summary_line
 from gxsubmit.outbox import (
@@ -68,10 +69,11 @@ async def _connect(cfg: Config) -> psycopg.AsyncConnection[Any]:
     if not cfg.database_url:
         raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
     return await psycopg.AsyncConnection.connect(
-        cfg.database_url,
+        cfg.database_conninfo,
         autocommit=True,
         connect_timeout=max(2, round(cfg.connect_timeout)),
         application_name="gxsubmit:admin",
+        **CONNECT_ARGS,
     )
 
 
@@ -79,7 +81,7 @@ async def _open_store(cfg: Config) -> OutboxStore:
     if not cfg.database_url:
         raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
     return await OutboxStore.connect(
-        cfg.database_url, schema=cfg.schema, worker_id="admin", connect_timeout=cfg.connect_timeout
+        cfg.database_conninfo, schema=cfg.schema, worker_id="admin", connect_timeout=cfg.connect_timeout
     )
 
 
@@ -103,6 +105,10 @@ def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]], *, bound
         print(f"{prefix} database unavailable: no answer in time", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.OperationalError as exc:
+        problem = tls_problem(exc, url_setting="GXSUBMIT_DATABASE_URL", ca_setting=ca_setting(cfg))
+        if problem is not None:
+            print(f"{prefix} {problem}", file=sys.stderr)
+            return RET_CONFIG
         print(f"{prefix} database unavailable: {_first_line(exc)}", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.Error as exc:
@@ -114,7 +120,21 @@ def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]], *, bound
 
 
 def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
-    """``migrate`` takes only the database settings."""
+    """``migrate`` takes the database settings, and the legacy outbox adoption's options."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--legacy-outbox", metavar="TABLE",
+                       help="adopt an existing outbox table of the GX services, e.g. '\"OutboxCommand\"' or "
+                            "'gx.\"OutboxCommand\"': its producers' rows are queued here, statuses written "
+                            "back")
+    group.add_argument("--remove-legacy-outbox", metavar="TABLE",
+                       help="undo --legacy-outbox: unfinished rows go back to TABLE for the old worker")
+    parser.add_argument("--legacy-lock-timeout", type=float, metavar="SECONDS", default=300.0,
+                        help="the old worker's LOCK_TIMEOUT: rows it holds at adoption start here once their "
+                             "lock is this old (default: %(default)s, its code default)")
+    parser.add_argument("--legacy-max-retries", type=int, metavar="N", default=5,
+                        help="with --remove-legacy-outbox: the old worker's MAX_RETRIES; gxsubmit's FAILED "
+                             "rows get at least this many attempts so it does not retry them "
+                             "(default: %(default)s)")
 
 
 def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
@@ -122,11 +142,41 @@ def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
         async with await _connect(cfg) as conn:
             before = await schema_version(conn, cfg.schema)
             version = await migrate(conn, cfg.schema)
-        change = "already at" if before == version else f"migrated from {before or 0} to"
-        print(f"schema {cfg.schema}: {change} version {version}")
+            change = "already at" if before == version else f"migrated from {before or 0} to"
+            print(f"schema {cfg.schema}: {change} version {version}")
+            legacy_table = getattr(args, "legacy_outbox", None)
+            removed_table = getattr(args, "remove_legacy_outbox", None)
+            if legacy_table or removed_table:
+                lines = await _legacy_outbox(conn, cfg, legacy_table, removed_table, args)
+                print("\n".join(lines))
         return RET_OK
 
     return _run("migrate", cfg, body)
+
+
+async def _legacy_outbox(conn: psycopg.AsyncConnection[Any], cfg: Config, adopt_table: str | None,
+                         remove_table: str | None, args: argparse.Namespace) -> list[str]:
+    """``migrate --legacy-outbox`` / ``--remove-legacy-outbox`` (gxsubmit.legacy)."""
+    from gxsubmit import legacy
+    from gxsubmit.catalog import CatalogError, load_catalog
+
+    try:
+        if remove_table:
+            return (await legacy.remove(conn, cfg.schema, remove_table,
+                                        max_retries=args.legacy_max_retries)).lines()
+        assert adopt_table is not None
+        try:
+            routed: list[str] | None = load_catalog(cfg.catalog).all_types()
+        except CatalogError as exc:
+            raise _Fail(RET_CONFIG, f"catalogue: {exc}") from None
+        report = await legacy.adopt(conn, cfg.schema, adopt_table, lock_timeout_s=args.legacy_lock_timeout,
+                                    routed_types=routed)
+        return report.lines()
+    except legacy.LegacyError as exc:
+        raise _Fail(RET_FAIL, str(exc)) from None
+    except psycopg.errors.LockNotAvailable:
+        raise _Fail(RET_UNAVAILABLE, "the legacy table stayed locked by other transactions for 10 s "
+                                     "(a long producer transaction?); nothing changed, try again") from None
 
 
 # -- enqueue ----------------------------------------------------------------------------------------

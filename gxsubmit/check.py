@@ -22,6 +22,7 @@ from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls
 
 if TYPE_CHECKING:
     from gxsubmit.fabric.client import GatewayClient
+    from gxsubmit.outbox import OutboxStore
 
 __all__ = ["add_arguments", "run"]
 
@@ -146,15 +147,22 @@ async def _check_database(cfg: Config, rep: _Report) -> None:
         return
     try:
         store = await OutboxStore.connect(
-            cfg.database_url, schema=cfg.schema, worker_id="check", connect_timeout=cfg.connect_timeout
+            cfg.database_conninfo, schema=cfg.schema, worker_id="check", connect_timeout=cfg.connect_timeout
         )
     except SchemaNotMigrated as exc:
         rep.fail("config", f"database: {exc}")
         return
     except Exception as exc:  # psycopg.OperationalError and friends: report, do not crash
-        rep.fail("unavailable", f"database: cannot connect: {_one_line(exc)}")
+        from gxsubmit.dbroute import ca_setting, tls_problem
+
+        problem = tls_problem(exc, url_setting="GXSUBMIT_DATABASE_URL", ca_setting=ca_setting(cfg))
+        if problem is not None:
+            rep.fail("config", f"database: {problem}")
+        else:
+            rep.fail("unavailable", f"database: cannot connect: {_one_line(exc)}")
         return
     try:
+        await _check_route(cfg, rep, store)
         stats = await store.stats()
     except Exception as exc:
         if type(exc).__name__ == "UndefinedTable":
@@ -168,6 +176,47 @@ async def _check_database(cfg: Config, rep: _Report) -> None:
         await store.close()
     pending = getattr(stats, "by_status", {}).get("PENDING", 0)
     rep.ok(f"database schema {cfg.schema}: outbox_commands readable ({pending} pending)")
+
+
+async def _check_route(cfg: Config, rep: _Report, store: OutboxStore) -> None:
+    """Pooler or not (and its mode), TLS, and whether NOTIFY reaches a LISTEN connection."""
+    from gxsubmit.dbroute import pool_mode
+    from gxsubmit.outbox import Notifier
+    from gxsubmit.wakeups import PROBE_TIMEOUT_S
+
+    tls = "TLS" if store.tls else "no TLS"
+    if not store.pooled:
+        rep.ok(f"database route: direct ({tls})")
+    else:
+        try:
+            info = await pool_mode(cfg.database_conninfo, connect_timeout=cfg.connect_timeout)
+        except Exception as exc:
+            rep.ok(f"database route: through a pooler or proxy ({tls}); pool mode unknown: {_one_line(exc)}")
+        else:
+            text = (f"database route: through a pooler or proxy ({tls}), pool mode {info.mode} "
+                    f"({info.detail})")
+            if info.mode == "statement":
+                rep.fail("config", text + ": gxsubmit needs transaction or session pooling")
+            else:
+                rep.ok(text)
+    which = "GXSUBMIT_LISTEN_URL" if cfg.listen_url else "the database URL"
+    try:
+        notifier = await Notifier.connect(cfg.listen_conninfo, connect_timeout=cfg.connect_timeout)
+    except Exception as exc:
+        rep.fail("unavailable",
+                 f"notifications: cannot open the LISTEN connection ({which}): {_one_line(exc)}")
+        return
+    try:
+        arrived, _ = await notifier.probe(store.notify_probe, PROBE_TIMEOUT_S)
+    finally:
+        await notifier.close()
+    if arrived:
+        rep.ok(f"notifications: a NOTIFY reaches the LISTEN connection ({which})")
+    else:
+        every = min(cfg.poll_interval, cfg.pooled_poll_interval)
+        rep.ok(f"notifications: WARNING: a NOTIFY does not reach the LISTEN connection ({which}; a "
+               f"transaction pooler?): workers poll every {every:g}s; set "
+               "GXSUBMIT_LISTEN_URL to a direct connection for prompt wake-ups")
 
 
 async def _check_gateway(

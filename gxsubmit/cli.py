@@ -20,7 +20,7 @@ from gxsubmit.exitcodes import RET_CONFIG, RET_USAGE
 __all__ = ["main"]
 
 #: Settings that only matter to commands talking to the database.
-_DB_SETTINGS = ("database_url", "schema", "connect_timeout", "log_level", "catalog")
+_DB_SETTINGS = ("database_url", "database_ca", "schema", "connect_timeout", "log_level", "catalog")
 
 
 @dataclass(frozen=True)

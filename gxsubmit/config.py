@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gxsubmit.secrets import redact
+
 __all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_config_arguments", "load_config"]
 
 
@@ -181,7 +183,14 @@ _S = Setting
 SETTINGS: tuple[Setting, ...] = (
     _S("database_url", _database_url, _const(""), "PostgreSQL URL (libpq; several hosts and "
        "target_session_attrs=read-write are fine)", (("DATABASE_URL", _database_url),)),
+    _S("database_url_file", _opt_path, _const(None), "file holding the PostgreSQL URL (keeps the password "
+       "off command lines and out of the environment; not together with the URL itself)"),
     _S("schema", _identifier, _const("public"), "schema holding outbox_commands"),
+    _S("listen_url", _database_url, _const(""), "PostgreSQL URL for LISTEN only, not through a transaction "
+       "pooler (default: the database URL; without one behind a pooler, workers poll every "
+       "pooled_poll_interval)"),
+    _S("database_ca", _opt_path, _const(None), "CA file for TLS to PostgreSQL (sslrootcert; sslmode "
+       "defaults to verify-full when given)"),
     _S("gateway", _host_port, _const("localhost:7051"), "Fabric Gateway peer HOST:PORT",
        (("FABRIC_PEER_ENDPOINT", _host_port),)),
     _S("wallet", _path, _const(Path("./fabric-wallet")), "wallet directory (ca-cert, <identity>-cert/-key, "
@@ -220,6 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
     _S("poll_interval", _seconds(0.01, 3600), _const(30.0),
        "fallback poll when no NOTIFY arrives (rows a worker retries later wake it at their due time)",
        (("POLL_INTERVAL", _millis_as_seconds(_seconds(0.01, 3600))),)),
+    _S("pooled_poll_interval", _seconds(0.05, 60), _const(1.0),
+       "poll interval when a NOTIFY probe shows that notifications do not arrive (LISTEN through a "
+       "transaction pooler)"),
     _S("max_attempts", _int_range(1, 1000), _const(10), "attempts before a retryable failure is final",
        (("MAX_RETRIES", _int_range(1, 1000)),)),
     _S("lease_seconds", _seconds(1, 3600), _const(30.0), "claim lease, renewed while a command is worked on",
@@ -250,6 +262,8 @@ SETTINGS: tuple[Setting, ...] = (
        "$PROMETHEUS_MULTIPROC_DIR or <runtime_dir>/metrics)", (("PROMETHEUS_MULTIPROC_DIR", _opt_path),)),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: Settings holding a connection string (and so perhaps a password): never echoed, masked in reprs.
+_URL_SETTINGS = ("database_url", "listen_url")
 
 
 @dataclass(frozen=True)
@@ -257,7 +271,10 @@ class Config:
     """Effective settings of one process (see ``SETTINGS`` for meaning and defaults)."""
 
     database_url: str = ""
+    database_url_file: Path | None = None
     schema: str = "public"
+    listen_url: str = ""
+    database_ca: Path | None = None
     gateway: str = "localhost:7051"
     wallet: Path = Path("./fabric-wallet")
     catalog: Path | None = None
@@ -280,6 +297,7 @@ class Config:
     batch_size: int = 256
     max_in_flight: int = 256
     poll_interval: float = 30.0
+    pooled_poll_interval: float = 1.0
     max_attempts: int = 10
     lease_seconds: float = 30.0
     backoff_base: float = 1.0
@@ -311,6 +329,13 @@ class Config:
                 "GXSUBMIT_CLIENT_CERT and GXSUBMIT_CLIENT_KEY must be given together (mutual TLS)"
             )
 
+    def __repr__(self) -> str:
+        """The dataclass repr with the URL's password masked (a Config ends up in tracebacks)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in _URL_SETTINGS:
+            values[name] = redact(values[name])
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
+
     @property
     def tls_ca_path(self) -> Path:
         """The TLS CA file actually used: explicit, else the wallet's ``tlsca-cert``."""
@@ -330,6 +355,20 @@ class Config:
         return self.tls_ca_path, self.wallet / "client-tls-cert", self.wallet / "client-tls-key"
 
     @property
+    def database_conninfo(self) -> str:
+        """The database URL with the PostgreSQL CA file applied (what every connection uses)."""
+        from gxsubmit.dbroute import conninfo
+
+        return conninfo(self.database_url, self.database_ca)
+
+    @property
+    def listen_conninfo(self) -> str:
+        """The LISTEN connection's URL: the direct one if given, else the database URL."""
+        from gxsubmit.dbroute import conninfo
+
+        return conninfo(self.listen_url or self.database_url, self.database_ca)
+
+    @property
     def metrics_dir(self) -> Path:
         return self.multiproc_dir if self.multiproc_dir is not None else self.runtime_dir / "metrics"
 
@@ -342,10 +381,13 @@ class Config:
                 raise ConfigError(f"missing setting {s.env}{legacy} ({s.flag}): {s.help}")
 
     def to_env(self) -> dict[str, str]:
-        """Every setting as ``GXSUBMIT_*`` variables, for child processes."""
+        """Every setting as ``GXSUBMIT_*`` variables, for child processes (a URL read from
+        ``database_url_file`` travels as the file's name: children read it themselves)."""
         out: dict[str, str] = {}
         for s in SETTINGS:
             value = getattr(self, s.name)
+            if s.name == "database_url" and self.database_url_file is not None:
+                value = ""
             if value is None:
                 out[s.env] = ""
             elif isinstance(value, bool):
@@ -362,8 +404,8 @@ class Config:
         """Effective values for ``--print-config`` with credentials in the URL masked."""
         env = self.to_env()
         shown = {s.name: env[s.env] for s in SETTINGS}
-        shown["database_url"] = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", shown["database_url"])
-        shown["database_url"] = re.sub(r"(password=)\S+", r"\1***", shown["database_url"])
+        for name in _URL_SETTINGS:
+            shown[name] = redact(getattr(self, name))
         return shown
 
 
@@ -386,8 +428,26 @@ def _parse(s: Setting, raw: str, source: str, parse: Callable[[str], Any]) -> An
     try:
         return parse(raw)
     except ValueError as exc:
+        if s.name in _URL_SETTINGS:  # a malformed URL can hold a password anywhere: never echo it
+            raise ConfigError(
+                f"invalid setting {source} (value not shown, it may hold a password): expected {exc}"
+            ) from None
         shown = raw if len(raw) <= 60 else raw[:57] + "..."
-        raise ConfigError(f"invalid setting {source}={shown!r}: expected {exc}") from None
+        raise ConfigError(f"invalid setting {source}={redact(shown)!r}: expected {exc}") from None
+
+
+def _read_database_url(path: Path) -> str:
+    """The URL in ``path`` (surrounding whitespace and a trailing newline dropped)."""
+    source = f"GXSUBMIT_DATABASE_URL_FILE={str(path)!r}"
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"invalid setting {source}: cannot read it ({why})") from None
+    url = _parse(_BY_NAME["database_url"], raw, source, _database_url)
+    if not url:
+        raise ConfigError(f"invalid setting {source}: the file is empty")
+    return str(url)
 
 
 def load_config(
@@ -422,4 +482,11 @@ def load_config(
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    if values.get("database_url_file") is not None and "database_url" not in overrides:
+        if values["database_url"]:
+            raise ConfigError(
+                "GXSUBMIT_DATABASE_URL_FILE and GXSUBMIT_DATABASE_URL (or DATABASE_URL, --database-url): "
+                "give one, not both"
+            )
+        values["database_url"] = _read_database_url(values["database_url_file"])
     return Config(**values)

@@ -37,6 +37,7 @@ from psycopg import sql
 
 from gxsubmit.catalog import Catalog, load_catalog
 from gxsubmit.config import Config, ConfigError, load_config
+from gxsubmit.dbroute import CONNECT_ARGS
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
 
 __all__ = ["Audit", "add_arguments", "audit_ledger", "run"]
@@ -339,7 +340,8 @@ class Demo:
         async def migrate() -> int:
             from gxsubmit.outbox import migrate as do_migrate
 
-            async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            url = self.url
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True, **CONNECT_ARGS) as conn:
                 return await do_migrate(conn, self.schema)
 
         version = asyncio.run(migrate())
@@ -476,7 +478,7 @@ class Demo:
         async def insert() -> None:
             from gxsubmit.outbox import enqueue
 
-            async with await psycopg.AsyncConnection.connect(self.url) as conn:
+            async with await psycopg.AsyncConnection.connect(self.url, **CONNECT_ARGS) as conn:
                 async with conn.transaction():
                     for i, (ctype, payload, key) in enumerate(phase.commands):
                         await enqueue(
@@ -547,7 +549,7 @@ class Demo:
         deadline = self.started + self.args.timeout
         drawn = False
         last_plain = 0.0
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with psycopg.connect(self.url, autocommit=True, **CONNECT_ARGS) as conn:
             for n, phase in enumerate(phases, 1):
                 self.enqueue(phase)
                 if not self.tty:
@@ -577,11 +579,11 @@ class Demo:
         return True
 
     def progress_once(self) -> dict[str, Counter[str]]:
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with psycopg.connect(self.url, autocommit=True, **CONNECT_ARGS) as conn:
             return self.progress(conn)
 
     def summary(self) -> bool:
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with psycopg.connect(self.url, autocommit=True, **CONNECT_ARGS) as conn:
             count, pcts, span = conn.execute(_report_sql("latency", self.schema)).fetchone() or (
                 0,
                 None,
@@ -650,7 +652,8 @@ class Demo:
                 emulator.kill()
                 emulator.wait()
         if self.drop_schema and self.url:
-            with contextlib.suppress(psycopg.Error), psycopg.connect(self.url, autocommit=True) as conn:
+            with contextlib.suppress(psycopg.Error), \
+                    psycopg.connect(self.url, autocommit=True, **CONNECT_ARGS) as conn:
                 conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
         if self.pg is not None:
             with contextlib.suppress(Exception):

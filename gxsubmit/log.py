@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from gxsubmit.secrets import redact
+
 __all__ = ["JsonFormatter", "get_logger", "setup_logging"]
 
 _MAX_LINE = 4000
@@ -54,10 +56,11 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():  # the ``extra=`` fields, in the caller's order
             if key not in _RESERVED and key[:1] != "_":
-                doc[key] = value
+                # error texts can quote a connection string (a driver's or the caller's own words)
+                doc[key] = redact(value) if key.endswith("error") and isinstance(value, str) else value
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            doc["error"] = f"{type(exc).__name__}: {exc}"
+            doc["error"] = redact(f"{type(exc).__name__}: {exc}")
         return doc
 
     def format_bytes(self, record: logging.LogRecord) -> bytes:

@@ -15,7 +15,7 @@ import operator
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from functools import cache
@@ -26,6 +26,8 @@ import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
+
+from gxsubmit.dbroute import CONNECT_ARGS, behind_proxy
 
 __all__ = [
     "CHANNEL",
@@ -361,6 +363,8 @@ class OutboxStore:
         self._reconnect_lock = asyncio.Lock()
         self._q: dict[str, bytes] = {}
         self._claim_q: dict[int, bytes] = {}
+        #: the connection goes through a pooler or proxy (session settings would not stick)
+        self.pooled = False
 
     @classmethod
     async def connect(
@@ -386,15 +390,28 @@ class OutboxStore:
         if conn is not None:
             await conn.close()
 
+    @property
+    def tls(self) -> bool:
+        """The current connection is encrypted (to the server, or to the pooler in front of it)."""
+        conn = self._conn
+        return bool(conn is not None and not conn.closed and conn.pgconn.ssl_in_use)
+
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(
             self._url,
             autocommit=True,
             connect_timeout=max(2, round(self._connect_timeout)),
             application_name=f"gxsubmit:{self.worker_id}"[:63],
+            **CONNECT_ARGS,
         )
+        # A server connection a transaction pooler shares may still LISTEN for an earlier client: drop
+        # what arrives here (psycopg would keep it in a backlog that nothing reads).
+        conn.add_notify_handler(_ignore_notify)
         try:
-            await conn.execute(_compose("session_setup", self.schema))
+            # Through a pooler a SET lands on whichever server connection runs it and stays there: only
+            # what PgBouncer tracks per client and replays is set then (queries.sql session_pooled).
+            self.pooled = await behind_proxy(conn)
+            await conn.execute(_compose("session_pooled" if self.pooled else "session_setup", self.schema))
         except BaseException:
             await conn.close()
             raise
@@ -593,6 +610,10 @@ class OutboxStore:
         rows = await self._rows("fail_unroutable", {"types": list(routed_types)})
         return int(rows[0][0])
 
+    async def notify_probe(self, payload: str) -> None:
+        """NOTIFY a wake-up probe (see :meth:`Notifier.probe`)."""
+        await self._rows("notify_probe", {"payload": payload})
+
     async def stats(self, *, exact_below: int = EXACT_COMMITTED_BELOW) -> QueueStats:
         """Counts for /status, the gauges and ``gxsubmit status``, in one statement (queries.sql ``stats``).
 
@@ -698,6 +719,13 @@ class OutboxStore:
 
 # -- wake-ups ---------------------------------------------------------------------------------------
 
+#: NOTIFY payloads of wake-up probes start with this (no schema name can: it is not an identifier).
+PROBE_PREFIX = "~probe:"
+
+
+def _ignore_notify(_n: psycopg.Notify) -> None:
+    return None
+
 
 class Notifier:
     """LISTEN on a dedicated autocommit connection; ``wait`` returns early when a row is inserted.
@@ -710,6 +738,7 @@ class Notifier:
     def __init__(self, conn: psycopg.AsyncConnection[Any], wanted: frozenset[str] | None = None) -> None:
         self._conn = conn
         self._wanted = wanted
+        self._probes: set[str] = set()
 
     @classmethod
     async def connect(
@@ -725,6 +754,7 @@ class Notifier:
             autocommit=True,
             connect_timeout=max(2, round(connect_timeout)),
             application_name="gxsubmit:listen",
+            **CONNECT_ARGS,
         )
         try:
             await conn.execute(_compose("listen", "public"))
@@ -735,7 +765,34 @@ class Notifier:
         return cls(conn, wanted)
 
     def _wakes(self, payload: str) -> bool:
+        if payload.startswith(PROBE_PREFIX):
+            self._probes.add(payload)
+            return False
         return self._wanted is None or payload in self._wanted or ":" not in payload
+
+    async def probe(self, send: Callable[[str], Awaitable[Any]], timeout: float) -> tuple[bool, bool]:  # noqa: ASYNC109
+        """Do notifications reach this connection? ``send(payload)`` NOTIFYs from another connection.
+
+        Behind a transaction pooler the LISTEN ran on a server connection this client no longer holds,
+        so nothing arrives. Returns (arrived, woken): ``woken`` if a real wake-up came meanwhile.
+        """
+        payload = PROBE_PREFIX + uuid.uuid4().hex
+        await send(payload)
+        deadline = time.monotonic() + max(0.0, timeout)
+        woken = False
+        while payload not in self._probes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            async for n in self._conn.notifies(timeout=left, stop_after=1):
+                woken = self._wakes(n.payload) or woken
+        arrived = payload in self._probes
+        self._probes.clear()
+        return arrived, woken
+
+    async def unlisten(self) -> None:
+        """Best effort: do not leave a pooled server connection listening for nobody."""
+        await self._conn.execute(_compose("unlisten", "public"))
 
     async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - the contract's signature
         """Wait up to ``timeout`` s; True if a NOTIFY for us arrived. Drains queued ones so a burst of

@@ -96,8 +96,11 @@ class EmbeddedPostgres:
         fsync: bool = True,
         settings: Mapping[str, str] | None = None,
         start_timeout: float = 60.0,
+        bin_dir: Path | None = None,
     ) -> None:
         self.datadir = Path(datadir).absolute()
+        #: other binaries than the wheel's, e.g. the system's (/usr/lib/postgresql/15/bin: built with TLS)
+        self.bin_dir = bin_dir
         self.port = port if port is not None else free_port()
         self.fsync = fsync
         self.settings = dict(settings or {})
@@ -128,7 +131,8 @@ class EmbeddedPostgres:
         if self.is_running:
             return
         self._initdb()
-        cmd = [str(_bin_dir() / "postgres"), "-D", str(self.datadir), *self._server_options()]
+        postgres = (self.bin_dir or _bin_dir()) / "postgres"
+        cmd = [str(postgres), "-D", str(self.datadir), *self._server_options()]
         log = open(self.logfile, "ab")  # handed to the child; closed right after
         try:
             self._proc = subprocess.Popen(
@@ -228,7 +232,7 @@ class EmbeddedPostgres:
             user = SYSTEM_USER
         self.datadir.chmod(0o700)
         cmd = [
-            str(_bin_dir() / "initdb"),
+            str((self.bin_dir or _bin_dir()) / "initdb"),
             "-D",
             str(self.datadir),
             "-U",

@@ -39,6 +39,7 @@ from gxsubmit.config import Config
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
 from gxsubmit.log import get_logger, setup_logging
 from gxsubmit.sdnotify import Notifier
+from gxsubmit.secrets import no_core_dumps
 
 if TYPE_CHECKING:
     from gxsubmit.catalog import Catalog
@@ -234,7 +235,7 @@ class OutboxWatcher:
             from gxsubmit.outbox import OutboxStore
 
             self._store = await OutboxStore.connect(
-                self._cfg.database_url,
+                self._cfg.database_conninfo,
                 schema=self._cfg.schema,
                 worker_id=owner_id(self._cfg.worker_id, "supervisor", os.getpid()),
                 connect_timeout=self._cfg.connect_timeout,
@@ -910,6 +911,7 @@ class Supervisor:
                 "failed": st.get("failed"),
                 "last_error": st.get("last_error"),
                 "draining": st.get("draining"),
+                "wakeups": st.get("wakeups"),
                 "heartbeat_age_s": round(time.time() - slot.beat, 3) if slot.pid is not None else None,
             }
         stats = self.watcher.stats
@@ -940,6 +942,9 @@ class Supervisor:
             },
             "workers": workers,
             "queue": queue_doc,
+            # One line each, e.g. a LISTEN behind a transaction pooler (workers poll instead).
+            "warnings": sorted({str(s.status["wakeup_warning"]) for s in self.slots.values()
+                                if s.status and s.status.get("wakeup_warning")}),
         }
 
     def _render(self) -> tuple[bytes, str]:
@@ -1010,6 +1015,7 @@ def _select_identities(catalog: Catalog, cfg: Config) -> list[str]:
 
 def run(cfg: Config) -> int:
     """Entry point of ``gxsubmit supervise``; returns the process exit code."""
+    no_core_dumps()  # holds the database password (and reads the wallet's files)
     _prepare_metrics_env(cfg)
     setup_logging(cfg.log_level, process="supervisor")
     log.info("Starting outbox submitter supervisor", extra={"worker_id": cfg.worker_id})
@@ -1021,5 +1027,11 @@ def run(cfg: Config) -> int:
         identities = _select_identities(catalog, cfg)
     except Exception as exc:  # ConfigError, CatalogError: one line, no restart loop
         log.error("Configuration error, not starting", extra={"error": str(exc)})
+        return RET_CONFIG
+    from gxsubmit.dbroute import tls_preflight
+
+    problem = tls_preflight(cfg)  # a wrong CA or host name does not heal by retrying
+    if problem is not None:
+        log.error("Configuration error, not starting", extra={"error": problem})
         return RET_CONFIG
     return Supervisor(cfg, catalog, identities).run()

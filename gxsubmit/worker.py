@@ -46,7 +46,7 @@ import random
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
 from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, TxRecord
 from gxsubmit.pipeline import IdentityRing, Job, Pipeline, PipelineSettings, Stage
+from gxsubmit.secrets import no_core_dumps
+from gxsubmit.wakeups import Wakeups
 from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_client, wallet_signature
 
 __all__ = ["Boot", "ConfigProblem", "Worker", "boot", "run", "status_path"]
@@ -106,7 +108,8 @@ class Boot:
     wallet_identity: WalletIdentity
     tls_root: bytes | None
     client_cert: bytes | None
-    client_key: bytes | None
+    #: the client TLS private key: never in a repr (a Boot can end up in a traceback or a debug log)
+    client_key: bytes | None = field(repr=False)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -151,6 +154,7 @@ def boot(cfg: Config, identity: str) -> Boot:
 
 def run(cfg: Config, identity: str) -> int:
     """Entry point of ``gxsubmit worker --identity NAME``."""
+    no_core_dumps()  # before the signing key and the client TLS key are read
     setup_logging(cfg.log_level, process="worker", identity=identity)
     try:
         b = boot(cfg, identity)
@@ -197,7 +201,11 @@ class Worker:
             threshold=cfg.breaker_threshold, cooldown=min(cfg.breaker_cooldown, 2.0),
             max_cooldown=max(cfg.breaker_cooldown, 2.0))
         self.db = DbLink(self._connect_store, max_delay=10.0, on_reconnect=self._on_db_reconnect)
-        self.notifier: Notifier | None = None
+        self.wakeups = Wakeups(
+            connect=lambda: Notifier.connect(cfg.listen_conninfo, connect_timeout=cfg.connect_timeout,
+                                             schema=cfg.schema, types=b.types),
+            send_probe=lambda payload: self.db.once(lambda st: st.notify_probe(payload)),
+            wake=self._wake, poll_interval=cfg.poll_interval, pooled_poll_interval=cfg.pooled_poll_interval)
         self.gateway: GatewayClient | None = None
         self.pipeline: Pipeline | None = None
         self._bg: list[asyncio.Task[Any]] = []
@@ -210,7 +218,7 @@ class Worker:
     # -- setup -------------------------------------------------------------------------------------
 
     async def _connect_store(self) -> OutboxStore:
-        return await OutboxStore.connect(self.cfg.database_url, schema=self.cfg.schema,
+        return await OutboxStore.connect(self.cfg.database_conninfo, schema=self.cfg.schema,
                                          worker_id=f"{self.cfg.worker_id}:{self.identity}:{os.getpid()}",
                                          connect_timeout=self.cfg.connect_timeout)
 
@@ -288,7 +296,7 @@ class Worker:
         self._write_status()  # readiness visible at once, not a heartbeat later
         for w in watchers.values():
             self._spawn(w.run(self.closing), f"commits-{w.channel}")
-        self._spawn(self._notify_loop(), "notify")
+        self._spawn(self.wakeups.run(self.stop), "notify")
         self._spawn(self._renew_loop(), "renew")
         self._spawn(self._wallet_loop(), "wallet")
         self._spawn(self._metrics_loop(), "metrics")
@@ -335,7 +343,7 @@ class Worker:
         self._wake.clear()
 
     def _poll_timeout(self) -> float:
-        return self.cfg.poll_interval * random.uniform(0.8, 1.2)
+        return self.wakeups.poll_interval * random.uniform(0.8, 1.2)
 
     async def _claim_loop(self) -> None:
         cfg = self.cfg
@@ -408,28 +416,6 @@ class Worker:
         self._wake.set()
 
     # -- background loops --------------------------------------------------------------------------
-
-    async def _notify_loop(self) -> None:
-        pacer = Backoff(0.5, 30.0)
-        while not self.stop.is_set():
-            if self.notifier is None:
-                try:
-                    self.notifier = await Notifier.connect(
-                        self.cfg.database_url, connect_timeout=self.cfg.connect_timeout,
-                        schema=self.cfg.schema, types=self.b.types)
-                    pacer.reset()
-                except Exception:
-                    await pacer.sleep(self.stop)
-                    continue
-            try:
-                if await self.notifier.wait(1.0):
-                    self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                with contextlib.suppress(Exception):
-                    await self.notifier.close()
-                self.notifier = None
 
     async def _renew_loop(self) -> None:
         period = max(0.2, self.cfg.lease_seconds / 3)
@@ -539,6 +525,8 @@ class Worker:
             "draining": self.draining,
             "cert_not_after": self._wallet_identity.not_after.isoformat(),
             "commit_stream": bool(p and any(w.live for w in p.watchers.values())),
+            "wakeups": self.wakeups.mode,
+            "wakeup_warning": self.wakeups.warning,
         }
         path = self._status_file
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -604,9 +592,8 @@ class Worker:
         await asyncio.gather(*self._bg, return_exceptions=True)
         for b in self._batchers:
             await b.stop()
-        if self.notifier is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.notifier.close(), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.wakeups.close(), 2.0)
         if self.gateway is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.gateway.close(), 2.0)

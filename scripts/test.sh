@@ -19,6 +19,15 @@ export GXSUBMIT_CHECKOV="$PWD/.venv-checkov/bin/checkov"
 if command -v npm >/dev/null 2>&1 && [ -f tests/node/package-lock.json ]; then
   (cd tests/node && npm ci --omit=optional --no-audit --no-fund --loglevel=error)
 fi
+# PgBouncer for the pooler tests (tests/pooler.py starts private instances on free ports; the package's
+# own service, if it starts on 6432, is not used). Installed as root where apt is; elsewhere those tests
+# skip with a reason, except under CI=true, where they fail.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ] \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q -o DPkg::Lock::Timeout=600 pgbouncer \
+    || { apt-get update -q -o DPkg::Lock::Timeout=600 && apt-get install -y -q -o DPkg::Lock::Timeout=600 pgbouncer; }
+fi
 if [ -z "${GXSUBMIT_TEST_DATABASE_URL:-}" ] && .venv/bin/python - <<'PY'
 import socket, sys
 s = socket.socket()

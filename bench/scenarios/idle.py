@@ -15,6 +15,12 @@ statement's transaction) minus the inserting transaction's commit time as the se
 (A client-side time taken after COMMIT returned came later than some claims: the NOTIFY reaches the
 worker while the acknowledgement is still on its way to the client, and p50 read negative.) It runs on
 the same server, after the idle window.
+
+Both run three times (``SETUPS``): directly; through a PgBouncer of the scenario's own in transaction mode
+with only the pooled URL (LISTEN cannot work there: the workers' probe finds it and they poll every
+``pooled_poll_interval``, which is what the idle rate then costs); and through the same PgBouncer with a
+direct ``listen_url``. Statements through the pooler run as the same role in the same database, so
+pg_stat_statements counts them alike.
 """
 
 from __future__ import annotations
@@ -100,68 +106,52 @@ def _migrated_schema(url: str) -> str:
     return schema
 
 
+#: (label suffix, through PgBouncer, LISTEN on a direct URL): the direct set-up first (its configs keep the
+#: names "idle" and "pickup" that run.py's targets read), then a transaction-mode PgBouncer in front of the
+#: same server with the pooled URL only (workers find NOTIFY does not arrive and poll every
+#: pooled_poll_interval), then the pooled URL plus a direct LISTEN URL.
+SETUPS = (("", False, False), (" pooled (short poll)", True, False), (" pooled + direct LISTEN", True, True))
+
+
 def run(ctx: Context) -> dict[str, Any]:
+    from gxsubmit.pgbouncer import PgBouncer, find_pgbouncer
+
     emu = ctx.emulator("fast", SPEC)
     settle, window = (1.5, 30.0) if ctx.quick else (5.0, 90.0)
     n_inserts, spacing = (40, 0.04) if ctx.quick else (200, 0.05)
     pg, url, observer_url, dbname = _start_server(ctx)
     counter: StatementCounter | None = None
+    bouncer: PgBouncer | None = None
     configs: list[dict[str, Any]] = []
+    sup: SupervisorProc | None = None
     try:
         schema = _migrated_schema(url)
-        sup = SupervisorProc(
-            ctx.workdir,
-            "idle",
-            database_url=url,
-            schema=schema,
-            gateway=emu.target,
-            wallet=ctx.wallet,
-            insecure=True,
-        )
         counter = StatementCounter(observer_url, dbname, "postgres")
-        sup.start()
-        try:
-            ready = sup.wait_ready(60.0)
-            prog = Progress("idle")
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < settle:
-                prog.tick("settling")
-                time.sleep(0.1)
-            s0, c0, m0 = counter.snapshot(), sup.cpu(), time.monotonic()
-            while time.monotonic() - m0 < window:
-                prog.tick(lambda: f"idle window {time.monotonic() - m0:4.1f}/{window:g}s")
-                time.sleep(0.1)
-            s1, c1, m1 = counter.snapshot(), sup.cpu(), time.monotonic()
-            secs = m1 - m0
-            stmts = diff(s0, s1)
-            total = sum(n for n, _ in stmts)
-            replicas = 1
-            per_s = total / secs / replicas
-            cpu = sum(v - c0.get(pid, 0.0) for pid, v in c1.items())
-            configs.append(
-                {
-                    "config": "idle",
-                    "db_queries_per_s_per_replica": per_s,
-                    "replicas": replicas,
-                    "workers": len(sup.worker_pids()),
-                    "window_s": round(secs, 2),
-                    "db_queries_in_window": total,
-                    "top_statements": [
-                        {"calls": n, "per_s": round(n / secs, 4), "query": " ".join(t.split())[:300]}
-                        for n, t in stmts[:12]
-                    ],
-                    "gxsubmit_cpu_ms_per_s": cpu * 1000 / secs,
-                    "ready_s": round(ready, 3),
-                    "note": f"{per_s:.3f} stmt/s ({total} in {secs:.0f} s, pg_stat_statements), "
-                    f"gx cpu {cpu * 1000 / secs:.1f} ms/s",
-                }
-            )
-            configs.append(asyncio.run(_pickup(url, schema, n_inserts, spacing)))
-        finally:
-            sup.stop()
+        for n, (label, pooled, direct_listen) in enumerate(SETUPS):
+            settings: dict[str, Any] = {"database_url": url}
+            if pooled:
+                if find_pgbouncer() is None:
+                    say("idle: pgbouncer is not installed; the pooled configurations are skipped")
+                    break
+                if bouncer is None:
+                    bouncer = PgBouncer("127.0.0.1", pg.port, pool_mode="transaction")
+                    bouncer.start()
+                settings = {"database_url": bouncer.url(dbname)}
+                if direct_listen:
+                    settings["listen_url"] = url
+            sup = SupervisorProc(ctx.workdir, f"idle{n}", schema=schema, gateway=emu.target,
+                                 wallet=ctx.wallet, insecure=True, **settings)
+            sup.start()
+            try:
+                configs += _measure(sup, counter, label, settle, window)
+                configs.append(asyncio.run(_pickup(url, schema, n_inserts, spacing, label, f"pickup{n}")))
+            finally:
+                sup.stop()
     finally:
         if counter is not None:
             counter.close()
+        if bouncer is not None:
+            bouncer.cleanup()
         pg.stop()
     return {
         "configs": configs,
@@ -170,8 +160,10 @@ def run(ctx: Context) -> dict[str, Any]:
             "window_s": window,
             "pickup_inserts": n_inserts,
             "pickup_spacing_s": spacing,
-            "poll_interval": sup.cfg.poll_interval,
+            "poll_interval": sup.cfg.poll_interval if sup else None,
+            "pooled_poll_interval": sup.cfg.pooled_poll_interval if sup else None,
             "server": f"embedded PostgreSQL of its own ({pg.datadir.name}), pg_stat_statements preloaded",
+            "pooler": "PgBouncer (system binary), pool_mode=transaction, in front of the same server",
             "query_counter": "pg_stat_statements calls (top-level statements, utility included) of the "
             "supervisor's role in the scenario's database; the harness reads as "
             f"{OBSERVER} from another database",
@@ -179,16 +171,56 @@ def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-async def _pickup(url: str, schema: str, n: int, spacing: float) -> dict[str, Any]:
+def _measure(sup: SupervisorProc, counter: StatementCounter, label: str, settle: float,
+             window: float) -> list[dict[str, Any]]:
+    """Statements per second of an idle supervisor over ``window`` seconds."""
+    ready = sup.wait_ready(60.0)
+    prog = Progress("idle" + label)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < settle:
+        prog.tick("settling")
+        time.sleep(0.1)
+    s0, c0, m0 = counter.snapshot(), sup.cpu(), time.monotonic()
+    while time.monotonic() - m0 < window:
+        prog.tick(lambda: f"idle window {time.monotonic() - m0:4.1f}/{window:g}s")
+        time.sleep(0.1)
+    s1, c1, m1 = counter.snapshot(), sup.cpu(), time.monotonic()
+    secs = m1 - m0
+    stmts = diff(s0, s1)
+    total = sum(n for n, _ in stmts)
+    replicas = 1
+    per_s = total / secs / replicas
+    cpu = sum(v - c0.get(pid, 0.0) for pid, v in c1.items())
+    return [
+        {
+            "config": "idle" + label,
+            "db_queries_per_s_per_replica": per_s,
+            "replicas": replicas,
+            "workers": len(sup.worker_pids()),
+            "window_s": round(secs, 2),
+            "db_queries_in_window": total,
+            "top_statements": [
+                {"calls": n, "per_s": round(n / secs, 4), "query": " ".join(t.split())[:300]}
+                for n, t in stmts[:12]
+            ],
+            "gxsubmit_cpu_ms_per_s": cpu * 1000 / secs,
+            "ready_s": round(ready, 3),
+            "note": f"{per_s:.3f} stmt/s ({total} in {secs:.0f} s, pg_stat_statements), "
+            f"gx cpu {cpu * 1000 / secs:.1f} ms/s",
+        }
+    ]
+
+
+async def _pickup(url: str, schema: str, n: int, spacing: float, label: str, prefix: str) -> dict[str, Any]:
     import psycopg
 
     _, ctype, expr = WORKLOAD[0]
     table = f'"{schema}".outbox_commands'
     commit_ts: dict[str, float] = {}
-    prog = Progress("pickup")
+    prog = Progress("pickup" + label)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for g in range(1, n + 1):
-            rid = f"pickup-{g}"
+            rid = f"{prefix}-{g}"
             cur = await conn.execute(
                 f"INSERT INTO {table} (service, command_type, request_id, payload) "
                 f"SELECT 'bench', '{ctype}', %(rid)s, ({expr})"
@@ -207,7 +239,7 @@ async def _pickup(url: str, schema: str, n: int, spacing: float) -> dict[str, An
         rows: list[tuple[str, Any]] = []
         while time.monotonic() < deadline:
             cur = await conn.execute(
-                f"SELECT request_id, locked_at FROM {table} WHERE request_id LIKE 'pickup-%%'"
+                f"SELECT request_id, locked_at FROM {table} WHERE request_id LIKE '{prefix}-%%'"
                 " AND locked_at IS NOT NULL"
             )
             rows = await cur.fetchall()
@@ -218,7 +250,7 @@ async def _pickup(url: str, schema: str, n: int, spacing: float) -> dict[str, An
     if len(delays) < n:
         say(f"pickup: only {len(delays)}/{n} rows were claimed within the deadline")
     return {
-        "config": "pickup",
+        "config": "pickup" + label,
         "samples": len(delays),
         "p50_ms": percentile(delays, 50),
         "p95_ms": percentile(delays, 95),

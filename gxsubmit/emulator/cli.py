@@ -107,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--policy-failure", type=_fraction, default=0.0, metavar="P", help="forced ENDORSEMENT_POLICY_FAILURE"
     )
     g.add_argument(
+        "--hostile", type=_fraction, default=0.0, metavar="P",
+        help="hostile peer: garbled, truncated, oversized or contradictory answers (Endorse, CommitStatus, "
+        "blocks), block numbers jumping or going back, duplicate entries, unknown validation codes",
+    )
+    g.add_argument(
         "--outage-after", type=_positive, default=None, metavar="S", help="start an outage after S s"
     )
     g.add_argument(
@@ -127,6 +132,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         commit_status_unavailable=args.fail_commit_status,
         mvcc=args.mvcc,
         policy_failure=args.policy_failure,
+        hostile=args.hostile,
     )
     for spec in args.latency:
         rpc, span = parse_latency(spec)
@@ -201,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         f"emulator stopped: committed={st['committed']} valid={st['valid']} rejected={st['rejected']} "
         f"blocks={st.get('blocks', 0)} cpu={st['cpu_s']:.3f}s (process; loop thread "
         f"{st.get('loop_cpu_s', 0.0):.3f}s) cpu_per_committed_tx={per_s} "
-        f"by_code={st.get('by_code', {})}",
+        f"by_code={st.get('by_code', {})}"
+        + (f" hostile={st['hostile']} hostile_by_kind={st['hostile_by_kind']}" if st.get("hostile") else ""),
         flush=True,
     )
     return 0

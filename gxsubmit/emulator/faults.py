@@ -34,6 +34,9 @@ class Faults:
     commit_status_unavailable: float = 0.0
     mvcc: float = 0.0
     policy_failure: float = 0.0
+    #: chance that an answer (Endorse, CommitStatus, a block on DeliverFiltered) is a hostile one
+    #: (garbled, truncated, oversized or contradictory: see gxsubmit.emulator.hostile)
+    hostile: float = 0.0
     outage_until: float = 0.0
 
     def outage(self, duration_s: float) -> None:

@@ -46,6 +46,7 @@ from gxsubmit.emulator import chaincode as cc
 from gxsubmit.emulator import wire
 from gxsubmit.emulator.deliver import DEFAULT_TIME_WINDOW_S, FilteredBlocks, Seek, parse_seek
 from gxsubmit.emulator.faults import Faults
+from gxsubmit.emulator.hostile import HostilePeer, add_gateway_servicer
 from gxsubmit.emulator.ledger import Ledger, TxLocation
 from gxsubmit.emulator.validation import (
     CODE_NAMES,
@@ -483,6 +484,7 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     def __init__(self, core: _Core) -> None:
         self.core = core
         self.local = core.endorsers["Org1MSP"]
+        self.hostile = HostilePeer(core.rng, core.counters)
 
     async def _gate(self, rpc: str) -> None:
         core = self.core
@@ -517,7 +519,8 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     ) -> gateway_pb2.EvaluateResponse:
         try:
             await self._gate("Evaluate")
-            return self._evaluate(request)
+            resp = self._evaluate(request)
+            return self.hostile.evaluate(resp) if self.core.roll(self.core.faults.hostile) else resp
         except _Abort as err:
             await self._fail(context, err)
 
@@ -578,7 +581,8 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     "endorsement timeout expired while collecting first endorsement",
                 )
-            return self._endorse(request)
+            resp = self._endorse(request)
+            return self.hostile.endorse(resp) if core.roll(core.faults.hostile) else resp
         except _Abort as err:
             await self._fail(context, err)
 
@@ -709,7 +713,8 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             loc = core.ledger.index.get(req.transaction_id)
             if loc is None:
                 loc = await self._wait_commit(req.transaction_id, context)
-            return gateway_pb2.CommitStatusResponse(result=loc.code, block_number=loc.block)
+            resp = gateway_pb2.CommitStatusResponse(result=loc.code, block_number=loc.block)
+            return self.hostile.commit_status(resp) if core.roll(core.faults.hostile) else resp
         except _Abort as err:
             await self._fail(context, err)
 
@@ -898,7 +903,15 @@ class _Deliver:
                     status = common_pb2.FORBIDDEN
                     break
                 core.counters["deliver_blocks"] += 1
-                yield self.blocks.get(number)
+                data = self.blocks.get(number)
+                if core.roll(faults.hostile):
+                    lies, then_real = self.gateway.hostile.block(data, number, CHANNEL)
+                    for lie in lies:
+                        yield lie
+                    if then_real:
+                        yield data
+                else:
+                    yield data
                 if number == seek.stop:
                     break
                 number += 1
@@ -1048,7 +1061,7 @@ class Emulator:
             ]
         )
         gateway = _Gateway(core)
-        gateway_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
+        add_gateway_servicer(gateway, server)  # the generated registration, able to send raw bytes
         server.add_generic_rpc_handlers((_Deliver(gateway, bind_tls=self.client_tls).handler(),))
         try:
             port = (
@@ -1155,6 +1168,8 @@ class Emulator:
             "blocks": c["blocks"],
             "deliver_seeks": c["deliver_seeks"],
             "deliver_blocks": c["deliver_blocks"],
+            "hostile": c["hostile"],
+            "hostile_by_kind": {k[8:]: v for k, v in c.items() if k.startswith("hostile_")},
             "height": core.ledger.height,
             "pending": len(core.pending),
             "replayed": self.replayed,

@@ -12,15 +12,20 @@ from dataclasses import dataclass
 
 import grpc
 from fabric_protos.common import common_pb2
-from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
-from fabric_protos.peer import events_pb2
+from fabric_protos.gateway import gateway_pb2_grpc
 
-from gxsubmit.fabric.codes import code_name
+from gxsubmit.fabric.answers import (
+    CommitResult,
+    FilteredBlock,
+    parse_commit_status,
+    parse_deliver,
+    parse_endorse,
+    parse_evaluate,
+)
 from gxsubmit.fabric.errors import ErrorClass, FabricError, from_rpc_error
 from gxsubmit.fabric.identity import SigningIdentity
 from gxsubmit.fabric.proposal import (
     Prepared,
-    PreparedMismatch,
     Proposal,
     build_proposal,
     chaincode_events_request,
@@ -28,7 +33,6 @@ from gxsubmit.fabric.proposal import (
     endorse_request,
     evaluate_request,
     new_nonce,
-    parse_prepared,
     seek_envelope,
     sign_envelope,
     submit_request,
@@ -59,18 +63,6 @@ class Deadlines:
 
 
 @dataclass(frozen=True)
-class CommitResult:
-    tx_id: str
-    block_number: int
-    code: int
-    code_name: str
-
-    @property
-    def valid(self) -> bool:
-        return self.code == 0
-
-
-@dataclass(frozen=True)
 class ChaincodeEvent:
     block_number: int
     tx_id: str
@@ -83,15 +75,6 @@ class ChaincodeEvent:
 class EventBlock:
     block_number: int
     events: tuple[ChaincodeEvent, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FilteredBlock:
-    """One committed block as the peer's filtered delivery shows it: every transaction's validation
-    code, in block order (a second copy of a tx id shows DUPLICATE_TXID here)."""
-
-    number: int
-    transactions: tuple[tuple[str, int], ...]
 
 
 def channel_options(*, server_name: str | None, keepalive_s: float) -> list[tuple[str, int | str]]:
@@ -150,21 +133,18 @@ class GatewayClient:
         # the generated stubs do: grpcio then skips the per-call method lookup (an echo call as in
         # bench/grpc_echo.py: 120-136 us of client CPU instead of 132-164, 4 interleaved rounds; per
         # command end to end that is ~3 %, inside the floor A/B's run-to-run spread).
-        self._endorse = self._channel.unary_unary(
-            "/gateway.Gateway/Endorse", response_deserializer=gateway_pb2.EndorseResponse.FromString,
-            _registered_method=True,
-        )
+        # Answers stay bytes here and are decoded by gxsubmit.fabric.answers: an answer that does not
+        # parse is then a mapped FabricError like any other, not an error inside grpcio.
+        self._endorse = self._channel.unary_unary("/gateway.Gateway/Endorse", _registered_method=True)
         self._submit = self._channel.unary_unary("/gateway.Gateway/Submit", _registered_method=True)
+        self._evaluate = self._channel.unary_unary("/gateway.Gateway/Evaluate", _registered_method=True)
         self._commit_status = self._channel.unary_unary(
-            "/gateway.Gateway/CommitStatus",
-            response_deserializer=gateway_pb2.CommitStatusResponse.FromString,
-            _registered_method=True,
+            "/gateway.Gateway/CommitStatus", _registered_method=True
         )
         # The peer's Deliver service shares the gateway's address (and this channel's connection).
         self._deliver_filtered = self._channel.stream_stream(
             "/protos.Deliver/DeliverFiltered",
             request_serializer=common_pb2.Envelope.SerializeToString,
-            response_deserializer=events_pb2.DeliverResponse.FromString,
             _registered_method=True,
         )
 
@@ -187,10 +167,11 @@ class GatewayClient:
     async def evaluate(self, p: Proposal) -> bytes:
         """Run the transaction on one peer without ordering it; returns the chaincode's result."""
         try:
-            resp = await self._stub.Evaluate(evaluate_request(p), timeout=self.deadlines.evaluate)
+            request = evaluate_request(p).SerializeToString()
+            data = await self._evaluate(request, timeout=self.deadlines.evaluate)
         except grpc.RpcError as err:
             raise from_rpc_error("evaluate", err, tx_id=p.tx_id) from None
-        return bytes(resp.result.payload)
+        return parse_evaluate(data, p.tx_id)
 
     async def transaction_known(self, identity: SigningIdentity, *, channel: str, tx_id: str) -> bool:
         """Whether the gateway peer's ledger holds ``tx_id`` (qscc GetTransactionByID, any validation
@@ -209,15 +190,10 @@ class GatewayClient:
     async def endorse(self, p: Proposal) -> Prepared:
         """Collect endorsements; returns the unsigned envelope after checking it is our transaction."""
         try:
-            resp = await self._endorse(endorse_request(p).SerializeToString(), timeout=self.deadlines.endorse)
+            data = await self._endorse(endorse_request(p).SerializeToString(), timeout=self.deadlines.endorse)
         except grpc.RpcError as err:
             raise from_rpc_error("endorse", err, tx_id=p.tx_id) from None
-        if not resp.HasField("prepared_transaction"):
-            raise _bad_response("endorse", p.tx_id, "gateway returned no prepared transaction")
-        try:
-            return parse_prepared(resp.prepared_transaction, expected=p)
-        except PreparedMismatch as exc:
-            raise _bad_response("endorse", p.tx_id, str(exc), code="PREPARED_MISMATCH") from None
+        return parse_endorse(data, p)
 
     async def submit(self, identity: SigningIdentity, prepared: Prepared) -> None:
         """Sign the envelope and hand it to the orderers. A transport failure here is IN_DOUBT."""
@@ -238,16 +214,13 @@ class GatewayClient:
         """Wait (up to the deadline) for the commit of ``tx_id``; the first copy's code for duplicates."""
         request = commit_status_request(identity, channel=channel, tx_id=tx_id)
         try:
-            resp = await self._commit_status(
+            data = await self._commit_status(
                 request.SerializeToString(),
                 timeout=timeout if timeout is not None else self.deadlines.commit_status,
             )
         except grpc.RpcError as err:
             raise from_rpc_error("commit_status", err, tx_id=tx_id) from None
-        code = int(resp.result)
-        return CommitResult(
-            tx_id=tx_id, block_number=int(resp.block_number), code=code, code_name=code_name(code)
-        )
+        return parse_commit_status(data, tx_id)
 
     async def chaincode_events(
         self,
@@ -315,18 +288,9 @@ class GatewayClient:
                         error_code="DELIVER_ENDED",
                         message=f"block stream on {channel} ended by the peer",
                     )
-                kind = resp.WhichOneof("Type")
-                if kind == "filtered_block":
-                    fb = resp.filtered_block
-                    yield FilteredBlock(
-                        number=int(fb.number),
-                        transactions=tuple(
-                            (t.txid, int(t.tx_validation_code)) for t in fb.filtered_transactions
-                        ),
-                    )
-                elif kind == "status":
-                    raise _deliver_status(channel, int(resp.status))
-                # other kinds (full blocks) are not asked for: ignore them
+                block = parse_deliver(resp, channel)
+                if block is not None:
+                    yield block
         except grpc.RpcError as err:
             raise from_rpc_error("deliver", err) from None
         finally:
@@ -340,29 +304,3 @@ class GatewayClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _bad_response(stage: str, tx_id: str, message: str, *, code: str = "BAD_RESPONSE") -> FabricError:
-    # Nothing was signed or submitted: the same proposal can be endorsed again.
-    return FabricError(
-        stage=stage, error_class=ErrorClass.PERMANENT, error_code=code, message=message, tx_id=tx_id
-    )
-
-
-def _deliver_status(channel: str, status: int) -> FabricError:
-    """A deliver stream answered with a status instead of blocks (common.Status). 503 and 500 are the
-    peer being busy or behind; the 4xx ones are about this request or identity (bad seek, not a channel
-    member, unknown channel): retrying the same request will not help, but the worker falls back to
-    CommitStatus calls and keeps working either way."""
-    name = common_pb2.Status.Name(status) if status in common_pb2.Status.values() else str(status)
-    transient = status in (
-        common_pb2.SUCCESS,
-        common_pb2.SERVICE_UNAVAILABLE,
-        common_pb2.INTERNAL_SERVER_ERROR,
-    )
-    return FabricError(
-        stage="deliver",
-        error_class=ErrorClass.TRANSIENT if transient else ErrorClass.PERMANENT,
-        error_code=f"DELIVER_{name}",
-        message=f"block stream on {channel} answered {name} ({status})",
-    )

@@ -14,6 +14,11 @@ Rules that keep it exactly as safe as CommitStatus:
   is answered None at once, which sends it to CommitStatus too.
 - DUPLICATE_TXID on the stream is the code of a later copy; the caller must ask CommitStatus, which
   reports the first copy. Such a wait is answered None as well.
+- The stream is believed only while it is consistent: a block number past the next one expected (blocks
+  skipped) breaks the stream (reconnect at the first block not seen; every wait to CommitStatus); a tx id
+  listed twice in a block with two codes that are not "first copy, then DUPLICATE_TXID", or with a code
+  this release does not know, is answered None (CommitStatus decides). A hostile or broken peer can thus
+  delay an answer, never make one up from a contradiction.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from gxsubmit.backoff import Backoff
 from gxsubmit.fabric.client import CommitResult, GatewayClient
 from gxsubmit.fabric.codes import DUPLICATE_TXID, code_name
-from gxsubmit.fabric.errors import FabricError
+from gxsubmit.fabric.errors import ErrorClass, FabricError
 from gxsubmit.fabric.identity import SigningIdentity
 
 __all__ = ["CommitWatcher", "tls_cert_hash"]
@@ -135,8 +140,14 @@ class CommitWatcher:
                     start_block=self.next_block,
                     tls_cert_hash=self._tls_cert_hash,
                 ):
-                    if self.next_block is not None and block.number < self.next_block:
-                        continue  # a replayed block this watcher already handled
+                    if self.next_block is not None and block.number != self.next_block:
+                        if block.number < self.next_block:
+                            continue  # a replayed block this watcher already handled
+                        raise FabricError(
+                            stage="deliver", error_class=ErrorClass.TRANSIENT, error_code="DELIVER_GAP",
+                            message=f"block stream on {self.channel} jumped from block {self.next_block} "
+                                    f"to {block.number}",
+                        )
                     self._on_block(block.number, block.transactions)
                     if pacer.failures:
                         pacer.reset()
@@ -174,16 +185,24 @@ class CommitWatcher:
         waiting = self._waiting
         if not waiting:
             return
+        answers: dict[str, CommitResult | None] = {}
         for tx_id, code in transactions:
-            fut = waiting.pop(tx_id, None)
-            if fut is None or fut.done():
+            if tx_id not in waiting:
                 continue
-            if code == DUPLICATE_TXID:
-                fut.set_result(None)  # a later copy: only CommitStatus knows the first copy's code
+            if tx_id in answers:
+                if code != DUPLICATE_TXID:
+                    answers[tx_id] = None  # two outcomes for one tx id: CommitStatus decides
+                continue
+            name = code_name(code)
+            if code == DUPLICATE_TXID or name.startswith("UNKNOWN_"):
+                # a later copy (only CommitStatus knows the first copy's code), or a code we cannot judge
+                answers[tx_id] = None
             else:
-                fut.set_result(
-                    CommitResult(tx_id=tx_id, block_number=number, code=code, code_name=code_name(code))
-                )
+                answers[tx_id] = CommitResult(tx_id=tx_id, block_number=number, code=code, code_name=name)
+        for tx_id, result in answers.items():
+            fut = waiting.pop(tx_id)
+            if not fut.done():
+                fut.set_result(result)
 
     def _down(self) -> None:
         """Not live any more: every pending wait goes to CommitStatus now."""

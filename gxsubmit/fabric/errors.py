@@ -221,12 +221,31 @@ def classify(stage: str, code: str, text: str) -> tuple[ErrorClass, str]:
     return _permanent_code(code) or (ErrorClass.PERMANENT, f"{stage.upper()}_{code}")
 
 
+#: Bounds on what a peer's error text may cost us: it goes into log lines, the row's error column and
+#: /readyz. A real gateway's message is a line; its details are one per endorsing peer.
+MAX_MESSAGE_CHARS = 2000
+MAX_DETAILS = 10
+MAX_DETAIL_CHARS = 400
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 30] + f"...[{len(text) - limit + 30} more chars]"
+
+
 def from_rpc_error(stage: str, err: grpc.RpcError, *, tx_id: str | None = None) -> FabricError:
-    """Map a grpc (sync or aio) error at ``stage`` into a FabricError, decoding all ErrorDetails."""
+    """Map a grpc (sync or aio) error at ``stage`` into a FabricError, decoding the ErrorDetails (the
+    first ``MAX_DETAILS``; texts clipped: a peer's error can be megabytes)."""
     code_obj = err.code() if hasattr(err, "code") else None
     code = code_obj.name if isinstance(code_obj, grpc.StatusCode) else "UNKNOWN"
-    message = (err.details() if hasattr(err, "details") else None) or ""
-    details = decode_details(rich_status(err))
+    message = _clip((err.details() if hasattr(err, "details") else None) or "", MAX_MESSAGE_CHARS)
+    all_details = decode_details(rich_status(err))
+    details = tuple(
+        ErrorDetail(address=_clip(d.address, 200), msp_id=_clip(d.msp_id, 100),
+                    message=_clip(d.message, MAX_DETAIL_CHARS))
+        for d in all_details[:MAX_DETAILS]
+    )
+    if len(all_details) > MAX_DETAILS:
+        details += (ErrorDetail(address="", msp_id="", message=f"... {len(all_details) - MAX_DETAILS} more"),)
     text = " | ".join([message, *(d.message for d in details)])
     error_class, error_code = classify(stage, code, text)
     return FabricError(

@@ -44,8 +44,23 @@ SELECT max(version) FROM {schema}.gxsubmit_schema_version
 SET plan_cache_mode = force_custom_plan; SET statement_timeout = '30s'; SET TimeZone = 'UTC';
 SET max_parallel_workers_per_gather = 0; SET jit = off
 
+-- name: session_pooled
+-- Through a transaction pooler, instead of session_setup: PgBouncer tracks TimeZone and application_name
+-- per client and sets them on whichever server connection runs the client's next transaction, the
+-- others would stay on that server connection. One application_name for every gxsubmit connection:
+-- PgBouncer sends a SET before each transaction that lands on a server connection a client of another
+-- name used last (a statement per claim), and a shared server connection names no single worker anyway.
+SET TimeZone = 'UTC'; SET application_name = 'gxsubmit'
+
 -- name: listen
 LISTEN gxsubmit
+
+-- name: unlisten
+UNLISTEN gxsubmit
+
+-- name: notify_probe
+-- A wake-up probe (gxsubmit/outbox.py PROBE_PREFIX): does a NOTIFY reach the worker's LISTEN connection?
+SELECT pg_notify('gxsubmit', %(payload)s)
 
 -- name: enqueue
 INSERT INTO {schema}.outbox_commands (id, tenant_id, service, command_type, request_id, payload, order_key)

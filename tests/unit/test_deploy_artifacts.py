@@ -535,7 +535,7 @@ def test_systemd_unit_contract() -> None:
               "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
               "ProtectKernelLogs": "yes", "DynamicUser": "yes", "CapabilityBoundingSet": "",
               "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "RuntimeDirectory": "gxsubmit",
-              "RestartPreventExitStatus": "78"}
+              "RestartPreventExitStatus": "78", "LimitCORE": "0"}
     for key, value in expect.items():
         assert s.get(key) == [value], (key, s.get(key))
     assert "@system-service" in s["SystemCallFilter"]
