@@ -51,6 +51,9 @@ COMMANDS: dict[str, Command] = {
                       "gxsubmit.admin", "add_status_arguments", "run_status", _DB_SETTINGS),
     "requeue": Command("send FAILED rows back to PENDING", "gxsubmit.admin", "add_requeue_arguments",
                        "run_requeue", _DB_SETTINGS),
+    "cancel": Command("end unfinished rows as FAILED (CANCELLED); a row that may be on the ledger is "
+                      "resolved through the gateway first, or left with a reason", "gxsubmit.cancel",
+                      "add_arguments", "run", ()),
     "record-expiry": Command("record a rotated-out certificate's expiry on unfinished rows it signed",
                              "gxsubmit.admin", "add_record_expiry_arguments", "run_record_expiry",
                              _DB_SETTINGS),

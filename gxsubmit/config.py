@@ -104,6 +104,26 @@ def _millis_as_seconds(inner: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+
+
+def _byte_size(lo: int, hi: int) -> Callable[[str], int]:
+    """A size in bytes: 1048576, 512KiB, 1MiB, 2MB."""
+    expected = f"a size in bytes from {lo} to {hi} (e.g. 524288, 512KiB, 1MiB)"
+
+    def parse(raw: str) -> int:
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", raw)
+        unit = m.group(2).lower() if m else ""
+        if not m or unit not in _BYTE_UNITS or len(m.group(1)) > 12:
+            raise ValueError(expected)
+        value = int(m.group(1)) * _BYTE_UNITS[unit]
+        if not lo <= value <= hi:
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
 def _host_port(raw: str) -> str:
     text = raw.strip()
     m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})", text)
@@ -234,6 +254,20 @@ SETTINGS: tuple[Setting, ...] = (
        "transaction pooler)"),
     _S("max_attempts", _int_range(1, 1000), _const(10), "attempts before a retryable failure is final",
        (("MAX_RETRIES", _int_range(1, 1000)),)),
+    # Limits before the wire (issue 16; docs/operations.md "Limits"): far under an orderer's
+    # BatchSize.AbsoluteMaxBytes (99 MB in Fabric's sample channel, often 10 MB or less) and under
+    # grpcio's 4 MiB default message cap, which any hop may still use; a GX command is a few hundred bytes.
+    # An envelope carries its arguments several times (input, state writes, the chaincode's answer):
+    # 100 KB of arguments made a 604 KB envelope at the emulator, so 256 KiB stays near 1.5 MB.
+    _S("max_payload_bytes", _byte_size(1024, 64 * 1024**2), _const(512 * 1024),
+       "largest payload (its JSON text) a worker decodes; larger rows fail PAYLOAD_TOO_LARGE"),
+    _S("max_argument_bytes", _byte_size(1024, 64 * 1024**2), _const(256 * 1024),
+       "largest total of one command's chaincode arguments; more fails PAYLOAD_TOO_LARGE"),
+    _S("max_proposal_bytes", _byte_size(4096, 64 * 1024**2), _const(320 * 1024),
+       "largest signed proposal sent for endorsement; larger fails PAYLOAD_TOO_LARGE"),
+    _S("max_worker_crashes", _int_range(2, 1000), _const(3),
+       "claims of one row that may end in its worker crashing or being killed as hung before the row "
+       "is FAILED (WORKER_CRASH)"),
     _S("lease_seconds", _seconds(1, 3600), _const(30.0), "claim lease, renewed while a command is worked on",
        (("LOCK_TIMEOUT", _millis_as_seconds(_seconds(1, 3600))),)),
     _S("backoff_base", _seconds(0.01, 3600), _const(1.0), "first retry delay"),
@@ -299,6 +333,10 @@ class Config:
     poll_interval: float = 30.0
     pooled_poll_interval: float = 1.0
     max_attempts: int = 10
+    max_payload_bytes: int = 512 * 1024
+    max_argument_bytes: int = 256 * 1024
+    max_proposal_bytes: int = 320 * 1024
+    max_worker_crashes: int = 3
     lease_seconds: float = 30.0
     backoff_base: float = 1.0
     backoff_cap: float = 300.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import operator
 import re
 import time
@@ -22,12 +21,12 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from gxsubmit.dbroute import CONNECT_ARGS, behind_proxy
+from gxsubmit.rowdecode import decode_payloads, json_loads
 
 __all__ = [
     "CHANNEL",
@@ -85,15 +84,15 @@ def _migrations() -> tuple[tuple[int, str, str], ...]:
             found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
     found.sort()
     versions = [v for v, _, _ in found]
-    # Numbers are reserved per change, so one may be skipped (a change that needed no migration), but
-    # never used twice: each is applied once and recorded by its number.
+    # Numbers are reserved per change while several are developed at once (one may land before a lower
+    # one), so a gap is allowed; a number used twice is not.
     if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
         raise RuntimeError(f"migration files must be numbered from 0001, each number once, found {versions}")
     return tuple(found)
 
 
 def latest_version() -> int:
-    """The schema version this code ships (the highest migration number)."""
+    """The schema version this code ships (its highest migration number)."""
     return _migrations()[-1][0]
 
 
@@ -189,6 +188,8 @@ class ClaimedCommand:
     creator_not_after: datetime | None
     submitted_before: bool
     created_at: datetime
+    #: earlier claims of this row that ended in its worker crashing (migration 0009)
+    crashed_claims: int = 0
 
 
 #: ClaimedCommand's exact slot layout, but not frozen: the claim fills one of these per row (plain slot
@@ -253,44 +254,9 @@ class QueueStats:
     committed_estimated: bool = False
 
 
-#: bytes.translate table: every ASCII digit becomes "0", "-" stays, any other byte becomes a space.
-_DIGIT_RUNS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x2D if b == 0x2D else 0x20 for b in range(256))
-#: orjson turns integers beyond 64 bits into floats; json.loads keeps them exact. Such a number has at
-#: least 20 digits, or 19 after a minus sign.
-_BIG_INTS = (b"0" * 20, b"-" + b"0" * 19)
-
-
-def _may_hold_big_int(text: bytes) -> bool:
-    digits = text.translate(_DIGIT_RUNS)
-    return _BIG_INTS[0] in digits or _BIG_INTS[1] in digits
-
-
-def _json_loads(text: str) -> Any:
-    """json.loads's result, faster: orjson unless the text may hold what orjson reads differently
-    (integers beyond 64 bits, lone surrogate escapes), which the stdlib keeps exact.
-    """
-    data = text.encode()
-    if not _may_hold_big_int(data):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text)
-
-
-def _decode_payloads(texts: list[str]) -> list[Any]:
-    """Decode the claim's payloads (JSON text) in one orjson call: psycopg's jsonb loader, a Python call
-    per row, cost 1.4 us a row against 0.2. Falls back to :func:`_json_loads` row by row if the batch may
-    need the stdlib.
-    """
-    data = ("[" + ",".join(texts) + "]").encode()
-    if not _may_hold_big_int(data):
-        try:
-            out: list[Any] = orjson.loads(data)
-            return out
-        except orjson.JSONDecodeError:
-            pass
-    return [_json_loads(t) for t in texts]
+#: the claim's decoders live in gxsubmit.rowdecode (one row that cannot be decoded fails alone)
+_json_loads = json_loads
+_decode_payloads = decode_payloads
 
 
 # -- producer side ----------------------------------------------------------------------------------
@@ -461,8 +427,14 @@ class OutboxStore:
             q = self._claim_q[limit] = _compose("claim", self.schema, limit=limit).as_bytes(conn)
         return q
 
-    async def claim(self, types: Sequence[str], limit: int, lease_s: float) -> list[ClaimedCommand]:
-        """Lease up to ``limit`` due rows of ``types`` (expired leases first, then FIFO by seq)."""
+    async def claim(self, types: Sequence[str], limit: int, lease_s: float, *,
+                    max_payload_bytes: int | None = None) -> list[ClaimedCommand]:
+        """Lease up to ``limit`` due rows of ``types`` (expired leases first, then FIFO by seq).
+
+        Each payload is decoded alone if need be: one that cannot be (or is over ``max_payload_bytes``)
+        is a :class:`~gxsubmit.rowdecode.BadPayload` in its row, and the other rows are unaffected.
+        Rows set to run alone after crashes are not taken here (see :meth:`claim_suspect`).
+        """
         if not types or limit <= 0:
             return []
         limit = min(limit, MAX_CLAIM)
@@ -475,10 +447,26 @@ class OutboxStore:
         rows = await cur.fetchall()  # binary: cheaper uuid and timestamp decoding, bytea as is
         if not rows:
             return []
-        payloads = _decode_payloads([r[6] for r in rows])  # the query returns payload::text
+        # the query returns payload::text
+        payloads = _decode_payloads([r[6] for r in rows], max_payload_bytes)
         out = [_claimed(r, p) for r, p in zip(rows, payloads, strict=True)]
         out.sort(key=_BY_SEQ)
         return out
+
+    async def claim_suspect(self, types: Sequence[str], lease_s: float, *,
+                            max_payload_bytes: int | None = None) -> list[ClaimedCommand]:
+        """Lease one due row set to run alone after its claims ended in crashes (migration 0009)."""
+        if not types:
+            return []
+        rows = await self._rows("claim_suspect", {
+            "types": list(types), "worker_id": self.worker_id, "lease_s": float(lease_s)})
+        payloads = _decode_payloads([r[6] for r in rows], max_payload_bytes)
+        return [_claimed(r, p) for r, p in zip(rows, payloads, strict=True)]
+
+    async def suspects_due(self, types: Sequence[str]) -> bool:
+        """Whether a row of ``types`` waits to be claimed alone (:meth:`claim_suspect`)."""
+        rows = await self._rows("suspects_due", {"types": list(types)})
+        return bool(rows and rows[0][0])
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_s: float) -> set[uuid.UUID]:
         """Extend the leases still held; return their ids (the others were lost)."""
@@ -599,6 +587,17 @@ class OutboxStore:
             return 0
         rows = await self._rows("release_owned", {"owners": list(owners)})
         return int(rows[0][0])
+
+    async def release_crashed(self, owners: Sequence[str], limit: int) -> tuple[int, list[str]]:
+        """:meth:`release_owned` for workers that crashed or were killed as hung: each of their rows'
+        claims counts as a crash; a row that reaches ``limit`` is FAILED (WORKER_CRASH) instead of
+        handed back, and one a crash short of it is set to run alone (a single crash changes nothing:
+        it may be the host's doing). Returns (rows handed back, command type of each row failed)."""
+        if not owners:
+            return 0, []
+        rows = await self._rows("release_crashed", {"owners": list(owners), "limit": int(limit),
+                                                    "alone_from": max(1, int(limit) - 1)})
+        return int(rows[0][0]), list(rows[0][1])
 
     async def waiting_for_key(self) -> tuple[int, int]:
         """(rows, keys): PENDING rows held back by an earlier unfinished row of their order key."""

@@ -52,6 +52,7 @@ from gxsubmit.fabric.codes import BOUNDED_RETRY_CODES
 from gxsubmit.fabric.commits import CommitWatcher
 from gxsubmit.metrics import WorkerMetrics
 from gxsubmit.outbox import ClaimedCommand, Committed, TxRecord
+from gxsubmit.rowdecode import BadPayload
 
 __all__ = [
     "INFRA_ERROR_CODES",
@@ -122,6 +123,11 @@ class PipelineSettings:
     endorsing_orgs: tuple[str, ...] = ()
     channel: str | None = None  # overrides of the catalogue's channel/chaincode
     chaincode: str | None = None
+    #: limits before the wire (config.py; docs/operations.md "Limits"): over one, PAYLOAD_TOO_LARGE
+    max_argument_bytes: int | None = None
+    max_proposal_bytes: int | None = None
+    #: claims that may end in a worker crash before the row is FAILED (WORKER_CRASH)
+    max_worker_crashes: int | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,6 +163,9 @@ class Action:
     counts: bool = True  # counts against max_attempts
     on_ledger: bool = False  # a copy may be on the ledger: never FAILED without a definite answer
     reason: str = ""  # metric label for retries (bounded set)
+    #: the gateway refused this copy for good (e.g. the orderer: too large): once the counted attempts
+    #: are spent, the row is FAILED with this code even though an earlier copy may be on the ledger
+    refused: bool = False
 
 
 def commit_action(code: int, code_name: str, attempts: int) -> Action:
@@ -332,11 +341,33 @@ class Pipeline:
             # Catalogue changed under a running worker: hand the row back to whoever serves it now.
             await self.db.call(lambda st: st.release([job.lease]))
             return
+        crashes = self.s.max_worker_crashes
+        if crashes is not None and cmd.crashed_claims >= crashes:
+            # taken over from expired leases this often: its holders died or hung (migration 0009)
+            await self._fail_early(job, "WORKER_CRASH", f"its worker died or hung in {cmd.crashed_claims} "
+                                                        "claims of this row")
+            return
+        if isinstance(cmd.payload, BadPayload):
+            await self._fail_early(job, cmd.payload.code, cmd.payload.reason)
+            return
         try:
             args = route.build_args(cmd.payload)
         except PayloadError as exc:
             await self._fail(job, "PAYLOAD_INVALID", str(exc))
             return
+        except (ValueError, RecursionError) as exc:  # e.g. str() of an integer past 4300 digits
+            await self._fail(job, "PAYLOAD_INVALID", f"payload cannot be turned into arguments: "
+                                                     f"{type(exc).__name__}: {str(exc)[:120]}")
+            return
+        limit = self.s.max_argument_bytes
+        if limit is not None:
+            size = sum(len(a) for a in args)
+            if size * 4 > limit:  # a character is at most 4 UTF-8 bytes: count only when it matters
+                size = sum(len(a.encode("utf-8", "surrogatepass")) for a in args)
+            if size > limit:
+                await self._fail_early(job, "PAYLOAD_TOO_LARGE", f"chaincode arguments are {size} bytes, "
+                                       f"over the limit of {limit} (max_argument_bytes)")
+                return
 
         chosen = await self._choose_nonce(job)
         if chosen is None:
@@ -355,6 +386,13 @@ class Pipeline:
             return
 
         proposal = self._proposal(route, signer, args, nonce, tx_id)
+        limit = self.s.max_proposal_bytes
+        if limit is not None and len(proposal.signed_proposal.proposal_bytes) > limit:
+            self._proposals.pop(tx_id, None)
+            await self._fail_early(job, "PAYLOAD_TOO_LARGE", f"signed proposal is "
+                                   f"{len(proposal.signed_proposal.proposal_bytes)} bytes, over the limit of "
+                                   f"{limit} (max_proposal_bytes)")
+            return
         job.stage = Stage.ENDORSING
         t0 = time.perf_counter()
         try:
@@ -570,12 +608,22 @@ class Pipeline:
         if err.error_class is ErrorClass.DUPLICATE:
             await self._wait_commit(job, signer, channel, tx_id)
             return
+        if err.stage == "submit" and not job.cmd.submitted_before:
+            # The gateway refused the only copy there has ever been (this try's, written SUBMITTED just
+            # before): the ledger cannot hold it, so there is nothing to resolve.
+            await self._fail(job, err.error_code, str(err), tx_id=tx_id)
+            return
+        # An earlier try's copy may be on the ledger. While the gateway answers, each such try counts,
+        # so a copy it refuses every time ends within max_attempts (FAILED, tx id kept: see _retry).
         try:
             result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id,
                                                       timeout=self.s.resolve_timeout)
-        except FabricError:
-            await self._retry(job, Action("retry", err.error_code, counts=False, on_ledger=True,
-                                          reason="in_doubt"), f"{err} (earlier copy unresolved)")
+        except FabricError as err2:
+            # Not noted for the breaker: a deadline is the expected answer for a tx id the ledger lacks.
+            infra = err2.error_code in INFRA_ERROR_CODES or err2.stage == "connect"
+            await self._retry(job, Action("retry", err.error_code, counts=not infra, on_ledger=True,
+                                          reason="in_doubt", refused=True),
+                              f"{err} (earlier copy {tx_id} unresolved: {err2.error_code})")
             return
         if result.valid:
             await self._committed(job, result)
@@ -598,6 +646,14 @@ class Pipeline:
             await self._fail(job, "RETRIES_EXHAUSTED", f"after {cmd.counted_attempts} attempts{tries}: "
                                                        f"{action.error_code}: {error}", tx_id=job.tx_id)
             return
+        if exhausted and action.refused:
+            # Bounded even though an earlier copy may be on the ledger: the row keeps its tx id (and
+            # nonce), so a requeue re-endorses that same tx id and finds a committed copy instead of
+            # adding one (with derived tx ids, the same generation re-derives it).
+            await self._fail(job, action.error_code, f"{error}; after {cmd.counted_attempts} attempts, "
+                             f"transaction {job.tx_id} is unresolved: an earlier copy may be on the ledger, "
+                             "a requeue resolves it before sending again", tx_id=job.tx_id)
+            return
         if delay is None:
             # A row that may be on the ledger and ran out of attempts keeps being resolved, slowly.
             delay = self.backoff_cap if exhausted else self.backoff(cmd.attempts)
@@ -613,6 +669,15 @@ class Pipeline:
             "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": job.tx_id,
             "error_code": action.error_code, "attempt": cmd.attempts, "retry_in_s": round(delay, 3),
             "new_nonce": action.burn_nonce, "error": error})
+
+    async def _fail_early(self, job: Job, error_code: str, error: str) -> None:
+        """Fail a row before this try sent anything; say so when an earlier try's copy may be on the
+        ledger (its tx id stays in the row, so a requeue resolves it first)."""
+        cmd = job.cmd
+        if cmd.submitted_before and cmd.fabric_tx_id:
+            error += (f"; transaction {cmd.fabric_tx_id} of an earlier try may be on the ledger: a requeue "
+                      "resolves it before sending again")
+        await self._fail(job, error_code, error)
 
     async def _fail(self, job: Job, error_code: str, error: str, *, tx_id: str | None = None,
                     validation_code: str | None = None) -> None:

@@ -216,9 +216,13 @@ class OutboxWatcher:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
 
-    def release(self, owners: Sequence[str]) -> Future[int]:
-        """Hand back CLAIMED/SUBMITTED rows locked by ``owners`` (dead workers of this host)."""
-        return asyncio.run_coroutine_threadsafe(self._release(list(owners)), self._loop)
+    def release(self, owners: Sequence[str], crash_limit: int | None = None,
+                identity: str = "") -> Future[int]:
+        """Hand back CLAIMED/SUBMITTED rows locked by ``owners`` (dead workers of this host). With
+        ``crash_limit`` the workers (of ``identity``) crashed: their rows' claims count as crashes
+        (migration 0009)."""
+        work = self._release(list(owners), crash_limit, identity)
+        return asyncio.run_coroutine_threadsafe(work, self._loop)
 
     # -- thread side
 
@@ -312,19 +316,30 @@ class OutboxWatcher:
             with contextlib.suppress(Exception):  # a stop the database does not see: the row goes stale
                 await asyncio.wait_for(fleet.stop(await self._store.connection()), self._cfg.connect_timeout)
 
-    async def _release(self, owners: list[str]) -> int:
+    async def _release(self, owners: list[str], crash_limit: int | None = None, identity: str = "") -> int:
         assert self._lock is not None
+        failed: list[str] = []
         try:
             async with self._lock:
                 store = await self._connect()
-                n: int = await store.release_owned(owners)
+                if crash_limit is None:
+                    n: int = await store.release_owned(owners)
+                else:
+                    n, failed = await store.release_crashed(owners, crash_limit)
         except Exception as exc:
             self._failed(exc)
             await self._close()
             raise
         if n:
             log.info("Released rows of stopped workers", extra={"count": n, "owners": owners})
-        return n
+        if failed:
+            log.error("Failed commands that kept crashing their worker", extra={
+                "count": len(failed), "owners": owners, "error_code": "WORKER_CRASH"})
+            from gxsubmit.metrics import COMMANDS_FAILED  # imported by Supervisor.run, after the metrics dir
+
+            for command_type in failed:
+                COMMANDS_FAILED.labels(identity, command_type, "WORKER_CRASH").inc()
+        return n + len(failed)
 
 
 # --- the supervisor -------------------------------------------------------------------------
@@ -718,7 +733,12 @@ class Supervisor:
         # Hand rows back now instead of waiting for their leases: the worker cannot finish them.
         # A graceful exit has released them already; this catches crashes and SIGKILLs.
         if code != 0:
-            self.watcher.release([owner_id(self.cfg.worker_id, slot.identity, pid)])
+            # A crash or a watchdog kill counts against the rows the worker held (WORKER_CRASH at the
+            # limit); a worker stopped by us (drain, retire, reload) or one that could not start did not
+            # crash because of a row.
+            crashed = not (self.draining or slot.retiring or slot.reload_requested or code == RET_CONFIG)
+            self.watcher.release([owner_id(self.cfg.worker_id, slot.identity, pid)],
+                                 self.cfg.max_worker_crashes if crashed else None, slot.identity)
         if self.draining or slot.retiring:
             slot.state = State.STOPPED
             level = log.info if code == 0 else log.warning

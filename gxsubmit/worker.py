@@ -80,6 +80,8 @@ _METRICS_FLUSH_S = 0.5  # buffered per-command metrics reach the mmap files at l
 _BATCH_LINGER_S = 0.005  # under load, a batched status write waits this long for more rows
 #: A claim only counts as having seen a put-back row when it ran this long after the row's due time.
 _RETRY_CLOCK_SKEW_S = 0.05
+#: How often a busy worker asks whether rows that crashed a worker wait to be run alone (migration 0009).
+_SUSPECT_CHECK_S = 5.0
 
 
 def _handled_signals() -> tuple[signal.Signals, ...]:
@@ -214,6 +216,10 @@ class Worker:
         self._ring: IdentityRing | None = None
         self._batchers: tuple[Batcher[Any], ...] = ()
         self.last_error: str | None = None
+        #: a row whose earlier claim ended in a crash runs alone: this is it while it is in flight
+        self._suspect: Job | None = None
+        self._suspects_due = True  # asked at start, then every _SUSPECT_CHECK_S and after each suspect
+        self._suspect_check_at = 0.0
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -284,7 +290,8 @@ class Worker:
             settings=PipelineSettings(
                 identity=self.identity, max_attempts=cfg.max_attempts,
                 resolve_timeout=min(5.0, cfg.commit_timeout), endorsing_orgs=tuple(cfg.endorsing_orgs),
-                channel=cfg.channel, chaincode=cfg.chaincode),
+                channel=cfg.channel, chaincode=cfg.chaincode, max_argument_bytes=cfg.max_argument_bytes,
+                max_proposal_bytes=cfg.max_proposal_bytes, max_worker_crashes=cfg.max_worker_crashes),
             catalog=self.b.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
             metrics=self.m,
             backoff=lambda attempt: compute_delay(attempt, cfg.backoff_base, cfg.backoff_cap, jitter=0.5),
@@ -362,6 +369,8 @@ class Worker:
                 self.m.breaker_open.set(1)
                 await self._wait_wake(max(0.05, self.breaker.remaining()))
                 continue
+            if await self._run_suspect():
+                continue
             free = cap - len(self.jobs)
             if state is BreakerState.HALF_OPEN:
                 free = min(free, 1)  # one probe command
@@ -381,7 +390,8 @@ class Worker:
             claimed_mono = time.monotonic() - _RETRY_CLOCK_SKEW_S
             try:
                 rows = await self.db.once(
-                    lambda st, n=limit: st.claim(self.b.types, n, cfg.lease_seconds))  # type: ignore[misc]
+                    lambda st, n=limit: st.claim(self.b.types, n, cfg.lease_seconds,  # type: ignore[misc]
+                                                 max_payload_bytes=cfg.max_payload_bytes))
             except DbUnavailable:
                 continue
             except Exception as exc:
@@ -401,7 +411,42 @@ class Worker:
                         timeout = min(timeout, due)
                 await self._wait_wake(timeout)
 
-    def _start(self, cmd: ClaimedCommand) -> None:
+    async def _run_suspect(self) -> bool:
+        """Rows set to run alone (a crash short of max_worker_crashes; migration 0009) run one at a time
+        with nothing else in flight, so a crash then is that row's own and the rows that merely shared
+        its batches are never blamed. True: nothing else may be claimed now (the claim loop waits and
+        comes back)."""
+        if self._suspect is not None:
+            await self._wait_wake(1.0)  # it runs alone; its end wakes us
+            return True
+        now = time.monotonic()
+        if not self._suspects_due and now >= self._suspect_check_at:
+            self._suspect_check_at = now + _SUSPECT_CHECK_S
+            try:
+                self._suspects_due = await self.db.once(lambda st: st.suspects_due(self.b.types))
+            except Exception:  # the claim right after reports database trouble
+                return False
+        if not self._suspects_due:
+            return False
+        if self.jobs:
+            await self._wait_wake(1.0)  # let the work in flight finish first
+            return True
+        try:
+            rows = await self.db.once(lambda st: st.claim_suspect(
+                self.b.types, self.cfg.lease_seconds, max_payload_bytes=self.cfg.max_payload_bytes))
+        except Exception:
+            return False
+        if not rows:
+            self._suspects_due = False
+            self._suspect_check_at = time.monotonic() + _SUSPECT_CHECK_S
+            return False
+        log.warning("Running alone a command whose earlier claim ended in a worker crash", extra={
+            "command_id": str(rows[0].id), "command_type": rows[0].command_type,
+            "crashed_claims": rows[0].crashed_claims})
+        self._suspect = self._start(rows[0])
+        return True
+
+    def _start(self, cmd: ClaimedCommand) -> Job:
         assert self.pipeline is not None
         job = Job(cmd=cmd, claimed_at=time.monotonic())
         self.jobs[cmd.id] = job
@@ -409,10 +454,14 @@ class Worker:
         task = self._loop.create_task(self.pipeline.run(job))
         job.task = task
         task.add_done_callback(functools.partial(self._done, job))
+        return job
 
     def _done(self, job: Job, _task: object = None) -> None:
         if self.jobs.get(job.cmd.id) is job:
             del self.jobs[job.cmd.id]
+        if self._suspect is job:
+            self._suspect = None
+            self._suspects_due = True  # there may be more: ask at once
         self._wake.set()
 
     # -- background loops --------------------------------------------------------------------------

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Debian packages of the container and distribution tests (no-op once installed).
+bash scripts/install-container-tools.sh
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -50,7 +50,8 @@ def outbox_rows(url: str, schema: str) -> dict[uuid.UUID, dict[str, Any]]:
         cur = conn.execute(
             sql.SQL(
                 "SELECT id, command_type, status, fabric_tx_id, commit_block, validation_code, error_code, "
-                "error, attempts, next_attempt_at, locked_by, payload FROM {}.outbox_commands"
+                "error, attempts, next_attempt_at, locked_by, payload::text AS payload, submitted_at "
+                "FROM {}.outbox_commands"
             ).format(sql.Identifier(schema))
         )
         cols = [d.name for d in cur.description or ()]

@@ -22,7 +22,9 @@ class Faults:
     ``submit_lost_ack``: the transaction IS ordered, but the client receives UNAVAILABLE (the
     exactly-once test case). ``submit_timeout``/``endorse_timeout``: the call hangs past the
     client's deadline (the transaction is not ordered). ``outage_until`` is a ``time.monotonic``
-    deadline during which every RPC answers UNAVAILABLE.
+    deadline during which every RPC answers UNAVAILABLE. ``orderer_max_bytes`` is the channel's
+    ``BatchSize.AbsoluteMaxBytes``: a larger envelope is refused at Submit (REQUEST_ENTITY_TOO_LARGE),
+    as a real orderer does; 0 = no limit.
     """
 
     latency_s: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -38,6 +40,7 @@ class Faults:
     #: (garbled, truncated, oversized or contradictory: see gxsubmit.emulator.hostile)
     hostile: float = 0.0
     outage_until: float = 0.0
+    orderer_max_bytes: int = 0
 
     def outage(self, duration_s: float) -> None:
         """Start a gateway outage of ``duration_s`` seconds from now."""

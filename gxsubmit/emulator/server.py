@@ -648,6 +648,14 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
     def _check_envelope(self, request: gateway_pb2.SubmitRequest, env: common_pb2.Envelope) -> TxInfo:
         """What the orderer's broadcast filters check, plus the parse the committer would do."""
         core = self.core
+        limit = core.faults.orderer_max_bytes
+        if limit and env.ByteSize() > limit:
+            raise _Abort(
+                grpc.StatusCode.ABORTED,
+                "received unsuccessful response from orderer: status=REQUEST_ENTITY_TOO_LARGE, "
+                f"info=message payload is {env.ByteSize()} bytes and exceeds maximum message size "
+                f"{limit} bytes",
+            )
         cached = core.endorsed.get(request.transaction_id)
         if cached is not None and cached.payload == env.payload:
             info = cached

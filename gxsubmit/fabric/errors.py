@@ -141,6 +141,11 @@ _NOT_FOUND = re.compile(
 
 _TRANSPORT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"}
 
+#: grpcio's words for a message over its cap ("Sent/Received message larger than max (N vs. M)"): the
+#: message was not delivered, and the same message never will be. Not an outage: RESOURCE_EXHAUSTED
+#: otherwise feeds the breaker and is retried without counting.
+_TOO_LARGE = re.compile(r"message larger than max|REQUEST_ENTITY_TOO_LARGE", re.I)
+
 
 def _transport_code(code: str) -> str:
     return {
@@ -189,6 +194,13 @@ def _endorser_text(text: str) -> tuple[ErrorClass, str] | None:
 
 def classify(stage: str, code: str, text: str) -> tuple[ErrorClass, str]:
     """(class, error_code) for a gRPC status ``code`` name at ``stage`` with message+details ``text``."""
+    if stage in ("endorse", "evaluate", "submit") and (
+            (code == "RESOURCE_EXHAUSTED" and _TOO_LARGE.search(text))
+            or (stage == "submit" and code == "ABORTED" and _TOO_LARGE.search(text))):
+        # Our message was too large for a gRPC hop or the orderer (its BatchSize.AbsoluteMaxBytes).
+        return ErrorClass.PERMANENT, "PAYLOAD_TOO_LARGE"
+    if code == "RESOURCE_EXHAUSTED" and _TOO_LARGE.search(text):
+        return ErrorClass.IN_DOUBT if stage == "commit_status" else ErrorClass.TRANSIENT, "MESSAGE_TOO_LARGE"
     if stage in ("submit", "commit_status"):
         # After the envelope may have left, a transport failure cannot tell us whether it was ordered.
         if code in _TRANSPORT or code in ("UNKNOWN", "INTERNAL", "DATA_LOSS"):

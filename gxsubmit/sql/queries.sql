@@ -82,6 +82,9 @@ SELECT id FROM {schema}.outbox_commands WHERE tenant_id = %(tenant_id)s AND requ
 -- other types for a type that has none; a range cannot give (command_type, seq) order from that index.
 -- A row with an order_key is taken only when no earlier row of its tenant and key is unfinished
 -- (migration 0007): one probe of outbox_commands_order_key_idx per keyed candidate, none for the others.
+-- A row set to run alone after its claims ended in crashes (run_alone, migration 0009) is not taken
+-- here but by claim_suspect; taking a row over from an expired lease counts such a claim (its holder
+-- stopped renewing: died, hung, or was cut off).
 WITH first_due AS (
     SELECT f.seq
       FROM unnest(%(types)s::text[]) AS t(command_type)
@@ -109,6 +112,7 @@ WITH first_due AS (
        AND o.next_attempt_at <= now()
        AND o.command_type = ANY(%(types)s::text[])
        AND o.seq >= (SELECT min(first_due.seq) FROM first_due)
+       AND NOT o.run_alone
        AND (o.order_key IS NULL OR NOT EXISTS (
              SELECT 1
                FROM {schema}.outbox_commands AS e
@@ -127,6 +131,7 @@ UPDATE {schema}.outbox_commands AS c
    SET status = 'CLAIMED',
        attempts = c.attempts + 1,
        counted_attempts = c.counted_attempts + 1,
+       crashed_claims = c.crashed_claims + CASE WHEN c.status = 'PENDING' THEN 0 ELSE 1 END,
        locked_by = %(worker_id)s,
        locked_at = now(),
        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
@@ -135,7 +140,46 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
-          c.submitted_at IS NOT NULL, c.created_at
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims
+
+-- name: claim_suspect
+-- One due row set to run alone (run_alone: its claims ended in its worker crashing; migration 0009), for a
+-- worker with nothing else in flight: a crash then can only be this row's doing. Order keys as in claim.
+WITH picked AS (
+    SELECT o.id
+      FROM {schema}.outbox_commands AS o
+     WHERE o.status = 'PENDING' AND o.run_alone
+       AND o.next_attempt_at <= now()
+       AND o.command_type = ANY(%(types)s::text[])
+       AND (o.order_key IS NULL OR NOT EXISTS (
+             SELECT 1
+               FROM {schema}.outbox_commands AS e
+              WHERE e.tenant_id = o.tenant_id AND e.order_key = o.order_key AND e.seq < o.seq
+                AND e.order_key IS NOT NULL AND e.status IN ('PENDING', 'CLAIMED', 'SUBMITTED')))
+     ORDER BY o.seq
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.outbox_commands AS c
+   SET status = 'CLAIMED',
+       attempts = c.attempts + 1,
+       counted_attempts = c.counted_attempts + 1,
+       locked_by = %(worker_id)s,
+       locked_at = now(),
+       lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+       lease_token = gen_random_uuid(),
+       updated_at = now()
+ WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
+RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
+          c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims
+
+-- name: suspects_due
+-- Whether a row of these types waits to be claimed alone (claim_suspect); reads only the partial index.
+SELECT EXISTS (
+    SELECT 1 FROM {schema}.outbox_commands AS o
+     WHERE o.status = 'PENDING' AND o.run_alone
+       AND o.next_attempt_at <= now() AND o.command_type = ANY(%(types)s::text[]))
 
 -- name: renew
 -- The fenced batch updates (renew, record_tx_many, mark_submitted, mark_committed) return one row:
@@ -330,6 +374,8 @@ WITH requeued AS (
        SET status = 'PENDING',
            attempts = 0,
            counted_attempts = 0,
+           crashed_claims = 0,
+           run_alone = false,
            next_attempt_at = now(),
            error_code = NULL,
            error = NULL,
@@ -410,6 +456,107 @@ WITH released AS (
     SELECT pg_notify('gxsubmit', {schema_name} || ':' || t.command_type) FROM (SELECT DISTINCT command_type FROM released) AS t
 )
 SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)
+
+-- name: release_crashed
+-- release_owned for workers that exited abnormally (a crash, or killed as hung): each row's claim ended
+-- in a crash (migration 0009). Below the limit the row is handed back as release_owned does, from
+-- alone_from crashes on to be run alone; at the limit, the row is FAILED (WORKER_CRASH) and no longer
+-- holds its order key. Its tx id and nonce stay: if it was
+-- submitted, a requeue re-endorses the same tx id, so a copy already on the ledger is found, not repeated.
+WITH released AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN 'FAILED' ELSE 'PENDING' END,
+           crashed_claims = c.crashed_claims + 1,
+           run_alone = c.run_alone OR c.crashed_claims + 1 >= %(alone_from)s,
+           error_code = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN 'WORKER_CRASH' ELSE c.error_code END,
+           error = CASE WHEN c.crashed_claims + 1 >= %(limit)s
+                        THEN 'its worker died or was killed as hung in ' || (c.crashed_claims + 1)::text
+                             || ' claims of this row (the last with nothing else in flight)'
+                             || CASE WHEN c.submitted_at IS NOT NULL
+                                     THEN '; transaction ' || coalesce(c.fabric_tx_id, '?')
+                                          || ' may be on the ledger: a requeue resolves it before sending again'
+                                     ELSE '' END
+                        ELSE c.error END,
+           validation_code = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN NULL ELSE c.validation_code END,
+           next_attempt_at = now(),
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           updated_at = now()
+     WHERE c.status IN ('CLAIMED', 'SUBMITTED') AND c.locked_by = ANY(%(owners)s::text[])
+    RETURNING c.command_type, c.status, c.tenant_id, c.order_key, c.seq
+), notified AS (
+    SELECT pg_notify('gxsubmit', {schema_name} || ':' || t.command_type)
+      FROM (SELECT DISTINCT released.command_type FROM released WHERE released.status = 'PENDING') AS t
+), woken AS (
+    SELECT {schema}.gxsubmit_wake_next({schema_name}, array_agg(released.tenant_id),
+                                       array_agg(released.order_key), array_agg(released.seq)) AS n
+      FROM released
+     WHERE released.status = 'FAILED' AND released.order_key IS NOT NULL
+    HAVING count(*) > 0
+)
+SELECT (SELECT count(*) FROM released WHERE released.status = 'PENDING'),
+       (SELECT coalesce(array_agg(released.command_type), ARRAY[]::text[]) FROM released
+         WHERE released.status = 'FAILED'),
+       (SELECT count(*) FROM notified), (SELECT woken.n FROM woken)
+
+-- name: cancel_candidates
+-- gxsubmit cancel: the rows an operator named (any status: the command reports finished ones), or the
+-- unfinished rows whose last try failed with an error code. Unfinished rows come through their partial
+-- indexes.
+SELECT o.id, o.status, o.command_type, o.fabric_tx_id, o.submitted_at IS NOT NULL, o.request_id
+  FROM {schema}.outbox_commands AS o
+ WHERE o.id = ANY(%(ids)s::uuid[])
+    OR (o.tenant_id = %(tenant)s AND o.request_id = ANY(%(request_ids)s::text[]))
+    OR (o.status IN ('PENDING', 'CLAIMED', 'SUBMITTED') AND o.error_code = %(error_code)s)
+ ORDER BY o.seq
+
+-- name: cancel_unsent
+-- Cancel rows never handed to the orderer. The condition is re-checked here: a worker writes SUBMITTED
+-- (fenced by its lease) before Submit, so either that write came first and the row is left for
+-- resolution, or this one did and the worker's write, and so its Submit, never happens.
+WITH cancelled AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'FAILED',
+           error_code = 'CANCELLED',
+           error = 'cancelled by an operator (gxsubmit cancel) before it was submitted',
+           validation_code = NULL,
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           updated_at = now()
+     WHERE c.id = ANY(%(ids)s::uuid[]) AND c.status IN ('PENDING', 'CLAIMED', 'SUBMITTED')
+       AND c.submitted_at IS NULL
+    RETURNING c.id, c.tenant_id, c.order_key, c.seq
+), woken AS (
+    SELECT {schema}.gxsubmit_wake_next({schema_name}, array_agg(cancelled.tenant_id),
+                                       array_agg(cancelled.order_key), array_agg(cancelled.seq)) AS n
+      FROM cancelled
+     WHERE cancelled.order_key IS NOT NULL
+    HAVING count(*) > 0
+)
+SELECT array_agg(cancelled.id), (SELECT woken.n FROM woken) FROM cancelled
+
+-- name: cancel_resolved
+-- Cancel a row whose tx id committed INVALID (so it can never commit), if the row still carries that tx
+-- id. validation_code records that outcome, so a requeue draws a new nonce (see requeue).
+WITH cancelled AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'FAILED',
+           error_code = 'CANCELLED',
+           error = %(error)s,
+           validation_code = %(code)s,
+           lease_expires_at = NULL,
+           lease_token = NULL,
+           updated_at = now()
+     WHERE c.id = %(id)s AND c.status IN ('PENDING', 'CLAIMED', 'SUBMITTED') AND c.fabric_tx_id = %(tx_id)s
+    RETURNING c.id, c.tenant_id, c.order_key, c.seq
+), woken AS (
+    SELECT {schema}.gxsubmit_wake_next({schema_name}, array_agg(cancelled.tenant_id),
+                                       array_agg(cancelled.order_key), array_agg(cancelled.seq)) AS n
+      FROM cancelled
+     WHERE cancelled.order_key IS NOT NULL
+    HAVING count(*) > 0
+)
+SELECT count(*), (SELECT woken.n FROM woken) FROM cancelled
 
 -- name: prune_cutoff
 -- One cutoff for a whole prune run, by the server's clock.

@@ -34,8 +34,9 @@ def _without_comments(text: str) -> str:
     return re.sub(r"--[^\n]*", "", text)
 
 
-def test_migrations_are_numbered_once_each_from_one() -> None:
-    # Numbers are reserved per change (a reserved one may stay unused), never shared.
+def test_migrations_are_numbered_from_one_each_number_once() -> None:
+    # Numbers are reserved per change while several are developed at once, so a gap may exist until the
+    # lower one lands; a number used twice never may.
     numbers = [int(name[:4]) for name, _ in _migrations()]
     assert numbers and numbers[0] == 1 and numbers == sorted(set(numbers))
 
