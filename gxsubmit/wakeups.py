@@ -3,10 +3,10 @@
 Why probe: behind a transaction pooler (PgBouncer's usual mode) LISTEN runs on a server connection that
 the pooler hands to other clients after the statement, so no notification ever reaches the worker and
 it would find new rows only at its fallback poll (30 s by default). After every (re)connect, and every
-few minutes after that, the worker NOTIFYs a probe payload from its store connection and waits for it
-on its LISTEN connection. If it does not arrive, the worker says so once (log and /status) and polls
-every ``pooled_poll_interval`` until a later probe succeeds. A direct LISTEN URL (``listen_url``)
-avoids the short poll.
+few minutes after that (every minute while polling), the worker NOTIFYs a probe payload from its store
+connection and waits for it on its LISTEN connection. If it does not arrive, the worker says so once
+(log and /status) and polls every ``pooled_poll_interval`` until a later probe succeeds. A direct
+LISTEN URL (``listen_url``) avoids the short poll.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ PROBE_TIMEOUT_S = 3.0
 #: Probe again this often: a listening connection that stopped receiving (a pooler put in between by a
 #: reconnect) falls back to polling, and a polling worker finds out when notifications arrive again.
 REPROBE_S = 300.0
+#: While polling, probe again this often: a probe that only timed out on a loaded machine costs at most
+#: this long of short polling and a stale warning.
+REPROBE_POLLING_S = 60.0
 #: Probe again this soon when the store connection could not send the probe.
 RETRY_PROBE_S = 5.0
 
@@ -81,7 +84,7 @@ class Wakeups:
                     if arrived is False:
                         await self._close()
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), REPROBE_S)
+                            await asyncio.wait_for(stop.wait(), REPROBE_POLLING_S)
                         continue
                 if await self.notifier.wait(1.0):
                     self._wake.set()

@@ -69,6 +69,14 @@ def pickup_s(url: str, schema: str, request_id: str) -> float | None:
     return float(row[0]) if row else None
 
 
+def pooled_statements_running(url: str) -> bool:
+    """Statements of pooled gxsubmit connections (application_name 'gxsubmit') the server still runs."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gxsubmit' "
+                           "AND state = 'active' AND pid <> pg_backend_pid()").fetchone()
+    return bool(row and row[0])
+
+
 def polling(svc: ServiceProc) -> dict[str, Any] | None:
     """/status once every worker polls (found that NOTIFY does not arrive), else None."""
     st = svc.status()
@@ -131,8 +139,21 @@ def test_sigkilled_supervisor_is_taken_over_through_the_pooler(
     total = enqueue_many(pg_url, schema, users(400, "kill"), prefix="k")
     wait_for(lambda: held_by(pg_url, schema, "a") >= 20 and counts(pg_url, schema)["COMMITTED"] > 0, 60,
              interval=0.05, what="work in flight")
+    # Freeze a (supervisor and workers) and let the statements it already sent finish first: a batched
+    # completion landing after the kill could otherwise leave nothing held to take over.
     assert a.proc is not None
-    os.killpg(a.proc.pid, signal.SIGKILL)
+    group = a.proc.pid
+
+    def frozen_with_rows_held() -> bool:
+        os.killpg(group, signal.SIGSTOP)
+        wait_for(lambda: not pooled_statements_running(pg_url), 10, what="a's statements done")
+        if held_by(pg_url, schema, "a") > 0:
+            return True
+        os.killpg(group, signal.SIGCONT)
+        return False
+
+    wait_for(frozen_with_rows_held, 30, interval=0.05, what="supervisor a frozen with rows held")
+    os.killpg(group, signal.SIGKILL)
     a.proc.wait(10)
     assert held_by(pg_url, schema, "a") > 0  # the dead supervisor's rows wait for their leases
 
