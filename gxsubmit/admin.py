@@ -416,24 +416,30 @@ def add_record_expiry_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _certificate(path: str) -> tuple[str, datetime, str]:
-    """(fingerprint, expiry, subject) of a PEM certificate file; one line if it is not one."""
+def _certificate(path: str, msp_id: str) -> tuple[str, datetime, str, str]:
+    """(fingerprint, expiry, subject, creator fingerprint) of a PEM certificate file; one line if it is
+    not one. Rows from before migration 0008 name the certificate's DER hash, later ones the serialized
+    creator (``msp_id`` and the file's bytes as read)."""
+    from gxsubmit.fabric.identity import creator_fingerprint, serialize_identity
     from gxsubmit.wallet import WalletError, certificate_fingerprint, load_certificate
 
     try:
-        _, cert = load_certificate(Path(path))
+        pem, cert = load_certificate(Path(path))
     except WalletError as exc:  # "<path>: <reason>", never the file's content
         raise _Fail(RET_USAGE, str(exc)) from None
-    return certificate_fingerprint(cert), cert.not_valid_after_utc, cert.subject.rfc4514_string()
+    return (certificate_fingerprint(cert), cert.not_valid_after_utc, cert.subject.rfc4514_string(),
+            creator_fingerprint(serialize_identity(msp_id, pem)))
 
 
 def run_record_expiry(cfg: Config, args: argparse.Namespace) -> int:
     async def body() -> int:
-        certs = [(path, *_certificate(path)) for path in args.certificates]  # all checked before any write
+        # every file is checked before any write
+        certs = [(path, *_certificate(path, cfg.msp_id)) for path in args.certificates]
         store = await _open_store(cfg)
         try:
-            for path, fingerprint, not_after, subject in certs:
-                n = await store.record_creator_expiry(fingerprint, not_after)
+            for path, fingerprint, not_after, subject, creator_fp in certs:
+                n = (await store.record_creator_expiry(fingerprint, not_after)
+                     + await store.record_creator_expiry(creator_fp, not_after))
                 when = not_after.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 print(f"{path} ({subject}, sha256 {fingerprint[:16]}...), valid until {when}: expiry "
                       f"recorded on {n} unfinished row{'s' if n != 1 else ''} that had none")

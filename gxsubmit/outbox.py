@@ -38,6 +38,7 @@ __all__ = [
     "OutboxStore",
     "QueueStats",
     "SchemaNotMigrated",
+    "SubmittedTx",
     "TxRecord",
     "enqueue",
     "latest_version",
@@ -190,6 +191,8 @@ class ClaimedCommand:
     created_at: datetime
     #: earlier claims of this row that ended in its worker crashing (migration 0009)
     crashed_claims: int = 0
+    #: the generation the nonce is derived at: how many of the row's tx ids were found INVALID (0008)
+    tx_generation: int = 0
 
 
 #: ClaimedCommand's exact slot layout, but not frozen: the claim fills one of these per row (plain slot
@@ -231,6 +234,20 @@ class TxRecord:
     creator_fingerprint: str
     #: the certificate's expiry: once it is well past, a lost tx id can be abandoned (DESIGN 2.5)
     creator_not_after: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedTx:
+    """The write-ahead of one Submit (``mark_submitted_tx``): what the envelope about to leave carries."""
+
+    id: uuid.UUID
+    token: uuid.UUID
+    tx_id: str
+    generation: int
+    creator_fingerprint: str
+    creator_not_after: datetime | None = None
+    #: a stored nonce the row keeps (from before 0008); None for a derived one, which is not stored
+    nonce: bytes | None = None
 
 
 #: Rows deleted per statement by ``OutboxStore.prune``: short transactions, bounded WAL per commit.
@@ -349,6 +366,16 @@ class OutboxStore:
             await store.close()
             raise SchemaNotMigrated(f"schema {schema!r} is at version {version}, this release needs "
                                     f"{latest_version()}; run 'gxsubmit migrate'")
+        # Numbers are reserved per change and may land out of order (0009 before 0008): a schema at the
+        # highest version can still lack a lower one.
+        cur = await conn.execute(_compose("applied_versions", schema))
+        applied = {int(r[0]) for r in await cur.fetchall()}
+        missing = [v for v, _, _ in _migrations() if v not in applied]
+        if missing:
+            await store.close()
+            lacking = ", ".join(map(str, missing))
+            raise SchemaNotMigrated(f"schema {schema!r} lacks migration {lacking} of this release; "
+                                    "run 'gxsubmit migrate'")
         return store
 
     async def close(self) -> None:
@@ -514,6 +541,38 @@ class OutboxStore:
             return set()
         return await self._held("mark_submitted", _pairs(items))
 
+    async def mark_submitted_tx(self, items: Sequence[SubmittedTx]) -> set[uuid.UUID]:
+        """SUBMITTED, with the tx id, nonce generation and creator of the envelope (before Submit)."""
+        if not items:
+            return set()
+        params = {
+            "ids": [r.id for r in items],
+            "tokens": [r.token for r in items],
+            "tx_ids": [r.tx_id for r in items],
+            "gens": [r.generation for r in items],
+            "fps": [r.creator_fingerprint for r in items],
+            "not_afters": [r.creator_not_after for r in items],
+            "nonces": [r.nonce for r in items],
+        }
+        return await self._held("mark_submitted_tx", params)
+
+    async def txid_key(self) -> bytes:
+        """The schema's key for derived nonces (migration 0008)."""
+        rows = await self._rows("txid_key", {})
+        if not rows:
+            raise SchemaNotMigrated(f"schema {self.schema!r} has no tx id key; run 'gxsubmit migrate'")
+        return bytes(rows[0][0])
+
+    async def record_creator(self, fingerprint: str, creator: bytes) -> None:
+        """Remember a serialized creator by its fingerprint (once; before rows name it)."""
+        conn = await self._get()
+        await conn.execute(self._q["record_creator"], {"fingerprint": fingerprint, "creator": creator})
+
+    async def find_creator(self, fingerprint: str) -> bytes | None:
+        """The serialized creator a row's creator_fingerprint names, if recorded (0008)."""
+        rows = await self._rows("find_creator", {"fingerprint": fingerprint})
+        return bytes(rows[0][0]) if rows else None
+
     async def mark_committed(self, items: Sequence[Committed]) -> set[uuid.UUID]:
         if not items:
             return set()
@@ -536,9 +595,11 @@ class OutboxStore:
         delay_s: float,
         burn_nonce: bool = False,
         counts: bool = True,
+        generation: int = 0,
     ) -> bool:
         """Back to PENDING after ``delay_s``. Keeps the nonce (same tx id next time) unless burnt.
-        ``counts=False`` gives the claim's counted attempt back (an outage must not use up attempts)."""
+        ``counts=False`` gives the claim's counted attempt back (an outage must not use up attempts).
+        ``generation``: the nonce generation of the next attempt (never lowered)."""
         params = {
             "id": id,
             "token": token,
@@ -547,6 +608,7 @@ class OutboxStore:
             "delay_s": max(0.0, float(delay_s)),
             "burn": burn_nonce,
             "counts": counts,
+            "generation": generation,
         }
         return bool(await self._rows("retry_later", params))
 

@@ -3,18 +3,22 @@
 Per claimed row (first try, retry, takeover of an expired lease, restart — all the same code):
 
 1. route + arguments (catalogue); a bad payload or an unknown type fails at once.
-2. nonce: reuse the row's nonce when it belongs to a certificate we still hold (same tx id);
-   otherwise (rotation) resolve the old tx id by CommitStatus first; else draw a new nonce and
-   ``record_tx`` it durably *before* the first Endorse.
-3. Endorse (a "duplicate transaction" answer means a copy is already committed: go to 5).
-4. ``mark_submitted`` (write-ahead: the row says "a copy may be on the ledger" *before* the
-   envelope leaves, so a crash between Submit and the status write can never make us believe
-   the row was not submitted), then Submit.
-5. CommitStatus, then ``mark_committed`` (batched) with block and validation code.
+2. nonce: derived (gxsubmit.txid) from the request, the content and the row's generation, so every
+   replica, restart and restore gets the same tx id without writing anything first. A row that
+   holds a stored nonce (from before migration 0008) keeps it. A stored tx id that no identity we
+   hold reproduces (rotation, a re-encoded certificate, a changed catalogue) is resolved by
+   CommitStatus first: never endorse a tx id other than the row's stored one without that.
+3. Endorse. A "duplicate transaction" answer means the ledger holds this tx id: resolve it (VALID:
+   committed with its block; definitely INVALID: the next generation, endorsed at once; bounded).
+4. ``mark_submitted_tx`` (write-ahead: the row says "a copy may be on the ledger", with its tx id,
+   *before* the envelope leaves), then Submit.
+5. The commit (block stream or CommitStatus), then ``mark_committed`` (batched).
 
-Outcomes by error class: TRANSIENT and IN_DOUBT retry later with the same nonce; CONFLICT burns
-the nonce; PERMANENT fails the row — unless a copy may already be on the ledger, in which case
-the row is never failed without a definite answer for its tx id. Gateway-unavailable failures
+Outcomes by error class: TRANSIENT, IN_DOUBT and CONFLICT retry later with the same nonce (an
+endorsement mismatch says nothing about the tx id, and a copy of it may be in flight); only a
+definite INVALID commit of the tx id advances the generation; PERMANENT fails the row — unless a
+copy may already be on the ledger, in which case the row is never failed without a definite
+answer for its tx id. Gateway-unavailable failures
 (and anything refused by an open breaker) never exhaust ``max_attempts``: an outage must not
 dead-letter the backlog.
 """
@@ -46,26 +50,25 @@ from gxsubmit.fabric import (
     build_proposal,
     classify_validation_code,
     compute_tx_id,
-    new_nonce,
 )
 from gxsubmit.fabric.codes import BOUNDED_RETRY_CODES
 from gxsubmit.fabric.commits import CommitWatcher
 from gxsubmit.metrics import WorkerMetrics
-from gxsubmit.outbox import ClaimedCommand, Committed, TxRecord
+from gxsubmit.outbox import ClaimedCommand, Committed, SubmittedTx
 from gxsubmit.rowdecode import BadPayload
+from gxsubmit.txid import TxIdDeriver
 
 __all__ = [
     "INFRA_ERROR_CODES",
     "IdentityRing",
     "Job",
-    "NoncePlan",
     "Pipeline",
     "PipelineSettings",
     "Stage",
     "commit_action",
     "creator_long_expired",
     "error_action",
-    "plan_nonce",
+    "reproducing_signer",
 ]
 
 log = logging.getLogger("gxsubmit.worker")
@@ -76,6 +79,9 @@ INFRA_ERROR_CODES = frozenset({"GATEWAY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "CAN
 
 #: How many times a bounded-retry commit code (ENDORSEMENT_POLICY_FAILURE) gets a new nonce.
 _BOUNDED_RETRIES = 3
+#: Generations one claim may walk through on "duplicate transaction" answers whose tx id the ledger holds
+#: as INVALID (after a restore, the row's generation can be behind the ledger's); then it goes back.
+_WALK_LIMIT = 16
 #: Proposal reuse window: Fabric 3 peers reject proposals older than 15 minutes.
 _PROPOSAL_TTL_S = 300.0
 #: How long after its creator certificate expired a tx id that the ledger does not know is taken as
@@ -106,6 +112,8 @@ class Job:
     claimed_at: float
     stage: Stage = Stage.QUEUED
     tx_id: str | None = None
+    #: the nonce generation of ``tx_id`` (a derived nonce; the row's own for a stored one)
+    generation: int = 0
     may_be_on_ledger: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -133,18 +141,18 @@ class PipelineSettings:
 # --------------------------------------------------------------------------------------------------
 # pure decisions (unit-tested without I/O)
 
-NoncePlan = Literal["reuse", "new", "resolve"]
-
-
-def plan_nonce(
-    tx_nonce: bytes | None, creator_fingerprint: str | None, held: Callable[[str], bool]
-) -> NoncePlan:
-    """Reuse the stored nonce if we can still sign as its creator; resolve if it was another cert."""
-    if tx_nonce is None:
-        return "new"
-    if creator_fingerprint is not None and held(creator_fingerprint):
-        return "reuse"
-    return "resolve"
+def reproducing_signer(nonce: bytes, tx_id: str | None,
+                       signers: Sequence[SigningIdentity]) -> SigningIdentity | None:
+    """The identity whose creator turns ``nonce`` into the stored ``tx_id`` (the first when no tx id is
+    stored), or None: then endorsing would make a different transaction, and the stored one must be
+    resolved first. "Same creator" is decided by the tx id, not by a certificate fingerprint: the same
+    certificate in other bytes (CRLF, no final newline) or under another MSP id is another creator."""
+    if tx_id is None:
+        return signers[0] if signers else None
+    for signer in signers:
+        if compute_tx_id(nonce, signer.creator) == tx_id:
+            return signer
+    return None
 
 
 def creator_long_expired(not_after: datetime | None, now: datetime) -> bool:
@@ -195,9 +203,12 @@ def error_action(err: FabricError, *, may_be_on_ledger: bool) -> Action:
     if cls is ErrorClass.IN_DOUBT:
         return Action("retry", err.error_code, counts=False, on_ledger=True, reason="in_doubt")
     if cls is ErrorClass.CONFLICT:
+        # Never a new nonce here, whatever the stage: an endorsement mismatch says nothing about the tx
+        # id, and a copy of it may be being ordered (a lost Submit answer; peers at different heights
+        # while it is). Only a definite INVALID commit of the tx id moves to the next generation.
         if may_be_on_ledger and err.stage != "endorse":
             return Action("retry", err.error_code, counts=False, on_ledger=True, reason="in_doubt")
-        return Action("retry", err.error_code, burn_nonce=True, reason="conflict")
+        return Action("retry", err.error_code, on_ledger=may_be_on_ledger, reason="conflict")
     # PERMANENT
     if may_be_on_ledger:
         # An earlier copy may still commit (or has): ask the ledger before dead-lettering.
@@ -211,12 +222,12 @@ def error_action(err: FabricError, *, may_be_on_ledger: bool) -> Action:
 
 class IdentityRing:
     """The identity new attempts sign with, plus earlier ones still valid (after a rotation), so a
-    row whose nonce was recorded under the old certificate keeps its tx id."""
+    row whose tx id was made under the old certificate keeps it. Keyed by creator fingerprint."""
 
     def __init__(self, current: SigningIdentity, not_after: datetime) -> None:
         self._current = current
         self._all: OrderedDict[str, tuple[SigningIdentity, datetime]] = OrderedDict()
-        self._all[current.fingerprint] = (current, not_after)
+        self._all[current.creator_fingerprint] = (current, not_after)
 
     @property
     def current(self) -> SigningIdentity:
@@ -224,10 +235,23 @@ class IdentityRing:
 
     def rotate(self, new: SigningIdentity, not_after: datetime) -> None:
         self._current = new
-        self._all[new.fingerprint] = (new, not_after)
-        self._all.move_to_end(new.fingerprint)
+        self._all[new.creator_fingerprint] = (new, not_after)
+        self._all.move_to_end(new.creator_fingerprint)
         while len(self._all) > 4:
             self._all.popitem(last=False)
+
+    def add_former(self, signer: SigningIdentity, not_after: datetime) -> None:
+        """An earlier creator of a key held here (see ``SigningIdentity.as_creator``); never current."""
+        if signer.creator_fingerprint not in self._all:
+            self._all[signer.creator_fingerprint] = (signer, not_after)
+            self._all.move_to_end(signer.creator_fingerprint, last=False)
+
+    def signers(self, now: datetime | None = None) -> list[SigningIdentity]:
+        """The identities that can still sign, the current one first."""
+        now = now or datetime.now(UTC)
+        out = [self._current]
+        out.extend(s for s, na in reversed(self._all.values()) if s is not self._current and na > now)
+        return out
 
     def get(self, fingerprint: str, now: datetime | None = None) -> SigningIdentity | None:
         entry = self._all.get(fingerprint)
@@ -269,9 +293,9 @@ class Pipeline:
         metrics: WorkerMetrics,
         backoff: Callable[[int], float],
         backoff_cap: float,
-        submitted: Batcher[tuple[uuid.UUID, uuid.UUID]],
         committed: Batcher[tuple[Committed, str]],  # (row, command_type): the batch counts commits
-        recorded: Batcher[TxRecord],
+        submitted: Batcher[SubmittedTx],
+        deriver: TxIdDeriver,
         lease_s: float,
         watchers: Mapping[str, CommitWatcher] | None = None,
     ) -> None:
@@ -288,11 +312,14 @@ class Pipeline:
         self.backoff_cap = backoff_cap
         self.submitted = submitted
         self.committed = committed
-        self.recorded = recorded
+        self.deriver = deriver
         self.lease_s = lease_s
         #: monotonic times at which rows this worker put back with retry_later become due (a heap)
         self.retry_due: list[float] = []
         self._proposals: OrderedDict[str, tuple[Proposal, float]] = OrderedDict()
+        #: creator fingerprints recorded in gxsubmit_creators by this process, and those looked up there
+        self._creators_recorded: set[str] = set()
+        self._creators_looked_up: set[str] = set()
         self._proposal_cap = 4096
         self.n_committed = 0
         self.n_failed = 0
@@ -369,40 +396,51 @@ class Pipeline:
                                        f"over the limit of {limit} (max_argument_bytes)")
                 return
 
-        chosen = await self._choose_nonce(job)
-        if chosen is None:
-            return
-        nonce, tx_id, signer = chosen
-        job.tx_id = tx_id
-        if self._info:
-            log.info("Processing command", extra={
-                "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": tx_id,
-                "attempt": cmd.attempts})
+        channel = self.s.channel or route.channel
+        chosen = await self._choose_tx(job, route, args)
+        walked = 0
+        while chosen is not None:
+            nonce, tx_id, signer = chosen
+            job.tx_id = tx_id
+            if self._info:
+                log.info("Processing command", extra={
+                    "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": tx_id,
+                    "attempt": cmd.attempts, "generation": job.generation})
 
-        if not self.breaker.allow():
-            await self._retry(job, Action("retry", "BREAKER_OPEN", counts=False,
-                                          on_ledger=job.may_be_on_ledger, reason="breaker_open"),
-                              "gateway circuit breaker open", delay=self.breaker.remaining() + 0.5)
-            return
-
-        proposal = self._proposal(route, signer, args, nonce, tx_id)
-        limit = self.s.max_proposal_bytes
-        if limit is not None and len(proposal.signed_proposal.proposal_bytes) > limit:
-            self._proposals.pop(tx_id, None)
-            await self._fail_early(job, "PAYLOAD_TOO_LARGE", f"signed proposal is "
-                                   f"{len(proposal.signed_proposal.proposal_bytes)} bytes, over the limit of "
-                                   f"{limit} (max_proposal_bytes)")
-            return
-        job.stage = Stage.ENDORSING
-        t0 = time.perf_counter()
-        try:
-            prepared = await self.gateway.endorse(proposal)
-        except FabricError as err:
-            self._note_gateway(err)
-            if err.error_class is ErrorClass.DUPLICATE:
-                await self._wait_commit(job, signer, proposal.channel, tx_id)
+            if not self.breaker.allow():
+                await self._retry(job, Action("retry", "BREAKER_OPEN", counts=False,
+                                              on_ledger=job.may_be_on_ledger, reason="breaker_open"),
+                                  "gateway circuit breaker open", delay=self.breaker.remaining() + 0.5)
                 return
-            await self._on_error(job, err, signer, proposal.channel)
+
+            proposal = self._proposal(route, signer, args, nonce, tx_id)
+            limit = self.s.max_proposal_bytes
+            if limit is not None and len(proposal.signed_proposal.proposal_bytes) > limit:
+                self._proposals.pop(tx_id, None)
+                size = len(proposal.signed_proposal.proposal_bytes)
+                await self._fail_early(job, "PAYLOAD_TOO_LARGE", f"signed proposal is {size} bytes, over the "
+                                       f"limit of {limit} (max_proposal_bytes)")
+                return
+            job.stage = Stage.ENDORSING
+            t0 = time.perf_counter()
+            try:
+                prepared = await self.gateway.endorse(proposal)
+            except FabricError as err:
+                self._note_gateway(err)
+                if err.error_class is ErrorClass.DUPLICATE:
+                    # The ledger holds this tx id: it decides, not the table (which may have lost it).
+                    if walked >= _WALK_LIMIT:
+                        await self._retry(job, Action("retry", "DUPLICATE_TXID", counts=False, on_ledger=True,
+                                                      reason="in_doubt"),
+                                          f"walked {walked} INVALID generations; continuing later")
+                        return
+                    walked += 1
+                    chosen = await self._resolve_duplicate(job, channel, route, args, tx_id, signer)
+                    continue
+                await self._on_error(job, err, signer, proposal.channel)
+                return
+            break
+        else:
             return
         self._gateway_up()
         self.m.endorse.observe(time.perf_counter() - t0)
@@ -410,7 +448,14 @@ class Pipeline:
         # Write-ahead: from here on a copy may exist on the ledger.
         job.stage = Stage.SUBMITTING
         job.may_be_on_ledger = True
-        if not await self.submitted.put(job.lease):
+        await self._record_creator(signer)  # once per creator and process: before a row names it
+        stored_fp, stored_nonce = signer.creator_fingerprint, None
+        if cmd.tx_nonce is not None and nonce == cmd.tx_nonce:
+            # a stored nonce (before 0008) is kept, with its row's fingerprint and expiry
+            stored_fp, stored_nonce = cmd.creator_fingerprint or stored_fp, cmd.tx_nonce
+        if not await self.submitted.put(SubmittedTx(
+                cmd.id, cmd.lease_token, tx_id, job.generation, stored_fp,
+                self.ring.not_after(signer.creator_fingerprint), stored_nonce)):
             raise _Gone
         # The wait is registered before Submit, so the block with this tx cannot pass unseen.
         watcher = self.watchers.get(proposal.channel)
@@ -430,32 +475,97 @@ class Pipeline:
 
     # -- nonce -------------------------------------------------------------------------------------
 
-    async def _choose_nonce(self, job: Job) -> tuple[bytes, str, SigningIdentity] | None:
+    def _derive(self, job: Job, route: Route, args: Sequence[str]) -> bytes:
+        cmd = job.cmd
+        return self.deriver.nonce(
+            tenant_id=cmd.tenant_id, request_id=cmd.request_id, channel=self.s.channel or route.channel,
+            chaincode=self.s.chaincode or route.chaincode, function=route.function, args=args,
+            generation=job.generation)
+
+    async def _choose_tx(self, job: Job, route: Route, args: Sequence[str]
+                         ) -> tuple[bytes, str, SigningIdentity] | None:
+        """(nonce, tx id, signer) of this attempt, or None when the row was handled here (committed, or
+        put back until its stored tx id can be resolved). Writes nothing: the nonce can be derived again."""
         cmd = job.cmd
         job.may_be_on_ledger = cmd.submitted_before
-        plan = plan_nonce(cmd.tx_nonce, cmd.creator_fingerprint, self.ring.holds)
-        if plan == "reuse":
-            assert cmd.tx_nonce is not None and cmd.creator_fingerprint is not None
-            signer = self.ring.get(cmd.creator_fingerprint)
-            assert signer is not None
-            return cmd.tx_nonce, cmd.fabric_tx_id or compute_tx_id(cmd.tx_nonce, signer.creator), signer
-        if plan == "resolve" and cmd.fabric_tx_id:
-            # The certificate changed since the nonce was recorded: the same nonce would now give a
-            # different tx id, so first find out what became of the old one.
-            outcome = await self._resolve_old(job, cmd.fabric_tx_id)
-            if outcome is None:
-                return None  # committed, or parked until the old tx id can be resolved
+        job.generation = cmd.tx_generation
+        signers = self.ring.signers()
+        # A stored nonce (rows from before 0008) is kept; otherwise the derived one.
+        nonce = cmd.tx_nonce if cmd.tx_nonce is not None else self._derive(job, route, args)
+        signer = reproducing_signer(nonce, cmd.fabric_tx_id, signers)
+        if signer is None and await self._learn_former_creator(cmd.creator_fingerprint):
+            signer = reproducing_signer(nonce, cmd.fabric_tx_id, self.ring.signers())
+        if signer is not None:
+            return nonce, compute_tx_id(nonce, signer.creator), signer
+        assert cmd.fabric_tx_id is not None
+        # No identity we hold makes the stored tx id from this nonce (a rotated or re-encoded certificate,
+        # another MSP id, a changed catalogue): first find out what became of the stored one.
+        if await self._resolve_old(job, cmd.fabric_tx_id) is None:
+            return None  # committed, or parked until the old tx id can be resolved
+        if cmd.tx_nonce is not None:
+            nonce = self._derive(job, route, args)
         signer = self.ring.current
-        nonce = new_nonce()
-        tx_id = compute_tx_id(nonce, signer.creator)
-        # Batched with the other rows of the same burst; put() returns only after the commit, so the
-        # nonce is durable before the first Endorse.
-        ok = await self.recorded.put(TxRecord(cmd.id, cmd.lease_token, nonce, tx_id, signer.fingerprint,
-                                              self.ring.not_after(signer.fingerprint)))
-        if not ok:
-            raise _Gone
-        job.may_be_on_ledger = False  # a fresh tx id has never been anywhere
-        return nonce, tx_id, signer
+        job.may_be_on_ledger = False  # a tx id other than the stored one: never handed to an orderer by us
+        return nonce, compute_tx_id(nonce, signer.creator), signer
+
+    async def _learn_former_creator(self, fingerprint: str | None) -> bool:
+        """Whether the ring now holds the creator a row names: the same key under other creator bytes (a
+        re-encoded certificate) can sign as the recorded creator and so reproduce the stored tx id."""
+        if fingerprint is None or fingerprint in self._creators_looked_up or self.ring.holds(fingerprint):
+            return False
+        self._creators_looked_up.add(fingerprint)
+        creator = await self.db.call(lambda st: st.find_creator(fingerprint))
+        if creator is None:
+            return False
+        for held in self.ring.signers():
+            twin = held.as_creator(creator)
+            if twin is not None:
+                self.ring.add_former(twin, self.ring.not_after(held.creator_fingerprint) or datetime.now(UTC))
+                log.info("Signing as the recorded creator of the same key", extra={
+                    "creator": fingerprint[:16], "fingerprint": held.fingerprint[:16]})
+                return True
+        return False
+
+    async def _record_creator(self, signer: SigningIdentity) -> None:
+        fp = signer.creator_fingerprint
+        if fp not in self._creators_recorded:
+            await self.db.call(lambda st: st.record_creator(fp, signer.creator))
+            self._creators_recorded.add(fp)
+
+    async def _resolve_duplicate(self, job: Job, channel: str, route: Route,
+                                 args: Sequence[str], tx_id: str, signer: SigningIdentity
+                                 ) -> tuple[bytes, str, SigningIdentity] | None:
+        """The endorser says the ledger already holds ``tx_id``: VALID is this command's effect
+        (COMMITTED with that block); definitely INVALID moves to the next generation, returned to be
+        endorsed at once; anything else puts the row back (None)."""
+        job.may_be_on_ledger = True
+        job.stage = Stage.COMMIT_WAIT
+        try:
+            result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id,
+                                                      timeout=self.s.resolve_timeout)
+        except FabricError as err:
+            self._note_gateway(err)
+            await self._retry(job, Action("retry", err.error_code, counts=False, on_ledger=True,
+                                          reason="in_doubt"), f"duplicate tx {tx_id} unresolved: {err}")
+            return None
+        self._gateway_up()
+        if result.valid:
+            await self._committed(job, result)
+            return None
+        if classify_validation_code(result.code) in (ErrorClass.DUPLICATE, ErrorClass.TRANSIENT):
+            await self._retry(job, Action("retry", result.code_name, counts=False, on_ledger=True,
+                                          reason="in_doubt"),
+                              f"duplicate tx {tx_id} status {result.code_name}")
+            return None
+        # Definitely INVALID on the ledger: that generation is spent (a restore may have forgotten it).
+        log.info("Transaction id already INVALID on the ledger, next generation", extra={
+            "command_id": str(job.cmd.id), "tx_id": tx_id, "generation": job.generation,
+            "validation_code": result.code_name, "block": result.block_number})
+        job.generation += 1
+        job.may_be_on_ledger = False
+        nonce = self._derive(job, route, args)
+        current = self.ring.current
+        return nonce, compute_tx_id(nonce, current.creator), current
 
     async def _resolve_old(self, job: Job, old_tx_id: str) -> bool | None:
         """True = the old tx id is definitely not VALID on the ledger (draw a new nonce);
@@ -659,7 +769,8 @@ class Pipeline:
             delay = self.backoff_cap if exhausted else self.backoff(cmd.attempts)
         ok = await self.db.call(lambda st: st.retry_later(
             cmd.id, cmd.lease_token, error_code=action.error_code, error=error, delay_s=delay,
-            burn_nonce=action.burn_nonce, counts=action.counts))
+            burn_nonce=action.burn_nonce, counts=action.counts,
+            generation=job.generation + 1 if action.burn_nonce else job.generation))
         if not ok:
             raise _Gone
         # The claim loop wakes at this row's next_attempt_at (NOTIFY only covers new rows).
@@ -668,7 +779,7 @@ class Pipeline:
         log.warning("Command failed, will retry", extra={
             "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": job.tx_id,
             "error_code": action.error_code, "attempt": cmd.attempts, "retry_in_s": round(delay, 3),
-            "new_nonce": action.burn_nonce, "error": error})
+            "new_nonce": action.burn_nonce, "generation": job.generation, "error": error})
 
     async def _fail_early(self, job: Job, error_code: str, error: str) -> None:
         """Fail a row before this try sent anything; say so when an earlier try's copy may be on the

@@ -331,7 +331,8 @@ def load_certificate(path: Path) -> tuple[bytes, x509.Certificate]:
 
 
 def certificate_fingerprint(cert: x509.Certificate) -> str:
-    """sha256 hex of the DER certificate: the creator fingerprint stored in outbox rows."""
+    """sha256 hex of the DER certificate: which certificate a wallet holds (rows written before migration
+    0008 stored it as their creator fingerprint; later rows store the serialized creator's)."""
     return cert.fingerprint(hashes.SHA256()).hex()
 
 

@@ -10,7 +10,7 @@ channel to the gateway; the identity's key. Tasks:
 * one task per claimed command (:mod:`gxsubmit.pipeline`), so hundreds of transactions wait for
   commit at once;
 * lease renewal (every lease/3, one statement for all held rows; a lost lease cancels the job);
-* batched completions (mark_submitted / mark_committed); per-command metrics are accumulated in
+* batched completions (mark_submitted_tx / mark_committed); per-command metrics are accumulated in
   memory and written to the prometheus mmap files once per committed batch and every 0.5 s;
 * heartbeat: ``<runtime_dir>/worker-<identity>.json`` written atomically every heartbeat interval;
 * wallet watch: a rotated certificate/key is validated and used for new attempts, without restart.
@@ -62,9 +62,10 @@ from gxsubmit.fabric import Deadlines, FabricError, GatewayClient, SigningIdenti
 from gxsubmit.fabric.commits import CommitWatcher, tls_cert_hash
 from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
-from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, TxRecord
+from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, SubmittedTx
 from gxsubmit.pipeline import IdentityRing, Job, Pipeline, PipelineSettings, Stage
 from gxsubmit.secrets import no_core_dumps
+from gxsubmit.txid import TxIdDeriver
 from gxsubmit.wakeups import Wakeups
 from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_client, wallet_signature
 
@@ -273,18 +274,16 @@ class Worker:
         log.info("Successfully connected Fabric client for %s", self.identity,
                  extra={"gateway": cfg.gateway, "fingerprint": ring.current.fingerprint[:16]})
 
+        # The key of the derived nonces (migration 0008): the same in every replica and every backup.
+        deriver = TxIdDeriver(await self.db.call(lambda st: st.txid_key()))
         linger = _BATCH_LINGER_S  # the same for the three: they share one connection
         committed: Batcher[tuple[Committed, str]] = Batcher(
             "committed", self._flush_committed, lambda c: c[0].id, linger_s=linger)
-        submitted: Batcher[tuple[uuid.UUID, uuid.UUID]] = Batcher(
-            "submitted", lambda items: self.db.call(lambda st: st.mark_submitted(items)), lambda p: p[0],
-            linger_s=linger)
-        recorded: Batcher[TxRecord] = Batcher(
-            "recorded", lambda items: self.db.call(lambda st: st.record_tx_many(items)), lambda r: r.id,
+        submitted: Batcher[SubmittedTx] = Batcher(
+            "submitted", lambda items: self.db.call(lambda st: st.mark_submitted_tx(items)), lambda r: r.id,
             linger_s=linger)
         committed.start()
         submitted.start()
-        recorded.start()
         watchers = self._commit_watchers(ring) if cfg.commit_events else {}
         self.pipeline = Pipeline(
             settings=PipelineSettings(
@@ -295,9 +294,9 @@ class Worker:
             catalog=self.b.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
             metrics=self.m,
             backoff=lambda attempt: compute_delay(attempt, cfg.backoff_base, cfg.backoff_cap, jitter=0.5),
-            backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed, recorded=recorded,
+            backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed, deriver=deriver,
             lease_s=cfg.lease_seconds, watchers=watchers)
-        self._batchers = (recorded, submitted, committed)
+        self._batchers = (submitted, committed)
         self._ring = ring
         self.ready = True
         self._write_status()  # readiness visible at once, not a heartbeat later

@@ -24,7 +24,9 @@ class Faults:
     client's deadline (the transaction is not ordered). ``outage_until`` is a ``time.monotonic``
     deadline during which every RPC answers UNAVAILABLE. ``orderer_max_bytes`` is the channel's
     ``BatchSize.AbsoluteMaxBytes``: a larger envelope is refused at Submit (REQUEST_ENTITY_TOO_LARGE),
-    as a real orderer does; 0 = no limit.
+    as a real orderer does; 0 = no limit. ``endorse_mismatch_in_flight``: a re-endorsement
+    of a tx id the orderer holds but has not yet cut into a block answers "ProposalResponsePayloads do
+    not match", as a gateway does whose peers are at different heights while the first copy is ordered.
     """
 
     latency_s: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -36,6 +38,7 @@ class Faults:
     commit_status_unavailable: float = 0.0
     mvcc: float = 0.0
     policy_failure: float = 0.0
+    endorse_mismatch_in_flight: bool = False
     #: chance that an answer (Endorse, CommitStatus, a block on DeliverFiltered) is a hostile one
     #: (garbled, truncated, oversized or contradictory: see gxsubmit.emulator.hostile)
     hostile: float = 0.0

@@ -598,6 +598,9 @@ class _Gateway(gateway_pb2_grpc.GatewayServicer):  # type: ignore[misc]
             raise _Abort(
                 grpc.StatusCode.UNAVAILABLE, f"failed to find any endorsing peers for org(s): {unknown}"
             )
+        if core.faults.endorse_mismatch_in_flight and any(i.tx_id == pp.tx_id for i in core.pending):
+            raise _Abort(grpc.StatusCode.ABORTED,
+                         "failed to assemble transaction: ProposalResponsePayloads do not match")
         try:
             info, res = core.simulate(pp)
         except EndorserError as exc:

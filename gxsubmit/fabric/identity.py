@@ -16,7 +16,7 @@ from fabric_protos.msp import identities_pb2
 
 from gxsubmit.wallet import WalletIdentity, certificate_fingerprint
 
-__all__ = ["P256_ORDER", "SigningIdentity", "serialize_identity"]
+__all__ = ["P256_ORDER", "SigningIdentity", "creator_fingerprint", "serialize_identity"]
 
 #: Order n of the P-256 group; Fabric rejects signatures with S > n/2.
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -30,6 +30,12 @@ def serialize_identity(msp_id: str, cert_pem: bytes) -> bytes:
     return data
 
 
+def creator_fingerprint(creator: bytes) -> str:
+    """sha256 hex of the serialized creator: what the tx id hashes (MSP id and the PEM bytes as read),
+    so the same certificate re-encoded (CRLF, no final newline, a chain appended) is another creator."""
+    return hashlib.sha256(creator).hexdigest()
+
+
 class SigningIdentity:
     """An MSP identity that signs with its private key.
 
@@ -37,7 +43,8 @@ class SigningIdentity:
     interoperability test). Random nonces are equally valid for Fabric.
     """
 
-    __slots__ = ("_algo", "_deterministic", "_key", "cert_pem", "creator", "fingerprint", "msp_id", "name")
+    __slots__ = ("_algo", "_deterministic", "_key", "cert_pem", "creator", "creator_fingerprint",
+                 "fingerprint", "msp_id", "name")
 
     def __init__(
         self,
@@ -54,6 +61,8 @@ class SigningIdentity:
         self.cert_pem = cert_pem
         self.name = name
         self.creator = serialize_identity(msp_id, cert_pem)
+        #: what rows record (0008): two encodings of one certificate are two creators and two tx ids
+        self.creator_fingerprint = creator_fingerprint(self.creator)
         cert = x509.load_pem_x509_certificate(cert_pem)
         self.fingerprint = certificate_fingerprint(cert)
         self._key = private_key
@@ -70,6 +79,20 @@ class SigningIdentity:
             name=identity.name,
             deterministic=deterministic,
         )
+
+    def as_creator(self, creator: bytes) -> SigningIdentity | None:
+        """This key under another serialized creator, if that creator's certificate is for this key
+        (the same certificate in other bytes, or under another MSP id); None otherwise."""
+        try:
+            ident = identities_pb2.SerializedIdentity.FromString(creator)
+            cert = x509.load_pem_x509_certificate(ident.id_bytes)
+        except Exception:  # not a creator we can use: the caller resolves the tx id instead
+            return None
+        if cert.public_key() != self._key.public_key():
+            return None
+        twin = SigningIdentity(msp_id=ident.mspid, cert_pem=ident.id_bytes, private_key=self._key,
+                               name=self.name, deterministic=self._deterministic)
+        return twin if twin.creator == creator else None
 
     def sign(self, data: bytes) -> bytes:
         """DER ECDSA signature over SHA-256(data), S normalised to the lower half."""

@@ -140,7 +140,7 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
-          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation
 
 -- name: claim_suspect
 -- One due row set to run alone (run_alone: its claims ended in its worker crashing; migration 0009), for a
@@ -172,7 +172,7 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
-          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation
 
 -- name: suspects_due
 -- Whether a row of these types waits to be claimed alone (claim_suspect); reads only the partial index.
@@ -238,6 +238,39 @@ SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
             THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
   FROM held
 
+-- name: mark_submitted_tx
+-- The write-ahead before Submit, with what the envelope carries: its tx id, the generation of its derived
+-- nonce and its creator (0008). Nothing is written before Endorse: the nonce can be derived again.
+WITH held AS (
+    UPDATE {schema}.outbox_commands AS c
+       SET status = 'SUBMITTED',
+           submitted_at = coalesce(c.submitted_at, now()),
+           tx_nonce = u.nonce,
+           fabric_tx_id = u.tx_id,
+           tx_generation = u.gen,
+           creator_fingerprint = u.fp,
+           creator_not_after = coalesce(u.not_after, c.creator_not_after),
+           updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(tokens)b::uuid[], %(tx_ids)b::text[], %(gens)b::int4[], %(fps)b::text[],
+                  %(not_afters)b::timestamptz[], %(nonces)b::bytea[]) AS u(id, token, tx_id, gen, fp, not_after, nonce)
+     WHERE c.id = u.id AND c.lease_token = u.token AND c.status IN ('CLAIMED', 'SUBMITTED')
+    RETURNING c.id
+)
+SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
+            THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
+  FROM held
+
+-- name: txid_key
+-- The key of the derived nonces (0008), written once by migrate.
+SELECT t.key FROM {schema}.gxsubmit_txid_key AS t
+
+-- name: record_creator
+INSERT INTO {schema}.gxsubmit_creators (fingerprint, creator) VALUES (%(fingerprint)s, %(creator)s)
+ON CONFLICT (fingerprint) DO NOTHING
+
+-- name: find_creator
+SELECT c.creator FROM {schema}.gxsubmit_creators AS c WHERE c.fingerprint = %(fingerprint)s
+
 -- name: mark_committed
 WITH held AS (
     UPDATE {schema}.outbox_commands AS c
@@ -273,8 +306,11 @@ SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
 -- Burning the nonce (after a definite INVALID commit of that tx id) forgets the tx id and its
 -- submission: the next attempt stores a fresh nonce before endorsing (DESIGN 2.3). A retry that does
 -- not count (gateway unavailable, breaker open, in doubt) gives the claim's counted attempt back (0006).
+-- tx_generation is the generation the next attempt derives its nonce at (0008): after a burn, one past
+-- the tx id found INVALID (which may be beyond the stored one when the worker walked the ledger).
 UPDATE {schema}.outbox_commands AS c
    SET status = 'PENDING',
+       tx_generation = greatest(c.tx_generation, %(generation)s),
        counted_attempts = CASE WHEN %(counts)s THEN c.counted_attempts
                                ELSE greatest(c.counted_attempts - 1, 0) END,
        next_attempt_at = now() + make_interval(secs => %(delay_s)s),
@@ -391,6 +427,8 @@ WITH requeued AS (
                                     ELSE c.creator_not_after END,
            submitted_at = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID') THEN NULL
                                ELSE c.submitted_at END,
+           tx_generation = CASE WHEN c.validation_code NOT IN ('VALID', 'DUPLICATE_TXID')
+                                THEN c.tx_generation + 1 ELSE c.tx_generation END,
            validation_code = NULL,
            commit_block = NULL,
            updated_at = now()

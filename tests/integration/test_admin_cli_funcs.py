@@ -199,6 +199,7 @@ def test_record_expiry_fills_in_the_old_certificate_s_expiry(
     from cryptography import x509
 
     from gxsubmit.devwallet import make_dev_wallet
+    from gxsubmit.fabric.identity import creator_fingerprint, serialize_identity
     from gxsubmit.wallet import fingerprint_of
 
     make_dev_wallet(tmp_path / "wallet")
@@ -208,7 +209,9 @@ def test_record_expiry_fills_in_the_old_certificate_s_expiry(
     cfg = _cfg(pg_url, schema)
     rows = {"pending": ("PENDING", fp, None), "submitted": ("SUBMITTED", fp, None),
             "known": ("PENDING", fp, "2020-01-01T00:00:00Z"), "done": ("COMMITTED", fp, None),
-            "other": ("PENDING", other, None)}
+            "other": ("PENDING", other, None),
+            # since migration 0008 rows name the serialized creator (MSP id + the file's bytes)
+            "creator": ("SUBMITTED", creator_fingerprint(serialize_identity("Org1MSP", pem)), None)}
     for rid, (status, fingerprint, not_after) in rows.items():
         assert admin.run_enqueue(cfg, _args(admin.add_enqueue_arguments, "MINT", "--payload", "{}",
                                             "--request-id", rid)) == RET_OK
@@ -220,11 +223,11 @@ def test_record_expiry_fills_in_the_old_certificate_s_expiry(
     cert = str(tmp_path / "wallet" / "org1-admin-cert")
     assert admin.run_record_expiry(cfg, _args(admin.add_record_expiry_arguments, cert)) == RET_OK
     out = capsys.readouterr().out
-    assert "recorded on 2 unfinished rows that had none" in out and fp[:16] in out
+    assert "recorded on 3 unfinished rows that had none" in out and fp[:16] in out
     with psycopg.connect(pg_url) as conn:
         got = dict(conn.execute(sql.SQL("SELECT request_id, creator_not_after FROM {}.outbox_commands")
                                 .format(sql.Identifier(schema))).fetchall())
-    assert got["pending"] == got["submitted"] == expiry
+    assert got["pending"] == got["submitted"] == got["creator"] == expiry
     assert got["known"].year == 2020 and got["done"] is None and got["other"] is None
     assert admin.run_record_expiry(cfg, _args(admin.add_record_expiry_arguments, cert)) == RET_OK
     assert "recorded on 0 unfinished rows" in capsys.readouterr().out  # idempotent

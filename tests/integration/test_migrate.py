@@ -60,6 +60,20 @@ async def test_a_store_refuses_a_schema_older_than_its_release(pg_url: str, sche
     await (await OutboxStore.connect(pg_url, schema=schema, worker_id="w")).close()
 
 
+async def test_a_store_refuses_a_schema_that_lacks_a_lower_migration(pg_url: str, schema: str) -> None:
+    # Numbers are reserved per change, so a schema can be at the highest version without a lower one
+    # (0009 applied by a release that had no 0008): named, instead of a claim that fails on a column.
+    await _migrate(pg_url, schema)
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DELETE FROM {}.gxsubmit_schema_version WHERE version = 8").format(
+            sql.Identifier(schema)))
+    with pytest.raises(SchemaNotMigrated) as caught:
+        await OutboxStore.connect(pg_url, schema=schema, worker_id="w")
+    assert str(caught.value) == f"schema {schema!r} lacks migration 8 of this release; run 'gxsubmit migrate'"
+    assert await _migrate(pg_url, schema) == latest_version()
+    await (await OutboxStore.connect(pg_url, schema=schema, worker_id="w")).close()
+
+
 async def test_unmigrated_schema_has_no_version(pg_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
         assert await schema_version(conn, new_schema_name()) is None

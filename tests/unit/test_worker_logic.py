@@ -21,7 +21,7 @@ from gxsubmit.pipeline import (
     commit_action,
     creator_long_expired,
     error_action,
-    plan_nonce,
+    reproducing_signer,
 )
 from gxsubmit.wallet import load_identity
 from gxsubmit.worker import ConfigProblem, boot, status_path
@@ -34,13 +34,22 @@ def err(cls: ErrorClass, code: str, stage: str = "endorse") -> FabricError:
 # -- nonce ---------------------------------------------------------------------------------------
 
 
-def test_plan_nonce() -> None:
-    held = {"fp-current", "fp-old"}.__contains__
-    assert plan_nonce(None, None, held) == "new"
-    assert plan_nonce(b"n" * 24, "fp-current", held) == "reuse"
-    assert plan_nonce(b"n" * 24, "fp-old", held) == "reuse"  # rotated, old key still held: same tx id
-    assert plan_nonce(b"n" * 24, "fp-gone", held) == "resolve"
-    assert plan_nonce(b"n" * 24, None, held) == "resolve"
+def test_the_signer_is_the_one_that_reproduces_the_stored_tx_id(tmp_path: Path) -> None:
+    from gxsubmit.fabric import compute_tx_id
+
+    make_dev_wallet(tmp_path / "w")
+    wa = load_identity(tmp_path / "w", "org1-admin", msp_id="Org1MSP", expected_role="gx_admin")
+    wb = load_identity(tmp_path / "w", "org1-super-admin", msp_id="Org1MSP", expected_role=None)
+    a, b = SigningIdentity.from_wallet(wa), SigningIdentity.from_wallet(wb)
+    nonce = b"n" * 25
+    assert reproducing_signer(nonce, None, [a, b]) is a  # nothing stored: the current identity
+    assert reproducing_signer(nonce, compute_tx_id(nonce, b.creator), [a, b]) is b  # rotated, old one held
+    assert reproducing_signer(nonce, compute_tx_id(nonce, b.creator), [a]) is None  # resolve first
+    # The same certificate in other bytes is another creator, whatever its DER fingerprint says.
+    crlf = SigningIdentity(msp_id=a.msp_id, cert_pem=a.cert_pem.replace(b"\n", b"\r\n").rstrip(),
+                           private_key=wa.private_key)
+    assert crlf.fingerprint == a.fingerprint and crlf.creator_fingerprint != a.creator_fingerprint
+    assert reproducing_signer(nonce, compute_tx_id(nonce, a.creator), [crlf]) is None
 
 
 # -- commit codes ---------------------------------------------------------------------------------
@@ -91,11 +100,14 @@ def test_in_doubt_keeps_nonce_and_marks_on_ledger() -> None:
     assert a.kind == "retry" and not a.burn_nonce and a.on_ledger and not a.counts
 
 
-def test_conflict_burns_nonce_only_before_submit() -> None:
+def test_conflict_never_burns_the_nonce_whatever_the_stage() -> None:
+    # An endorsement mismatch says nothing about the tx id, and a copy may be in flight (issue 15).
     a = error_action(err(ErrorClass.CONFLICT, "ENDORSEMENT_MISMATCH"), may_be_on_ledger=False)
-    assert a.kind == "retry" and a.burn_nonce
+    assert a.kind == "retry" and not a.burn_nonce and a.counts
     b = error_action(err(ErrorClass.CONFLICT, "X", "submit"), may_be_on_ledger=True)
     assert not b.burn_nonce and b.on_ledger
+    c = error_action(err(ErrorClass.CONFLICT, "ENDORSEMENT_MISMATCH"), may_be_on_ledger=True)
+    assert c.kind == "retry" and not c.burn_nonce and c.on_ledger
 
 
 def test_permanent_fails_unless_a_copy_may_be_on_the_ledger() -> None:
@@ -118,12 +130,16 @@ def test_identity_ring_keeps_old_identity_until_expiry(tmp_path: Path) -> None:
     b = load_identity(tmp_path / "w", "org1-super-admin", msp_id="Org1MSP", expected_role=None)
     ring = IdentityRing(SigningIdentity.from_wallet(a), a.not_after)
     ring.rotate(SigningIdentity.from_wallet(b), b.not_after)
+    sa, sb = SigningIdentity.from_wallet(a), SigningIdentity.from_wallet(b)
     assert ring.current.fingerprint == b.fingerprint
-    assert ring.holds(a.fingerprint) and ring.holds(b.fingerprint)
-    assert ring.get(a.fingerprint, now=a.not_after + timedelta(seconds=1)) is None
+    assert ring.holds(sa.creator_fingerprint) and ring.holds(sb.creator_fingerprint)
+    assert ring.get(sa.creator_fingerprint, now=a.not_after + timedelta(seconds=1)) is None
     assert not ring.holds("unknown")
+    assert [s.fingerprint for s in ring.signers()] == [b.fingerprint, a.fingerprint]
+    assert [s.fingerprint for s in ring.signers(a.not_after + timedelta(seconds=1))] == [b.fingerprint]
     # Expiry dates stay known for the rows recorded under them (even once expired), not for others.
-    assert (ring.not_after(a.fingerprint), ring.not_after(b.fingerprint)) == (a.not_after, b.not_after)
+    assert (ring.not_after(sa.creator_fingerprint), ring.not_after(sb.creator_fingerprint)) == (
+        a.not_after, b.not_after)
     assert ring.not_after("unknown") is None and ring.not_after(None) is None
 
 
