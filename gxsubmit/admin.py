@@ -22,6 +22,7 @@ import psycopg
 from gxsubmit.config import Config
 from gxsubmit.dbroute import CONNECT_ARGS, ca_setting, tls_problem
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
+from gxsubmit.fleet import read_fleet, summary_line
 from gxsubmit.outbox import (
     PRUNE_BATCH,
     STATUSES,
@@ -289,12 +290,16 @@ def run_status(cfg: Config, args: argparse.Namespace) -> int:
         try:
             stats = await store.stats()
             waiting = await store.waiting_for_key()
+            replicas = await read_fleet(await store.connection(), cfg.schema)
         finally:
             await store.close()
         if args.json:
-            print(json.dumps(_stats_json(stats, waiting), sort_keys=True))
+            doc = _stats_json(stats, waiting)
+            doc["fleet"] = {"summary": summary_line(replicas), "live": sum(r.live for r in replicas)}
+            print(json.dumps(doc, sort_keys=True))
         else:
             print(format_status(stats, waiting))
+            print(summary_line(replicas))
         return RET_OK
 
     return _run("status", cfg, body)

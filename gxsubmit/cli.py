@@ -59,6 +59,11 @@ COMMANDS: dict[str, Command] = {
                              _DB_SETTINGS),
     "prune": Command("delete COMMITTED rows older than a retention (FAILED and unfinished rows stay)",
                      "gxsubmit.admin", "add_prune_arguments", "run_prune", _DB_SETTINGS),
+    "fleet": Command("the replicas registered in the database: node, version, catalogue, identities' state",
+                     "gxsubmit.fleet", "add_arguments", "run", _DB_SETTINGS),
+    "verify": Command("post-deployment checklist from the database: replicas, nodes, identities, version, "
+                      "flow, errors; exit 0 only when all pass", "gxsubmit.verify", "add_arguments", "run",
+                      _DB_SETTINGS),
     "check": Command("preflight: configuration, catalogue, wallet, database and gateway, one line each",
                      "gxsubmit.check", "add_arguments", "run", ()),
     "emulator": Command("run the Fabric Gateway emulator (a strict test peer for the GX chaincode)",

@@ -166,6 +166,11 @@ def _database_url(raw: str) -> str:
     return text
 
 
+def _path_safe(name: str) -> str:
+    """A worker id as one path component (ids are host or pod names, but any text is allowed)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+
+
 def _default_runtime_dir() -> Path:
     return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"gxsubmit-{os.getuid()}"
 
@@ -231,6 +236,13 @@ SETTINGS: tuple[Setting, ...] = (
        (("METRICS_PORT", _int_range(1, 65535)),)),
     _S("worker_id", _str, socket.gethostname, "this replica's name in locked_by (default: host name)",
        (("WORKER_ID", _str),)),
+    _S("node_name", _str, socket.gethostname, "the machine this replica runs on, shown by gxsubmit "
+       "fleet/verify (Kubernetes: spec.nodeName through the downward API; default: host name)"),
+    _S("fleet_interval", _seconds(0.2, 600), _const(10.0), "how often the supervisor records its replica "
+       "in the database (gxsubmit fleet); it counts as gone after 3 intervals without one"),
+    _S("unroutable_grace", _seconds(0, 86400, positive=False), _const(120.0),
+       "a PENDING row is dead-lettered UNROUTABLE only after no live replica has routed its type for "
+       "this long (rolling updates that add or remove a type)"),
     _S("batch_size", _int_range(1, 10000), _const(256), "most rows claimed per statement",
        (("BATCH_SIZE", _int_range(1, 10000)),)),
     _S("max_in_flight", _int_range(1, 100000), _const(256), "most commands in flight per identity"),
@@ -285,7 +297,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("keepalive", _seconds(1, 3600), _const(60.0), "gRPC keepalive ping interval"),
     _S("log_level", _log_level, _const("info"), "debug, info, warning or error",
        (("LOG_LEVEL", _log_level),)),
-    _S("runtime_dir", _path, _default_runtime_dir, "worker status files"),
+    _S("runtime_dir", _path, _default_runtime_dir, "worker status files (default: a directory per worker "
+       "id under $XDG_RUNTIME_DIR or /tmp, so supervisors of different worker ids can share a host)"),
     _S("multiproc_dir", _opt_path, _const(None), "Prometheus multiprocess directory (default: "
        "$PROMETHEUS_MULTIPROC_DIR or <runtime_dir>/metrics)", (("PROMETHEUS_MULTIPROC_DIR", _opt_path),)),
 )
@@ -319,6 +332,9 @@ class Config:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     worker_id: str = field(default_factory=socket.gethostname)
+    node_name: str = field(default_factory=socket.gethostname)
+    fleet_interval: float = 10.0
+    unroutable_grace: float = 120.0
     batch_size: int = 256
     max_in_flight: int = 256
     poll_interval: float = 30.0
@@ -488,6 +504,7 @@ def load_config(
     """Build the frozen :class:`Config`; raise :class:`ConfigError` with one line on a bad value."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    defaulted_runtime = False
     for s in SETTINGS:
         raw_flag = getattr(args, s.name, None) if args is not None else None
         if s.name in overrides:
@@ -503,6 +520,13 @@ def load_config(
                     break
             else:
                 values[s.name] = s.default()
+                if s.name == "runtime_dir":
+                    defaulted_runtime = True
+    if defaulted_runtime and "worker_id" in values:
+        # One directory per worker id: two supervisors of different worker ids on one host (two systemd
+        # instances, pods sharing a hostPath) start without choosing directories; the same id still
+        # meets the other's lock.
+        values["runtime_dir"] = values["runtime_dir"] / _path_safe(str(values["worker_id"]))
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")

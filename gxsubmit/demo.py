@@ -43,6 +43,8 @@ from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
 __all__ = ["Audit", "add_arguments", "audit_ledger", "run"]
 
 _QUIT = 130  # exit code after Ctrl-C, as a shell reports it
+#: The demo runs one replica, so there is no rolling update to wait for: dead-letter unroutable rows soon.
+UNROUTABLE_GRACE = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -308,6 +310,8 @@ class Demo:
         self.metrics_port = 0
         self.ledger = self.workdir / "ledger.jsonl"
         self.enqueued = 0
+        self.note = ""
+        self.unroutable_waiting: set[str] = set()
         self.started = 0.0
         self.drop_schema = False
 
@@ -435,6 +439,8 @@ class Demo:
                 "drain_timeout": min(self.cfg.drain_timeout, 10.0),
                 "catalog": self.cfg.catalog,
                 "worker_id": "demo",
+                # The sample's unroutable row: one replica, no rollout to wait for, so a short grace.
+                "unroutable_grace": UNROUTABLE_GRACE,
                 "log_level": self.cfg.log_level,
             },
         )
@@ -493,9 +499,25 @@ class Demo:
         for ctype, status, n in conn.execute(_report_sql("progress", self.schema)).fetchall():
             route = self.catalog.route(ctype)
             who = route.identity if route is not None else "(unroutable)"
+            if route is None and status == "PENDING":
+                self.unroutable_waiting.add(ctype)
             bucket = by_identity.setdefault(who, Counter())
             bucket["PENDING" if status in ("CLAIMED", "SUBMITTED") else status] += n
         return by_identity
+
+    def waiting_note(self, by_identity: Mapping[str, Counter[str]]) -> str:
+        """Why the progress stands still when only rows no route serves are left (else "")."""
+        stuck = by_identity.get("(unroutable)", Counter())["PENDING"]
+        left = sum(c["PENDING"] for c in by_identity.values())
+        if not stuck or stuck != left:
+            return ""
+        from gxsubmit.supervisor import STATS_INTERVAL, STATS_INTERVAL_BUSY
+
+        types = ", ".join(sorted(self.unroutable_waiting)) or "?"
+        return (f"waiting: {stuck} {types} row{'s' if stuck != 1 else ''} that no live replica routes; "
+                f"the supervisor dead-letters {'them' if stuck != 1 else 'it'} (UNROUTABLE) at its first "
+                f"queue-statistics pass after {UNROUTABLE_GRACE:g}s without a route (passes run every "
+                f"{STATS_INTERVAL:g}s while the queue looked idle, {STATS_INTERVAL_BUSY:g}s while rows move)")
 
     def render(self, by_identity: Mapping[str, Counter[str]], title: str, redraw: bool) -> int:
         lines = []
@@ -512,6 +534,9 @@ class Demo:
             f"  {'total':<20} committed {total['COMMITTED']:>6}   failed {total['FAILED']:>4}   "
             f"pending {total['PENDING']:>6}   {rate:7.0f} cmd/s  [{title}]"
         )
+        self.note = self.waiting_note(by_identity)
+        lines.append(f"  {self.note}")  # always a line, so the redraw moves up the same count
+        self.unroutable_waiting.clear()
         if self.tty:
             if redraw:
                 self.out.write(f"\x1b[{len(lines)}A")
@@ -534,7 +559,9 @@ class Demo:
                     drawn = True
                     if not self.tty and (time.monotonic() - last_plain >= 1.0 or done >= self.enqueued):
                         last_plain = time.monotonic()
-                        self.say(f"  {done}/{self.enqueued} finished, {time.monotonic() - self.started:.1f}s")
+                        note = f" ({self.note})" if self.note else ""
+                        elapsed = time.monotonic() - self.started
+                        self.say(f"  {done}/{self.enqueued} finished, {elapsed:.1f}s{note}")
                     if done >= self.enqueued:
                         break
                     if time.monotonic() > deadline:

@@ -427,6 +427,10 @@ class OutboxStore:
                 conn = self._conn = await self._open()
             return conn
 
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The store's connection (reopened if broken), for statements of other modules (gxsubmit.fleet)."""
+        return await self._get()
+
     async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         conn = await self._get()
         cur = await conn.execute(self._q[name], params)

@@ -43,6 +43,7 @@ from gxsubmit.secrets import no_core_dumps
 
 if TYPE_CHECKING:
     from gxsubmit.catalog import Catalog
+    from gxsubmit.fleet import FleetReporter
     from gxsubmit.httpserver import HttpServer
     from gxsubmit.outbox import OutboxStore, QueueStats
 
@@ -180,6 +181,10 @@ def _has_unroutable(stats: QueueStats, routed: Sequence[str]) -> bool:
                for (status, ctype), n in stats.by_status_type.items())
 
 
+class _BeatOnly(Exception):
+    """A watcher pass that was due for the fleet heartbeat only (statistics are not due yet)."""
+
+
 class OutboxWatcher:
     """The supervisor's own database work, on a thread with its own event loop.
 
@@ -189,9 +194,11 @@ class OutboxWatcher:
     outage, retries with backoff and reports the state through :attr:`ok` and :attr:`error`.
     """
 
-    def __init__(self, cfg: Config, routed_types: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, cfg: Config, routed_types: Callable[[], Sequence[str]],
+                 fleet: FleetReporter | None = None) -> None:
         self._cfg = cfg
         self._routed_types = routed_types
+        self._fleet = fleet  # this replica's row in the registry and the fleet-aware sweep (gxsubmit.fleet)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="outbox-watcher", daemon=True)
         self._store: OutboxStore | None = None
@@ -265,18 +272,28 @@ class OutboxWatcher:
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         delay = DB_RETRY_FIRST
+        next_stats = 0.0
+        fleet = self._fleet
         while not self._stop.is_set():
             wait = STATS_INTERVAL
             try:
                 async with self._lock:
                     store = await self._connect()
+                    if fleet is not None and fleet.due_in() <= 0:
+                        await self._bounded(fleet.beat(await store.connection()))
+                    if time.monotonic() < next_stats:  # woken for the heartbeat only
+                        raise _BeatOnly
                     stats = await self._bounded(store.stats())
                     routed = list(self._routed_types())
                     n = 0
                     if _has_unroutable(stats, routed):
                         # Only when the statistics show PENDING rows no route serves: an idle
-                        # replica does not pay a statement for it every pass.
-                        n = await self._bounded(store.fail_unroutable(routed))
+                        # replica does not pay a statement for it every pass. With the fleet registry,
+                        # only rows no replica has routed for the grace period fail.
+                        if fleet is not None:
+                            n = await self._bounded(fleet.sweep(await store.connection(), routed))
+                        else:
+                            n = await self._bounded(store.fail_unroutable(routed))
                         if n:
                             stats = await self._bounded(store.stats())
                 busy = any(stats.by_status.get(s, 0) for s in _UNFINISHED) or (
@@ -291,12 +308,23 @@ class OutboxWatcher:
                 self.stats, self.stats_at = stats, time.time()
                 self.ok, self.error = True, None
                 delay = DB_RETRY_FIRST
+                next_stats = time.monotonic() + wait
+            except _BeatOnly:
+                pass
             except Exception as exc:  # any DB failure: drop the connection, back off, retry
                 self._failed(exc)
                 await self._close()
                 wait, delay = delay, min(delay * 2, DB_RETRY_CAP)
+                next_stats = 0.0
+            if next_stats:  # the database answered: sleep until statistics or the heartbeat are due
+                wait = max(0.0, next_stats - time.monotonic())
+                if fleet is not None:
+                    wait = min(wait, fleet.due_in())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
+        if fleet is not None and self._store is not None:
+            with contextlib.suppress(Exception):  # a stop the database does not see: the row goes stale
+                await asyncio.wait_for(fleet.stop(await self._store.connection()), self._cfg.connect_timeout)
 
     async def _release(self, owners: list[str], crash_limit: int | None = None, identity: str = "") -> int:
         assert self._lock is not None
@@ -339,7 +367,11 @@ class Supervisor:
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.notifier = Notifier.from_environ(os.environ)
-        self.watcher = OutboxWatcher(cfg, lambda: self.catalog.all_types())
+        from gxsubmit.fleet import FleetReporter
+
+        self.started_wall = time.time()
+        self.fleet = FleetReporter(cfg, lambda: self.catalog, started_at=self.started_wall)
+        self.watcher = OutboxWatcher(cfg, lambda: self.catalog.all_types(), self.fleet)
         self.http: HttpServer | None = None
         self.draining = False
         self.drain_deadline = 0.0
@@ -353,7 +385,6 @@ class Supervisor:
         self.tls_next_check = 0.0
         self.last_tick = time.monotonic()
         self.last_watchdog = 0.0
-        self.started_wall = time.time()
         self._snapshot: dict[str, Any] = {}
         self._ready: tuple[bool, dict[str, str]] = (False, {})
         self._lockfile: int | None = None
@@ -414,7 +445,9 @@ class Supervisor:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            log.error("Another supervisor uses this runtime directory", extra={"runtime_dir": str(rd)})
+            log.error("Another supervisor uses this runtime directory: give each supervisor on a host "
+                      "its own GXSUBMIT_WORKER_ID (and GXSUBMIT_RUNTIME_DIR, if set)",
+                      extra={"runtime_dir": str(rd), "worker_id": self.cfg.worker_id})
             return False
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -887,6 +920,7 @@ class Supervisor:
             m.OLDEST_PENDING_AGE.set(stats.oldest_pending_age_s or 0.0)
         self._ready = self.readiness()
         self._snapshot = self.build_status()
+        self.fleet.observe(self._snapshot["workers"], self.watcher.ok, self.watcher.error)
 
     def build_status(self) -> dict[str, Any]:
         workers: dict[str, Any] = {}

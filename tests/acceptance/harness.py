@@ -252,6 +252,8 @@ def service_settings(
         "GXSUBMIT_CONNECT_TIMEOUT": "2",
         "GXSUBMIT_COMMIT_TIMEOUT": "10",
         "GXSUBMIT_MAX_ATTEMPTS": "50",
+        # A lone replica: no other can route what its catalogue lacks, so no grace to wait out.
+        "GXSUBMIT_UNROUTABLE_GRACE": "0",
     }
     settings.update(overrides)
     return settings

@@ -239,6 +239,7 @@ def test_wallet_is_a_read_only_secret(overlay: dict[tuple[str, str], dict[str, A
     env = {e["name"]: e for e in c["env"]}
     assert env["GXSUBMIT_WALLET"]["value"] == "/fabric-wallet"
     assert env["GXSUBMIT_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["GXSUBMIT_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert "secretKeyRef" in env["GXSUBMIT_DATABASE_URL"]["valueFrom"]
 
 
@@ -256,7 +257,8 @@ def test_probes_and_grace_period(overlay: dict[tuple[str, str], dict[str, Any]])
 
 
 def test_security_context(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
-    for key in (("Deployment", "gxsubmit"), ("Job", "gxsubmit-migrate"), ("CronJob", "gxsubmit-prune")):
+    for key in (("Deployment", "gxsubmit"), ("Job", "gxsubmit-migrate"), ("Job", "gxsubmit-verify"),
+                ("CronJob", "gxsubmit-prune")):
         doc = overlay[key]
         pod, c = _template(doc)["spec"], _container(doc)
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -283,6 +285,15 @@ def test_migration_job(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
     assert c["args"] == ["migrate"]
     assert c["image"] == _container(overlay["Deployment", "gxsubmit"])["image"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+
+
+def test_verify_job_checks_the_deployments_replicas(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
+    job = overlay["Job", "gxsubmit-verify"]
+    c = _container(job)
+    dep = overlay["Deployment", "gxsubmit"]
+    assert c["args"] == ["verify", "--replicas", str(dep["spec"]["replicas"])]
+    assert c["image"] == _container(dep)["image"]
+    assert _template(job)["spec"]["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 6
 
 
 def test_prune_cronjob(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
