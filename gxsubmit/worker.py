@@ -50,8 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from gxsubmit.backoff import Backoff, compute_delay
 from gxsubmit.breaker import BreakerState, CircuitBreaker
 from gxsubmit.catalog import Catalog, CatalogError, load_catalog
@@ -70,6 +68,7 @@ from gxsubmit.secrets import no_core_dumps
 from gxsubmit.txid import TxIdDeriver
 from gxsubmit.wakeups import Wakeups
 from gxsubmit.wallet import WalletError, WalletIdentity, load_identity, load_tls_client, wallet_signature
+from gxsubmit.workerstatus import WorkerStatus, owner_id, status_path, write_status
 
 __all__ = ["Boot", "ConfigProblem", "Worker", "boot", "run", "status_path"]
 
@@ -100,10 +99,6 @@ def _handled_signals() -> tuple[signal.Signals, ...]:
 
 class ConfigProblem(Exception):
     """Something only the operator can fix; the worker exits 78 and is not restarted in a loop."""
-
-
-def status_path(runtime_dir: Path, identity: str) -> Path:
-    return Path(runtime_dir) / f"worker-{identity}.json"
 
 
 @dataclass(frozen=True)
@@ -234,7 +229,7 @@ class Worker:
 
     async def _connect_store(self) -> OutboxStore:
         return await OutboxStore.connect(self._db_url, schema=self.cfg.schema,
-                                         worker_id=f"{self.cfg.worker_id}:{self.identity}:{os.getpid()}",
+                                         worker_id=owner_id(self.cfg.worker_id, self.identity, os.getpid()),
                                          connect_timeout=self.cfg.connect_timeout)
 
     def _on_db_reconnect(self) -> None:
@@ -597,31 +592,28 @@ class Worker:
             watchers = p.watchers.values() if p else ()
             stream_error = next((w.last_error for w in watchers if w.last_error), None)
             last_error = stream_error or f"cannot connect to gateway {self.cfg.gateway}"
-        doc = {
-            "pid": os.getpid(),
-            "identity": self.identity,
-            "ts": time.time(),
-            "started_at": self.started,
-            "ready": self.ready and not self.draining,
-            "db_ok": self.db.ok,
-            "gateway_ok": bool(self.ready and (p.gateway_ok if p else True) and not unreachable),
-            "breaker_open": breaker_open,
-            "in_flight": len(self.jobs),
-            "committed": p.n_committed if p else 0,
-            "failed": p.n_failed if p else 0,
-            "last_error": last_error,
-            "draining": self.draining,
-            "cert_not_after": self._wallet_identity.not_after.isoformat(),
-            "commit_stream": bool(p and any(w.live for w in p.watchers.values())),
-            "wakeups": self.wakeups.mode,
-            "wakeup_warning": self.wakeups.warning,
-        }
+        status = WorkerStatus(
+            pid=os.getpid(),
+            identity=self.identity,
+            ts=time.time(),
+            started_at=self.started,
+            ready=self.ready and not self.draining,
+            db_ok=self.db.ok,
+            gateway_ok=bool(self.ready and (p.gateway_ok if p else True) and not unreachable),
+            breaker_open=breaker_open,
+            in_flight=len(self.jobs),
+            committed=p.n_committed if p else 0,
+            failed=p.n_failed if p else 0,
+            last_error=last_error,
+            draining=self.draining,
+            cert_not_after=self._wallet_identity.not_after.isoformat(),
+            commit_stream=bool(p and any(w.live for w in p.watchers.values())),
+            wakeups=self.wakeups.mode,
+            wakeup_warning=self.wakeups.warning,
+        )
         path = self._status_file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(orjson.dumps(doc))
-            os.replace(tmp, path)
+            write_status(path, status)
         except OSError as exc:
             log.warning("Cannot write status file", extra={"path": str(path), "error": str(exc)})
 

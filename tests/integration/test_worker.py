@@ -13,11 +13,10 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 import pytest
 from audit import ArgsKey, args_key, audit_exactly_once, outbox_rows, read_ledger
@@ -30,6 +29,7 @@ from gxsubmit.config import Config
 from gxsubmit.devwallet import make_dev_wallet
 from gxsubmit.emulator import Emulator
 from gxsubmit.outbox import enqueue
+from gxsubmit.workerstatus import WorkerStatus
 
 IDENTITIES = ("org1-super-admin", "org1-admin", "org1-partner-api")
 BIO = "ab" * 32
@@ -102,9 +102,11 @@ class Harness:
 
     def status(self, identity: str) -> dict[str, Any] | None:
         try:
-            return dict(orjson.loads((self.tmp / "run" / f"worker-{identity}.json").read_bytes()))
-        except (FileNotFoundError, orjson.JSONDecodeError):
+            data = (self.tmp / "run" / f"worker-{identity}.json").read_bytes()
+        except FileNotFoundError:
             return None
+        # Parsed the way the supervisor parses it: every worker test checks the status-file contract.
+        return asdict(WorkerStatus.from_json(data))
 
     def all_final(self, ids: Any = None) -> bool:
         rows = self.rows()
