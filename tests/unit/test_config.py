@@ -130,8 +130,8 @@ def test_the_supervisor_watches_tls_files_without_loading_cryptography(tmp_path:
         "from gxsubmit.supervisor import Supervisor\n"
         f"cfg = load_config(environ={{'GXSUBMIT_WALLET': {str(tmp_path)!r}}})\n"
         "sup = Supervisor(cfg, load_catalog(None), ['org1-admin'])\n"
-        "sup.watch_tls()\n"
-        "assert sup.tls_signature is not None\n"
+        "sup.reloader.watch_tls()\n"
+        "assert sup.reloader.tls_signature is not None\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
