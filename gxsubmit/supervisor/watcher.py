@@ -134,6 +134,36 @@ class OutboxWatcher:
             log.error("Outbox database unavailable, retrying with backoff", extra={"error": text})
         self.ok, self.error = False, text
 
+    async def _refresh(self, store: OutboxStore) -> tuple[QueueStats, int]:
+        """Queue statistics, after failing the unroutable rows they reveal (and how many that was)."""
+        stats = await self._bounded(store.stats())
+        routed = list(self._routed_types())
+        if not _has_unroutable(stats, routed):
+            # Only when the statistics show PENDING rows no route serves: an idle replica does not
+            # pay a statement for the sweep every pass.
+            return stats, 0
+        # With the fleet registry, only rows no replica has routed for the grace period fail.
+        if self._fleet is not None:
+            n = await self._bounded(self._fleet.sweep(await store.connection(), routed))
+        else:
+            n = await self._bounded(store.fail_unroutable(routed))
+        if n:
+            stats = await self._bounded(store.stats())
+        return stats, n
+
+    def _took(self, stats: QueueStats, n: int) -> float:
+        """Record a refresh that worked; returns the wait until the next one."""
+        busy = any(stats.by_status.get(s, 0) for s in _UNFINISHED) or (
+            self.stats is not None and self.stats.by_status != stats.by_status)
+        if n:
+            self.unroutable_failed += n
+            log.warning("Failed unroutable commands", extra={"count": n, "error_code": "UNROUTABLE"})
+        if self.ok is False:
+            log.info("Outbox database reachable again")
+        self.stats, self.stats_at = stats, time.time()
+        self.ok, self.error = True, None
+        return STATS_INTERVAL_BUSY if busy else STATS_INTERVAL
+
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -149,30 +179,8 @@ class OutboxWatcher:
                         await self._bounded(fleet.beat(await store.connection()))
                     if time.monotonic() < next_stats:  # woken for the heartbeat only
                         raise _BeatOnly
-                    stats = await self._bounded(store.stats())
-                    routed = list(self._routed_types())
-                    n = 0
-                    if _has_unroutable(stats, routed):
-                        # Only when the statistics show PENDING rows no route serves: an idle
-                        # replica does not pay a statement for it every pass. With the fleet registry,
-                        # only rows no replica has routed for the grace period fail.
-                        if fleet is not None:
-                            n = await self._bounded(fleet.sweep(await store.connection(), routed))
-                        else:
-                            n = await self._bounded(store.fail_unroutable(routed))
-                        if n:
-                            stats = await self._bounded(store.stats())
-                busy = any(stats.by_status.get(s, 0) for s in _UNFINISHED) or (
-                    self.stats is not None and self.stats.by_status != stats.by_status)
-                if busy:
-                    wait = STATS_INTERVAL_BUSY
-                if n:
-                    self.unroutable_failed += n
-                    log.warning("Failed unroutable commands", extra={"count": n, "error_code": "UNROUTABLE"})
-                if self.ok is False:
-                    log.info("Outbox database reachable again")
-                self.stats, self.stats_at = stats, time.time()
-                self.ok, self.error = True, None
+                    stats, n = await self._refresh(store)
+                wait = self._took(stats, n)
                 delay = DB_RETRY_FIRST
                 next_stats = time.monotonic() + wait
             except _BeatOnly:
