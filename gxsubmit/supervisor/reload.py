@@ -131,10 +131,14 @@ def _kill(pid: int, sig: signal.Signals) -> None:
 class Reloader:
     """SIGHUP and TLS rotation for one :class:`~gxsubmit.supervisor.arbiter.Supervisor`."""
 
-    def __init__(self, sup: Supervisor, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, sup: Supervisor, *, clock: Callable[[], float] = time.monotonic,
+                 kill: Callable[[int, signal.Signals], None] | None = None,
+                 wallet_problem: Callable[[Config, Slot], str | None] = check_wallet) -> None:
         self.sup = sup
         self.cfg: Config = sup.cfg
-        self.clock = clock
+        self.clock = clock  # and the rest for unit tests: no processes, no wallet on disk
+        self.kill = kill or _kill
+        self.wallet_problem = wallet_problem
         self.rolling = RollingRestart(self.cfg.drain_timeout + self.cfg.heartbeat_timeout)
         self.tls_signature = self._tls_signature()
         self.tls_next_check = 0.0
@@ -185,13 +189,13 @@ class Reloader:
                 slot.retiring = True
                 log.info("Identity left the catalogue, stopping its worker", extra={"worker": name})
                 if slot.pid is not None:
-                    os.kill(slot.pid, signal.SIGTERM)
+                    self.kill(slot.pid, signal.SIGTERM)
 
     def _to_restart(self, wanted: list[str], fresh: set[str]) -> list[str]:
         names: list[str] = []
         for name in wanted:
             slot = self.sup.slots[name]
-            problem = check_wallet(self.cfg, slot)
+            problem = self.wallet_problem(self.cfg, slot)
             if slot.state in (State.CONFIG_ERROR, State.BACKOFF):
                 retry_now(slot, self.clock())
             elif problem is not None:
@@ -253,4 +257,4 @@ class Reloader:
             return
         log.info("Restarting worker to apply the reload",
                  extra={"worker": slot.identity, "worker_pid": slot.pid})
-        _kill(slot.pid, signal.SIGTERM)
+        self.kill(slot.pid, signal.SIGTERM)
