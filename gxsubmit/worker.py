@@ -64,7 +64,7 @@ from gxsubmit.fabric.commits import CommitWatcher, tls_cert_hash
 from gxsubmit.gatewayprobe import probe_idle_gateway
 from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
-from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, SubmittedTx
+from gxsubmit.outbox import ClaimedCommand, Committed, OutboxListener, OutboxStore, SubmittedTx
 from gxsubmit.pipeline import IdentityRing, Job, Pipeline, PipelineSettings, Stage
 from gxsubmit.secrets import no_core_dumps
 from gxsubmit.txid import TxIdDeriver
@@ -213,7 +213,7 @@ class Worker:
                          deadline=cfg.db_deadline)
         listen_url = with_tcp(cfg.listen_conninfo, cfg)
         self.wakeups = Wakeups(
-            connect=lambda: Notifier.connect(listen_url, connect_timeout=cfg.connect_timeout,
+            connect=lambda: OutboxListener.connect(listen_url, connect_timeout=cfg.connect_timeout,
                                              schema=cfg.schema, types=b.types),
             send_probe=lambda payload: self.db.once(lambda st: st.notify_probe(payload)),
             wake=self._wake, poll_interval=cfg.poll_interval, pooled_poll_interval=cfg.pooled_poll_interval)

@@ -1,7 +1,5 @@
-"""The outbox store: schema migrations, producer enqueue, and every state change of a command row.
+"""The store: every state change of a command row, on one connection per worker process.
 
-This module is the only writer of ``outbox_commands`` besides producers' INSERTs. All SQL lives in
-``gxsubmit/sql``: ``NNNN_<name>.sql`` are the migrations, ``queries.sql`` holds the named statements.
 Every completion is fenced by the row's lease token, so a worker that lost its lease cannot overwrite
 a row another worker now holds.
 """
@@ -9,246 +7,30 @@ a row another worker now holds.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import operator
-import re
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields, make_dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from functools import cache
-from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from gxsubmit.dbroute import CONNECT_ARGS, behind_proxy
-from gxsubmit.rowdecode import decode_payloads, json_loads
-
-__all__ = [
-    "CHANNEL",
-    "ERROR_MAX_BYTES",
-    "STATUSES",
-    "ClaimedCommand",
-    "Committed",
-    "Notifier",
-    "OutboxStore",
-    "QueueStats",
-    "SchemaNotMigrated",
-    "SubmittedTx",
-    "TxRecord",
-    "enqueue",
-    "latest_version",
-    "migrate",
-    "schema_version",
-    "truncate_error",
-]
-
-CHANNEL = "gxsubmit"  # also spelled out in sql/0001_init.sql and queries.sql
-STATUSES = ("PENDING", "CLAIMED", "SUBMITTED", "COMMITTED", "FAILED")
-ERROR_MAX_BYTES = 2000
-ERROR_CODE_MAX_BYTES = 64
-MAX_CLAIM = 1000  # rows per claim statement; the claim's LIMIT is a literal, so few distinct plans
-
-_MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
-
-
-class SchemaNotMigrated(RuntimeError):
-    """The outbox table does not exist in the configured schema: run ``gxsubmit migrate``."""
-
-
-# -- SQL loading ------------------------------------------------------------------------------------
-
-
-def _sql_text(name: str) -> str:
-    return resources.files("gxsubmit").joinpath("sql", name).read_text(encoding="utf-8")
-
-
-@cache
-def _queries() -> dict[str, str]:
-    text = _sql_text("queries.sql")
-    parts = _NAME_RE.split(text)
-    # parts = [header, name1, body1, name2, body2, ...]
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
-
-
-@cache
-def _migrations() -> tuple[tuple[int, str, str], ...]:
-    found = []
-    for entry in resources.files("gxsubmit").joinpath("sql").iterdir():
-        m = _MIGRATION_RE.match(entry.name)
-        if m:
-            found.append((int(m.group(1)), m.group(2), entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    # Numbers are reserved per change while several are developed at once (one may land before a lower
-    # one), so a gap is allowed; a number used twice is not.
-    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
-        raise RuntimeError(f"migration files must be numbered from 0001, each number once, found {versions}")
-    return tuple(found)
-
-
-def latest_version() -> int:
-    """The schema version this code ships (its highest migration number)."""
-    return _migrations()[-1][0]
-
-
-def _compose(name: str, schema: str, **literals: int) -> sql.Composed:
-    subs: dict[str, sql.Composable] = {"schema": sql.Identifier(schema), "schema_name": sql.Literal(schema)}
-    subs.update({k: sql.Literal(v) for k, v in literals.items()})
-    return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
-
-
-def _lock_key(schema: str) -> int:
-    """A stable signed 64-bit advisory lock key per schema (Python's hash() is salted per process)."""
-    digest = hashlib.sha256(f"gxsubmit.migrate:{schema}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-# -- migrations -------------------------------------------------------------------------------------
-
-
-async def migrate(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> int:
-    """Apply missing migrations in one transaction under an advisory lock; return the schema version.
-
-    Safe to run from several replicas at once: the second waits on the lock, then finds nothing to do.
-    """
-    async with conn.transaction():
-        await conn.execute(_compose("lock_migrations", schema), {"key": _lock_key(schema)})
-        cur = await conn.execute(_compose("schema_exists", schema), {"schema": schema})
-        row = await cur.fetchone()
-        if not (row and row[0]):
-            await conn.execute(_compose("create_schema", schema))
-        await conn.execute(_compose("create_version_table", schema))
-        cur = await conn.execute(_compose("applied_versions", schema))
-        applied = {r[0] for r in await cur.fetchall()}
-        for version, name, text in _migrations():
-            if version in applied:
-                continue
-            body = sql.SQL(text).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
-            await conn.execute(body)
-            await conn.execute(_compose("record_version", schema), {"version": version, "name": name})
-            applied.add(version)
-        return int(max(applied))
-
-
-async def schema_version(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> int | None:
-    """The applied version, or None when the schema has never been migrated."""
-    cur = await conn.execute(
-        _compose("table_exists", schema), {"schema": schema, "table": "gxsubmit_schema_version"}
-    )
-    row = await cur.fetchone()
-    if not (row and row[0]):
-        return None
-    cur = await conn.execute(_compose("current_version", schema))
-    row = await cur.fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
-# -- values -----------------------------------------------------------------------------------------
-
-
-def truncate_error(text: str, max_bytes: int = ERROR_MAX_BYTES) -> str:
-    """Make ``text`` storable: at most ``max_bytes`` of UTF-8, never cut inside a character.
-
-    PostgreSQL text cannot hold NUL or lone surrogates, so those are replaced rather than failing the
-    very update that records an error.
-    """
-    text = text.replace("\x00", "\ufffd")
-    data = text.encode("utf-8", "replace")
-    if len(data) <= max_bytes:
-        return data.decode("utf-8")
-    marker = "…".encode()
-    cut = data[: max(0, max_bytes - len(marker))]
-    return cut.decode("utf-8", "ignore") + marker.decode()
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedCommand:
-    """A row leased to this worker. ``attempts`` (every claim) and ``counted_attempts`` (the claims that
-    count against max_attempts, migration 0006) already count this claim."""
-
-    id: uuid.UUID
-    seq: int
-    tenant_id: str
-    service: str
-    command_type: str
-    request_id: str
-    payload: Any
-    attempts: int
-    counted_attempts: int
-    lease_token: uuid.UUID
-    tx_nonce: bytes | None
-    fabric_tx_id: str | None
-    creator_fingerprint: str | None
-    #: expiry of the certificate the stored tx id was signed under (NULL on rows from before 0004)
-    creator_not_after: datetime | None
-    submitted_before: bool
-    created_at: datetime
-    #: earlier claims of this row that ended in its worker crashing (migration 0009)
-    crashed_claims: int = 0
-    #: the generation the nonce is derived at: how many of the row's tx ids were found INVALID (0008)
-    tx_generation: int = 0
-
-
-#: ClaimedCommand's exact slot layout, but not frozen: the claim fills one of these per row (plain slot
-#: stores) and then relabels it as a ClaimedCommand, which Python allows between classes of identical
-#: slots. A frozen dataclass's __init__ sets each of its 15 fields through object.__setattr__: 1.6 us a
-#: row here against 0.4 this way, more than reading the row off the wire costs.
-_ClaimedBuilder = make_dataclass(
-    "_ClaimedBuilder", [(f.name, f.type) for f in fields(ClaimedCommand)], slots=True
+from gxsubmit.outbox.codec import _claimed, _decode_payloads
+from gxsubmit.outbox.migrations import SchemaNotMigrated, _migrations, latest_version, schema_version
+from gxsubmit.outbox.queries import _compose, _queries
+from gxsubmit.outbox.records import (
+    ERROR_CODE_MAX_BYTES,
+    STATUSES,
+    ClaimedCommand,
+    Committed,
+    QueueStats,
+    SubmittedTx,
+    TxRecord,
+    truncate_error,
 )
 
-
-def _claimed(row: tuple[Any, ...], payload: Any) -> ClaimedCommand:
-    """The claim's row (in field order, payload still JSON text) as a ClaimedCommand."""
-    obj = _ClaimedBuilder(*row)
-    obj.payload = payload
-    obj.__class__ = ClaimedCommand
-    return cast(ClaimedCommand, obj)
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """A commit outcome to record (VALID, or another code the worker chose to record as COMMITTED)."""
-
-    id: uuid.UUID
-    token: uuid.UUID
-    tx_id: str | None
-    block: int | None
-    validation_code: str
-
-
-@dataclass(frozen=True, slots=True)
-class TxRecord:
-    """One row's nonce + tx id to store before its first Endorse (see ``record_tx_many``)."""
-
-    id: uuid.UUID
-    token: uuid.UUID
-    nonce: bytes
-    tx_id: str
-    creator_fingerprint: str
-    #: the certificate's expiry: once it is well past, a lost tx id can be abandoned (DESIGN 2.5)
-    creator_not_after: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SubmittedTx:
-    """The write-ahead of one Submit (``mark_submitted_tx``): what the envelope about to leave carries."""
-
-    id: uuid.UUID
-    token: uuid.UUID
-    tx_id: str
-    generation: int
-    creator_fingerprint: str
-    creator_not_after: datetime | None = None
-    #: a stored nonce the row keeps (from before 0008); None for a derived one, which is not stored
-    nonce: bytes | None = None
-
+MAX_CLAIM = 1000  # rows per claim statement; the claim's LIMIT is a literal, so few distinct plans
 
 #: Rows deleted per statement by ``OutboxStore.prune``: short transactions, bounded WAL per commit.
 PRUNE_BATCH = 5_000
@@ -257,78 +39,16 @@ PRUNE_BATCH = 5_000
 #: 100 000 rows costs the server ~10-20 ms; the supervisor refreshes every 3-15 s.
 EXACT_COMMITTED_BELOW = 100_000
 
-
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    by_status: dict[str, int] = field(default_factory=dict)
-    by_status_type: dict[tuple[str, str], int] = field(default_factory=dict)
-    oldest_pending_age_s: float | None = None
-    failed_by_code: dict[str, int] = field(default_factory=dict)
-    #: unfinished rows whose last try failed, by that error code
-    retrying_by_code: dict[str, int] = field(default_factory=dict)
-    #: by_status["COMMITTED"] is the planner's estimate and by_status_type has no COMMITTED entries
-    #: (a table of at least ``EXACT_COMMITTED_BELOW`` rows; see ``OutboxStore.stats``)
-    committed_estimated: bool = False
-
-
-#: the claim's decoders live in gxsubmit.rowdecode (one row that cannot be decoded fails alone)
-_json_loads = json_loads
-_decode_payloads = decode_payloads
-
-
-# -- producer side ----------------------------------------------------------------------------------
-
-
-async def enqueue(
-    conn: psycopg.AsyncConnection[Any],
-    *,
-    command_type: str,
-    payload: Any,
-    request_id: str | None = None,
-    tenant_id: str = "default",
-    service: str = "cli",
-    schema: str = "public",
-    id: uuid.UUID | None = None,
-    order_key: str | None = None,
-) -> tuple[uuid.UUID, bool]:
-    """Insert a command unless (tenant_id, request_id) exists; return (id, created).
-
-    Runs in whatever transaction ``conn`` is in, so a producer can enqueue atomically with its own
-    business change: if that transaction rolls back, no row remains. A missing ``request_id``
-    defaults to the row id (no de-duplication). Commands with the same ``order_key`` (per tenant) are
-    submitted one at a time in enqueue order (migration 0007); None means no order.
-    """
-    row_id = id if id is not None else uuid.uuid4()
-    params = {
-        "id": row_id,
-        "tenant_id": tenant_id,
-        "service": service,
-        "command_type": command_type,
-        "request_id": request_id if request_id is not None else str(row_id),
-        "payload": Jsonb(payload),
-        "order_key": order_key,
-    }
-    for _ in range(3):
-        cur = await conn.execute(_compose("enqueue", schema), params)
-        row = await cur.fetchone()
-        if row is not None:
-            return row[0], True
-        cur = await conn.execute(_compose("find_request", schema), params)
-        row = await cur.fetchone()
-        if row is not None:
-            return row[0], False
-        # The conflicting row vanished between the two statements (its inserter rolled back): retry.
-    raise RuntimeError(f"enqueue of request {params['request_id']!r} kept conflicting; giving up")
-
-
-# -- worker side ------------------------------------------------------------------------------------
-
-
 _BY_SEQ = operator.attrgetter("seq")
 
 
 def _pairs(items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> dict[str, list[uuid.UUID]]:
     return {"ids": [i for i, _ in items], "tokens": [t for _, t in items]}
+
+
+def _ignore_notify(_n: psycopg.Notify) -> None:
+    return None
+
 
 
 class OutboxStore:
@@ -676,7 +396,7 @@ class OutboxStore:
         return int(rows[0][0])
 
     async def notify_probe(self, payload: str) -> None:
-        """NOTIFY a wake-up probe (see :meth:`Notifier.probe`)."""
+        """NOTIFY a wake-up probe (see :meth:`OutboxListener.probe`)."""
         await self._rows("notify_probe", {"payload": payload})
 
     async def stats(self, *, exact_below: int = EXACT_COMMITTED_BELOW) -> QueueStats:
@@ -781,104 +501,3 @@ class OutboxStore:
             if progress is not None:
                 progress(total)
 
-
-# -- wake-ups ---------------------------------------------------------------------------------------
-
-#: NOTIFY payloads of wake-up probes start with this (no schema name can: it is not an identifier).
-PROBE_PREFIX = "~probe:"
-
-
-def _ignore_notify(_n: psycopg.Notify) -> None:
-    return None
-
-
-class Notifier:
-    """LISTEN on a dedicated autocommit connection; ``wait`` returns early when a row is inserted.
-
-    Payloads are ``<schema>:<command_type>`` (migration 0003). Given ``schema`` and ``types``, only those
-    wake the waiter: inserts of other identities' types, or into other schemas on the same server, would
-    each cost it an empty claim. A payload without ``:`` (the trigger before 0003) always wakes it.
-    """
-
-    def __init__(self, conn: psycopg.AsyncConnection[Any], wanted: frozenset[str] | None = None) -> None:
-        self._conn = conn
-        self._wanted = wanted
-        self._probes: set[str] = set()
-
-    @classmethod
-    async def connect(
-        cls,
-        url: str,
-        *,
-        connect_timeout: float = 5.0,
-        schema: str | None = None,
-        types: Sequence[str] | None = None,
-    ) -> Notifier:
-        conn = await psycopg.AsyncConnection.connect(
-            url,
-            autocommit=True,
-            connect_timeout=max(2, round(connect_timeout)),
-            application_name="gxsubmit:listen",
-            **CONNECT_ARGS,
-        )
-        try:
-            await conn.execute(_compose("listen", "public"))
-        except BaseException:
-            await conn.close()
-            raise
-        wanted = None if schema is None or types is None else frozenset(f"{schema}:{t}" for t in types)
-        return cls(conn, wanted)
-
-    def _wakes(self, payload: str) -> bool:
-        if payload.startswith(PROBE_PREFIX):
-            self._probes.add(payload)
-            return False
-        return self._wanted is None or payload in self._wanted or ":" not in payload
-
-    async def probe(self, send: Callable[[str], Awaitable[Any]], timeout: float) -> tuple[bool, bool]:  # noqa: ASYNC109
-        """Do notifications reach this connection? ``send(payload)`` NOTIFYs from another connection.
-
-        Behind a transaction pooler the LISTEN ran on a server connection this client no longer holds,
-        so nothing arrives. Returns (arrived, woken): ``woken`` if a real wake-up came meanwhile.
-        """
-        payload = PROBE_PREFIX + uuid.uuid4().hex
-        await send(payload)
-        deadline = time.monotonic() + max(0.0, timeout)
-        woken = False
-        while payload not in self._probes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            async for n in self._conn.notifies(timeout=left, stop_after=1):
-                woken = self._wakes(n.payload) or woken
-        arrived = payload in self._probes
-        self._probes.clear()
-        return arrived, woken
-
-    async def unlisten(self) -> None:
-        """Best effort: do not leave a pooled server connection listening for nobody."""
-        await self._conn.execute(_compose("unlisten", "public"))
-
-    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - the contract's signature
-        """Wait up to ``timeout`` s; True if a NOTIFY for us arrived. Drains queued ones so a burst of
-        inserts wakes the worker once. Raises ``psycopg.OperationalError`` if the connection died.
-        """
-        deadline = time.monotonic() + max(0.0, timeout)
-        got = False
-        while not got:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            # One generator at a time on the connection: drain only after this one has finished.
-            async for n in self._conn.notifies(timeout=left, stop_after=1):
-                got = got or self._wakes(n.payload)  # a packet may hold several
-        async for _ in self._conn.notifies(timeout=0.0):
-            pass
-        return True
-
-    @property
-    def broken(self) -> bool:
-        return self._conn.closed or self._conn.broken
-
-    async def close(self) -> None:
-        await self._conn.close()
