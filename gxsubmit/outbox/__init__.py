@@ -5,7 +5,9 @@ The store is the only writer of ``outbox_commands`` besides producers' INSERTs. 
 
 One module per concern: ``queries`` (loading the named statements), ``migrations``, ``records`` (the
 values the store takes and returns), ``codec`` (the claim's row decoding), ``producer`` (``enqueue``),
-``store`` (``OutboxStore``) and ``listen`` (``OutboxListener``). Import from the package.
+``connection`` (the store's connection), ``housekeeping`` (the supervisor's and operator's statements),
+``store`` (``OutboxStore``, the workers' statements on top of both) and ``listen`` (``OutboxListener``).
+Import from the package.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from gxsubmit.outbox.codec import _claimed as _claimed
 from gxsubmit.outbox.codec import _decode_payloads as _decode_payloads
 from gxsubmit.outbox.codec import _json_loads as _json_loads
+from gxsubmit.outbox.housekeeping import EXACT_COMMITTED_BELOW, PRUNE_BATCH
 from gxsubmit.outbox.listen import PROBE_PREFIX, OutboxListener
 from gxsubmit.outbox.migrations import SchemaNotMigrated, latest_version, migrate, schema_version
 from gxsubmit.outbox.migrations import _migrations as _migrations
@@ -30,7 +33,7 @@ from gxsubmit.outbox.records import (
     TxRecord,
     truncate_error,
 )
-from gxsubmit.outbox.store import EXACT_COMMITTED_BELOW, MAX_CLAIM, PRUNE_BATCH, OutboxStore
+from gxsubmit.outbox.store import MAX_CLAIM, OutboxStore
 
 __all__ = [
     "CHANNEL",

@@ -6,38 +6,28 @@ a row another worker now holds.
 
 from __future__ import annotations
 
-import asyncio
 import operator
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from gxsubmit.dbroute import CONNECT_ARGS, behind_proxy
 from gxsubmit.outbox.codec import _claimed, _decode_payloads
+from gxsubmit.outbox.housekeeping import StoreHousekeeping
 from gxsubmit.outbox.migrations import SchemaNotMigrated, _migrations, latest_version, schema_version
-from gxsubmit.outbox.queries import _compose, _queries
+from gxsubmit.outbox.queries import _compose
 from gxsubmit.outbox.records import (
     ERROR_CODE_MAX_BYTES,
-    STATUSES,
     ClaimedCommand,
     Committed,
-    QueueStats,
     SubmittedTx,
     TxRecord,
     truncate_error,
 )
 
 MAX_CLAIM = 1000  # rows per claim statement; the claim's LIMIT is a literal, so few distinct plans
-
-#: Rows deleted per statement by ``OutboxStore.prune``: short transactions, bounded WAL per commit.
-PRUNE_BATCH = 5_000
-
-#: Below this many rows (the planner's estimate) the statistics count COMMITTED rows exactly. A seq scan of
-#: 100 000 rows costs the server ~10-20 ms; the supervisor refreshes every 3-15 s.
-EXACT_COMMITTED_BELOW = 100_000
 
 _BY_SEQ = operator.attrgetter("seq")
 
@@ -46,28 +36,11 @@ def _pairs(items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> dict[str, list[uuid.
     return {"ids": [i for i, _ in items], "tokens": [t for _, t in items]}
 
 
-def _ignore_notify(_n: psycopg.Notify) -> None:
-    return None
-
-
-
-class OutboxStore:
-    """One autocommit connection used by one worker process. Methods are safe to call concurrently
-    from several tasks (psycopg serialises them on the connection). A broken connection is replaced
-    on the next call; the call that saw it break raises ``psycopg.OperationalError``.
+class OutboxStore(StoreHousekeeping):
+    """The store of one worker process: claims, leases and every fenced state change of a row, on
+    :class:`~gxsubmit.outbox.connection.StoreConnection`'s one connection (see there for concurrency);
+    the statements of the supervisor and the admin commands are in :class:`StoreHousekeeping`.
     """
-
-    def __init__(self, url: str, *, schema: str, worker_id: str, connect_timeout: float) -> None:
-        self._url = url
-        self.schema = schema
-        self.worker_id = worker_id
-        self._connect_timeout = connect_timeout
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._reconnect_lock = asyncio.Lock()
-        self._q: dict[str, bytes] = {}
-        self._claim_q: dict[int, bytes] = {}
-        #: the connection goes through a pooler or proxy (session settings would not stick)
-        self.pooled = False
 
     @classmethod
     async def connect(
@@ -97,80 +70,6 @@ class OutboxStore:
             raise SchemaNotMigrated(f"schema {schema!r} lacks migration {lacking} of this release; "
                                     "run 'gxsubmit migrate'")
         return store
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
-
-    @property
-    def tls(self) -> bool:
-        """The current connection is encrypted (to the server, or to the pooler in front of it)."""
-        conn = self._conn
-        return bool(conn is not None and not conn.closed and conn.pgconn.ssl_in_use)
-
-    async def _open(self) -> psycopg.AsyncConnection[Any]:
-        conn = await psycopg.AsyncConnection.connect(
-            self._url,
-            autocommit=True,
-            connect_timeout=max(2, round(self._connect_timeout)),
-            application_name=f"gxsubmit:{self.worker_id}"[:63],
-            **CONNECT_ARGS,
-        )
-        # A server connection a transaction pooler shares may still LISTEN for an earlier client: drop
-        # what arrives here (psycopg would keep it in a backlog that nothing reads).
-        conn.add_notify_handler(_ignore_notify)
-        try:
-            # Through a pooler a SET lands on whichever server connection runs it and stays there: only
-            # what PgBouncer tracks per client and replays is set then (queries.sql session_pooled).
-            self.pooled = await behind_proxy(conn)
-            await conn.execute(_compose("session_pooled" if self.pooled else "session_setup", self.schema))
-        except BaseException:
-            await conn.close()
-            raise
-        if not self._q:
-            self._q = {
-                name: _compose(name, self.schema).as_bytes(conn) for name in _queries() if name != "claim"
-            }
-        return conn
-
-    async def _get(self) -> psycopg.AsyncConnection[Any]:
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn
-        async with self._reconnect_lock:
-            conn = self._conn
-            if conn is None or conn.closed or conn.broken:
-                if conn is not None:
-                    await conn.close()
-                self._conn = None
-                conn = self._conn = await self._open()
-            return conn
-
-    async def connection(self) -> psycopg.AsyncConnection[Any]:
-        """The store's connection (reopened if broken), for statements of other modules (gxsubmit.fleet)."""
-        return await self._get()
-
-    async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        conn = await self._get()
-        cur = await conn.execute(self._q[name], params)
-        return await cur.fetchall()
-
-    async def ping(self) -> None:
-        """One round trip that touches nothing: the worker's idle check that the link still answers."""
-        await self._rows("ping", {})
-
-    async def _held(self, name: str, params: dict[str, Any]) -> set[uuid.UUID]:
-        """Run a fenced batch update; the ids of ``params["ids"]`` whose lease held.
-
-        The statement sends the updated ids back only when some lease was lost (see queries.sql). Binary
-        results and the %b array parameters (queries.sql) spare psycopg's text array quoting and parsing.
-        """
-        conn = await self._get()
-        cur = await conn.execute(self._q[name], params, binary=True)
-        row = await cur.fetchone()
-        held = row[0] if row is not None else None
-        return set(params["ids"]) if held is None else set(held)
 
     def _claim_query(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> bytes:
         q = self._claim_q.get(limit)
@@ -364,140 +263,6 @@ class OutboxStore:
         rows = await self._rows("release", _pairs(leases))
         return int(rows[0][0])
 
-    async def release_owned(self, owners: Sequence[str]) -> int:
-        """Hand back every leased row of these worker ids (processes known to have exited).
-
-        Only safe when no live process uses those ids. The attempt stays counted; the nonce is kept.
-        """
-        if not owners:
-            return 0
-        rows = await self._rows("release_owned", {"owners": list(owners)})
-        return int(rows[0][0])
-
-    async def release_crashed(self, owners: Sequence[str], limit: int) -> tuple[int, list[str]]:
-        """:meth:`release_owned` for workers that crashed or were killed as hung: each of their rows'
-        claims counts as a crash; a row that reaches ``limit`` is FAILED (WORKER_CRASH) instead of
-        handed back, and one a crash short of it is set to run alone (a single crash changes nothing:
-        it may be the host's doing). Returns (rows handed back, command type of each row failed)."""
-        if not owners:
-            return 0, []
-        rows = await self._rows("release_crashed", {"owners": list(owners), "limit": int(limit),
-                                                    "alone_from": max(1, int(limit) - 1)})
-        return int(rows[0][0]), list(rows[0][1])
-
-    async def waiting_for_key(self) -> tuple[int, int]:
-        """(rows, keys): PENDING rows held back by an earlier unfinished row of their order key."""
-        rows = await self._rows("waiting_for_key", {})
-        return int(rows[0][0]), int(rows[0][1])
-
-    async def fail_unroutable(self, routed_types: Sequence[str]) -> int:
-        """Dead-letter PENDING rows whose type no catalogue route serves (pass every routed type)."""
-        rows = await self._rows("fail_unroutable", {"types": list(routed_types)})
-        return int(rows[0][0])
-
     async def notify_probe(self, payload: str) -> None:
         """NOTIFY a wake-up probe (see :meth:`OutboxListener.probe`)."""
         await self._rows("notify_probe", {"payload": payload})
-
-    async def stats(self, *, exact_below: int = EXACT_COMMITTED_BELOW) -> QueueStats:
-        """Counts for /status, the gauges and ``gxsubmit status``, in one statement (queries.sql ``stats``).
-
-        Unfinished and FAILED rows are exact. COMMITTED rows are counted only while the planner estimates
-        the table below ``exact_below`` rows; above it their total is that estimate minus the other rows
-        and no per-type split is known: the supervisor refreshes these every 3-15 s, and counting a
-        retained history of millions of rows each time would keep a core of the database busy.
-        """
-        by_status_type: dict[tuple[str, str], int] = {}
-        by_status: dict[str, int] = dict.fromkeys(STATUSES, 0)
-        failed: dict[str, int] = {}
-        retrying: dict[str, int] = {}
-        oldest: float | None = None
-        reltuples = -1
-        for status, ctype, code, count, age in await self._rows("stats", {"exact_below": exact_below}):
-            n = int(count)
-            if status is None:  # the last row: the planner's estimate of the table's size
-                reltuples = n
-                continue
-            by_status_type[(status, ctype)] = by_status_type.get((status, ctype), 0) + n
-            by_status[status] = by_status.get(status, 0) + n
-            if status == "FAILED":
-                failed[code or ""] = failed.get(code or "", 0) + n
-            elif code is not None and status != "COMMITTED":
-                retrying[code] = retrying.get(code, 0) + n
-            if age is not None:
-                oldest = max(oldest or 0.0, float(age))
-        estimated = not by_status.get("COMMITTED") and reltuples >= exact_below
-        if estimated:
-            others = sum(n for s, n in by_status.items() if s != "COMMITTED")
-            by_status["COMMITTED"] = max(0, reltuples - others)
-        return QueueStats(
-            by_status=by_status,
-            by_status_type=by_status_type,
-            oldest_pending_age_s=oldest,
-            failed_by_code=failed,
-            retrying_by_code=retrying,
-            committed_estimated=estimated,
-        )
-
-    async def requeue(
-        self, *, ids: Sequence[uuid.UUID] = (), error_code: str | None = None, all_failed: bool = False
-    ) -> int:
-        """Re-drive FAILED rows: PENDING now, attempts 0, error cleared.
-
-        The nonce is kept unless the row's tx id committed INVALID (see queries.sql ``requeue``).
-        """
-        if not ids and error_code is None and not all_failed:
-            return 0
-        params = {"ids": list(ids), "error_code": error_code, "all_failed": all_failed}
-        rows = await self._rows("requeue", params)
-        return int(rows[0][0])
-
-    async def record_creator_expiry(self, fingerprint: str, not_after: datetime) -> int:
-        """Record a certificate's expiry on the unfinished rows it signed that have none; return how many.
-
-        For rows recorded before migration 0004 (or by an older release after a rollback): with the
-        expiry known, the worker can abandon their old tx id once it can no longer commit (DESIGN 2.5).
-        """
-        rows = await self._rows("record_creator_expiry", {"fingerprint": fingerprint, "not_after": not_after})
-        return int(rows[0][0])
-
-    async def prune(
-        self,
-        older_than_s: float,
-        *,
-        batch: int = PRUNE_BATCH,
-        dry_run: bool = False,
-        progress: Callable[[int], None] | None = None,
-    ) -> tuple[int, datetime]:
-        """Delete COMMITTED rows committed more than ``older_than_s`` ago; return (rows, cutoff).
-
-        FAILED and unfinished rows stay. Each batch is its own short transaction (locks and WAL stay
-        small; an interrupted run keeps what it did). The seq where recent rows begin is found first by a
-        binary search of index lookups, so neither the search nor the batches read the recent table.
-        ``dry_run`` counts instead of deleting. ``progress`` gets the running total after each batch.
-        """
-        cutoff = (await self._rows("prune_cutoff", {"older_than_s": older_than_s}))[0][0]
-        first, last = (await self._rows("prune_seq_range", {}))[0]
-        if first is None:
-            return 0, cutoff
-        lo, hi = int(first), int(last) + 1  # rows below lo were created before the cutoff; from hi on, not
-        while lo < hi:
-            mid = (lo + hi) // 2
-            found = await self._rows("prune_probe", {"seq": mid, "cutoff": cutoff})
-            if found and found[0][1]:
-                lo = min(int(found[0][0]) + 1, hi)
-            else:
-                hi = mid
-        if dry_run:
-            rows = await self._rows("prune_count", {"below_seq": lo, "cutoff": cutoff})
-            return int(rows[0][0]), cutoff
-        total, after = 0, int(first) - 1
-        while True:
-            params = {"after_seq": after, "below_seq": lo, "cutoff": cutoff, "batch": batch}
-            n, last_seq = (await self._rows("prune_batch", params))[0]
-            if not n:
-                return total, cutoff
-            total, after = total + int(n), int(last_seq)
-            if progress is not None:
-                progress(total)
-
