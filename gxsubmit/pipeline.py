@@ -71,7 +71,7 @@ __all__ = [
     "reproducing_signer",
 ]
 
-log = logging.getLogger("gxsubmit.worker")
+log = logging.getLogger("gxsubmit.pipeline")
 
 #: Error codes that say "the gateway is not there", not "this command is in trouble": they feed the
 #: breaker and never count towards ``max_attempts``.

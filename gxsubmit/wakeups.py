@@ -23,7 +23,7 @@ from gxsubmit.outbox import OutboxListener
 
 __all__ = ["Wakeups"]
 
-log = logging.getLogger("gxsubmit.worker")
+log = logging.getLogger("gxsubmit.wakeups")
 
 #: Longest wait for a probe NOTIFY; on a healthy connection it takes milliseconds.
 PROBE_TIMEOUT_S = 3.0
