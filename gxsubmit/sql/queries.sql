@@ -59,7 +59,7 @@ LISTEN gxsubmit
 UNLISTEN gxsubmit
 
 -- name: notify_probe
--- A wake-up probe (gxsubmit/outbox.py PROBE_PREFIX): does a NOTIFY reach the worker's LISTEN connection?
+-- A wake-up probe (gxsubmit/outbox/listen.py PROBE_PREFIX): does a NOTIFY reach the worker's LISTEN connection?
 SELECT pg_notify('gxsubmit', %(payload)s)
 
 -- name: ping
