@@ -127,6 +127,22 @@ def test_every_design_reference_resolves() -> None:
     assert not broken, "references to sections docs/design.md does not have:\n" + "\n".join(broken)
 
 
+def test_readme_layout_names_every_module() -> None:
+    """README's layout names every module (by its last name) and every subpackage (``fabric/``)."""
+    script = _load_script()
+    readme = (ROOT / "README.md").read_text("utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for name, path in script.tree_modules(ROOT).items():
+        parts = name.split(".")[1:]
+        if not parts:
+            continue
+        wanted = f"`{parts[-1]}/`" if path.name == "__init__.py" else f"`{parts[-1]}`"
+        if wanted not in layout:
+            missing.append(name)
+    assert not missing, f"README.md's Layout does not name: {missing}"
+
+
 @pytest.mark.parametrize("page", ["docs/design.md", "docs/operations.md", "README.md"])
 def test_links_inside_a_page_resolve(page: str) -> None:
     text = (ROOT / page).read_text("utf-8")
