@@ -158,6 +158,7 @@ _NOWHERE = [
     re.compile("seed" + r"-origin|reference" + r" §|reference/" + "(seed|fabric)"),
     re.compile(r"\.\./" + "shared/"),
     re.compile(r"(?:^|[\s`'\"(=:])/" + "work/"),     # a developer machine's paths
+    re.compile(r"(?:^|[\s`'\"(=:])/" + r"tmp/(?!gxsubmit)\w"),  # scratch files (not the image's own)
 ]
 
 
