@@ -193,6 +193,8 @@ class ClaimedCommand:
     crashed_claims: int = 0
     #: the generation the nonce is derived at: how many of the row's tx ids were found INVALID (0008)
     tx_generation: int = 0
+    #: when the row's current tx id was first handed to the orderer (None: never): bounds "in doubt"
+    submitted_at: datetime | None = None
 
 
 #: ClaimedCommand's exact slot layout, but not frozen: the claim fills one of these per row (plain slot

@@ -70,6 +70,7 @@ __all__ = [
     "commit_action",
     "creator_long_expired",
     "error_action",
+    "in_doubt_expired",
     "reproducing_signer",
 ]
 
@@ -138,6 +139,8 @@ class PipelineSettings:
     max_proposal_bytes: int | None = None
     #: claims that may end in a worker crash before the row is FAILED (WORKER_CRASH)
     max_worker_crashes: int | None = None
+    #: seconds a submitted tx id may stay in doubt before the row is FAILED (IN_DOUBT_UNRESOLVED); 0: never
+    in_doubt_limit: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,6 +158,16 @@ def reproducing_signer(nonce: bytes, tx_id: str | None,
         if compute_tx_id(nonce, signer.creator) == tx_id:
             return signer
     return None
+
+
+def in_doubt_expired(action: Action, submitted_at: datetime | None, now: datetime, limit_s: float) -> bool:
+    """A retry that would leave the row's tx id in doubt once more, long after it was first submitted.
+
+    Every other retry is bounded by max_attempts (counted) or by the gateway coming back (outages are
+    not ``in_doubt``); this one is bounded by time. Failing the row keeps exactly-once: it keeps its tx
+    id and nonce, so a requeue re-endorses that same tx id and finds the committed copy, if any."""
+    return (limit_s > 0 and action.reason == "in_doubt" and submitted_at is not None
+            and now - submitted_at > timedelta(seconds=limit_s))
 
 
 def creator_long_expired(not_after: datetime | None, now: datetime) -> bool:
@@ -765,6 +778,13 @@ class Pipeline:
             await self._fail(job, action.error_code, f"{error}; after {cmd.counted_attempts} attempts, "
                              f"transaction {job.tx_id} is unresolved: an earlier copy may be on the ledger, "
                              "a requeue resolves it before sending again", tx_id=job.tx_id)
+            return
+        if in_doubt_expired(action, cmd.submitted_at, datetime.now(UTC), self.s.in_doubt_limit):
+            await self._fail(job, "IN_DOUBT_UNRESOLVED",
+                             f"{action.error_code}: {error}; transaction {job.tx_id} has had no definite "
+                             f"ledger answer for over {self.s.in_doubt_limit:g} s since it was first "
+                             "submitted: it may still be on the ledger, a requeue resolves it before "
+                             "sending again", tx_id=job.tx_id)
             return
         if delay is None:
             # A row that may be on the ledger and ran out of attempts keeps being resolved, slowly.

@@ -144,7 +144,7 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
-          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation, c.submitted_at
 
 -- name: claim_suspect
 -- One due row set to run alone (run_alone: its claims ended in its worker crashing; migration 0009), for a
@@ -176,7 +176,7 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
-          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation, c.submitted_at
 
 -- name: suspects_due
 -- Whether a row of these types waits to be claimed alone (claim_suspect); reads only the partial index.
