@@ -294,7 +294,8 @@ async def _check_commit_stream(
 
 async def _check_ledger_lookup(rep: _Report, client: GatewayClient, wi: WalletIdentity, channel: str) -> None:
     """Ask the ledger about a tx id that cannot exist, as the worker asks about a lost tx id of an expired
-    certificate (DESIGN 2.5). A refusal is a warning: only that rare case then waits for an operator."""
+    certificate (docs/design.md#rotated-certificates). A refusal is a warning: only that rare case then
+    waits for an operator."""
     import hashlib
     import os
 

@@ -1,4 +1,6 @@
-"""One command's way through Fabric, with the exactly-once protocol of DESIGN §2 on every path.
+"""One command's way through Fabric, with the exactly-once protocol on every path.
+
+The protocol: docs/design.md#exactly-once-effect-on-the-ledger.
 
 Per claimed row (first try, retry, takeover of an expired lease, restart — all the same code):
 
@@ -86,8 +88,8 @@ _WALK_LIMIT = 16
 #: Proposal reuse window: Fabric 3 peers reject proposals older than 15 minutes.
 _PROPOSAL_TTL_S = 300.0
 #: How long after its creator certificate expired a tx id that the ledger does not know is taken as
-#: lost for good. Orderers refuse an envelope whose creator has expired (reference/fabric-gateway.md
-#: §3.5), and one accepted just before is in a block within the batch timeout; the hour also covers
+#: lost for good. Orderers refuse an envelope whose creator has expired (docs/design.md#rotated-certificates),
+#: and one accepted just before is in a block within the batch timeout; the hour also covers
 #: orderer clocks that run behind ours and a peer that is still catching up on those blocks.
 EXPIRED_CREATOR_GRACE = timedelta(hours=1)
 #: Wake a little after a put-back row's next_attempt_at (the database clock decides "due").

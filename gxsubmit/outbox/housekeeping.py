@@ -109,7 +109,8 @@ class StoreHousekeeping(StoreConnection):
         """Record a certificate's expiry on the unfinished rows it signed that have none; return how many.
 
         For rows recorded before migration 0004 (or by an older release after a rollback): with the
-        expiry known, the worker can abandon their old tx id once it can no longer commit (DESIGN 2.5).
+        expiry known, the worker can abandon their old tx id once it can no longer commit
+        (docs/design.md#rotated-certificates).
         """
         rows = await self._rows("record_creator_expiry", {"fingerprint": fingerprint, "not_after": not_after})
         return int(rows[0][0])

@@ -78,7 +78,8 @@ class TxRecord:
     nonce: bytes
     tx_id: str
     creator_fingerprint: str
-    #: the certificate's expiry: once it is well past, a lost tx id can be abandoned (DESIGN 2.5)
+    #: the certificate's expiry: once it is well past, a lost tx id can be abandoned
+    #: (docs/design.md#rotated-certificates)
     creator_not_after: datetime | None = None
 
 
