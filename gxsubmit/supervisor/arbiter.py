@@ -50,7 +50,8 @@ log = get_logger("gxsubmit.supervisor")
 
 #: Main loop period: how often children, heartbeats and readiness are looked at.
 TICK = 0.25
-#: Restart backoff: first delay, cap, and the healthy uptime after which it resets.
+#: Restart backoff: first delay, cap, and the healthy uptime after which it resets
+#: (docs/design.md#process-model).
 BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 60.0
 BACKOFF_RESET_AFTER = 60.0
