@@ -384,6 +384,8 @@ class Pipeline:
             await self.db.call(lambda st: st.release([job.lease]))
             return
         crashes = self.settings.max_worker_crashes
+        if crashes is not None and cmd.submitted_before:
+            crashes *= 2  # as release_crashed: its next try finds a committed copy instead (queries.sql)
         if crashes is not None and cmd.crashed_claims >= crashes:
             # taken over from expired leases this often: its holders died or hung (migration 0009)
             await self._fail_early(job, "WORKER_CRASH", f"its worker died or hung in {cmd.crashed_claims} "

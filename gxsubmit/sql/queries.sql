@@ -135,7 +135,7 @@ UPDATE {schema}.outbox_commands AS c
    SET status = 'CLAIMED',
        attempts = c.attempts + 1,
        counted_attempts = c.counted_attempts + 1,
-       crashed_claims = c.crashed_claims + CASE WHEN c.status = 'PENDING' THEN 0 ELSE 1 END,
+       crashed_claims = c.crashed_claims + CASE WHEN c.status = 'CLAIMED' THEN 1 ELSE 0 END,
        locked_by = %(worker_id)s,
        locked_at = now(),
        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
@@ -501,30 +501,43 @@ SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM notified)
 
 -- name: release_crashed
 -- release_owned for workers that exited abnormally (a crash, or killed as hung): each row's claim ended
--- in a crash (migration 0009). Below the limit the row is handed back as release_owned does, from
--- alone_from crashes on to be run alone; at the limit, the row is FAILED (WORKER_CRASH) and no longer
--- holds its order key. Its tx id and nonce stay: if it was
--- submitted, a requeue re-endorses the same tx id, so a copy already on the ledger is found, not repeated.
-WITH released AS (
+-- in a crash (migration 0009). Only a row still CLAIMED counts one: a SUBMITTED row's copy had already
+-- left for the orderer, and what was left of its work (the commit wait) does not read the row. Below the
+-- limit the row is handed back as release_owned does, from alone_from crashes on to be run alone; at the
+-- limit, the row is FAILED (WORKER_CRASH) and no longer holds its order key. A row an earlier try may
+-- have put on the ledger gets twice the limit: its next claim re-endorses the same tx id and finds a
+-- committed copy (COMMITTED) instead of being dead-lettered while the ledger holds it. Its tx id and
+-- nonce stay either way, so a requeue resolves that tx id before sending again.
+WITH crashed AS (
+    SELECT o.id,
+           o.crashed_claims + CASE WHEN o.status = 'CLAIMED' THEN 1 ELSE 0 END AS crashes,
+           o.status = 'CLAIMED'
+             AND o.crashed_claims + 1 >= CASE WHEN o.submitted_at IS NULL THEN %(limit)s
+                                              ELSE 2 * %(limit)s END AS dead
+      FROM {schema}.outbox_commands AS o
+     WHERE o.status IN ('CLAIMED', 'SUBMITTED') AND o.locked_by = ANY(%(owners)s::text[])
+       FOR UPDATE
+), released AS (
     UPDATE {schema}.outbox_commands AS c
-       SET status = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN 'FAILED' ELSE 'PENDING' END,
-           crashed_claims = c.crashed_claims + 1,
-           run_alone = c.run_alone OR c.crashed_claims + 1 >= %(alone_from)s,
-           error_code = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN 'WORKER_CRASH' ELSE c.error_code END,
-           error = CASE WHEN c.crashed_claims + 1 >= %(limit)s
-                        THEN 'its worker died or was killed as hung in ' || (c.crashed_claims + 1)::text
+       SET status = CASE WHEN k.dead THEN 'FAILED' ELSE 'PENDING' END,
+           crashed_claims = k.crashes,
+           run_alone = c.run_alone OR k.crashes >= %(alone_from)s,
+           error_code = CASE WHEN k.dead THEN 'WORKER_CRASH' ELSE c.error_code END,
+           error = CASE WHEN k.dead
+                        THEN 'its worker died or was killed as hung in ' || k.crashes::text
                              || ' claims of this row (the last with nothing else in flight)'
                              || CASE WHEN c.submitted_at IS NOT NULL
                                      THEN '; transaction ' || coalesce(c.fabric_tx_id, '?')
                                           || ' may be on the ledger: a requeue resolves it before sending again'
                                      ELSE '' END
                         ELSE c.error END,
-           validation_code = CASE WHEN c.crashed_claims + 1 >= %(limit)s THEN NULL ELSE c.validation_code END,
+           validation_code = CASE WHEN k.dead THEN NULL ELSE c.validation_code END,
            next_attempt_at = now(),
            lease_expires_at = NULL,
            lease_token = NULL,
            updated_at = now()
-     WHERE c.status IN ('CLAIMED', 'SUBMITTED') AND c.locked_by = ANY(%(owners)s::text[])
+      FROM crashed AS k
+     WHERE c.id = k.id
     RETURNING c.command_type, c.status, c.tenant_id, c.order_key, c.seq
 ), notified AS (
     SELECT pg_notify('gxsubmit', {schema_name} || ':' || t.command_type)

@@ -55,11 +55,10 @@ async def test_a_row_that_keeps_crashing_its_worker_fails_and_its_batch_mates_ru
     assert await store.suspects_due(["MINT"]) and not await store.suspects_due(["OTHER"])
     (alone,) = await store.claim_suspect(["MINT"], 300.0)
     assert alone.id == ids[0] and alone.crashed_claims == 2
-    await store.mark_submitted([(alone.id, alone.lease_token)])
     assert await store.release_crashed(["w1"], 3) == (0, ["MINT"])
     failed = await row(conn, schema, ids[0])
     assert (failed["status"], failed["error_code"], failed["crashed_claims"]) == ("FAILED", "WORKER_CRASH", 3)
-    assert "3 claims" in failed["error"] and "requeue resolves it" in failed["error"]
+    assert "3 claims" in failed["error"] and "requeue resolves it" not in failed["error"]  # never submitted
     # the others run alone and finish (the keyed one too: nothing before it in its key)
     for expected in [*ids[1:], key_next]:
         (c,) = await store.claim_suspect(["MINT"], 300.0)
@@ -87,3 +86,29 @@ async def test_a_graceful_hand_back_is_no_crash(conn: Any, schema: str, store: O
     await store.claim(["MINT"], 1, 300.0)
     assert await store.release_owned(["w1"]) == 1
     assert (await row(conn, schema, rid))["crashed_claims"] == 0
+
+
+async def test_a_crash_after_submit_does_not_count_and_a_submitted_row_gets_twice_the_limit(
+    conn: Any, schema: str, store: OutboxStore
+) -> None:
+    # A worker killed while the row's copy is with the orderer (SUBMITTED): the row did nothing to it,
+    # and its copy may commit. Before, three such kills dead-lettered the row (WORKER_CRASH) while its
+    # transaction was VALID on the ledger (seen in the 30-minute soak: 7 rows).
+    rid, _ = await enqueue(conn, command_type="MINT", payload={}, schema=schema)
+    for _ in range(4):
+        (c,) = await store.claim(["MINT"], 1, 300.0)
+        await store.mark_submitted([(c.id, c.lease_token)])
+        assert await store.release_crashed(["w1"], 3) == (1, [])
+    r = await row(conn, schema, rid)
+    assert (r["status"], r["crashed_claims"]) == ("PENDING", 0)
+    # crashes before Submit count; a row an earlier try submitted fails only at twice the limit
+    for n in range(1, 6):
+        (c,) = await store.claim(["MINT"], 1, 300.0) or await store.claim_suspect(["MINT"], 300.0)
+        assert c.submitted_before
+        assert await store.release_crashed(["w1"], 3) == (1, [])
+        assert (await row(conn, schema, rid))["crashed_claims"] == n
+    (c,) = await store.claim_suspect(["MINT"], 300.0)
+    assert await store.release_crashed(["w1"], 3) == (0, ["MINT"])
+    r = await row(conn, schema, rid)
+    assert (r["status"], r["error_code"], r["crashed_claims"]) == ("FAILED", "WORKER_CRASH", 6)
+    assert "may be on the ledger" in r["error"]
