@@ -26,7 +26,7 @@ from harness import (
 )
 from waiting import wait_for
 
-from gxsubmit.demo import read_ledger
+from gxsubmit.ledgeraudit import read_ledger
 
 #: Share of hostile answers (CI); ``GXSUBMIT_HOSTILE_ROWS`` / ``GXSUBMIT_HOSTILE_P`` for a longer run.
 P = os.environ.get("GXSUBMIT_HOSTILE_P", "0.3")
