@@ -100,7 +100,7 @@ def latest_version() -> int:
 def _compose(name: str, schema: str, **literals: int) -> sql.Composed:
     subs: dict[str, sql.Composable] = {"schema": sql.Identifier(schema), "schema_name": sql.Literal(schema)}
     subs.update({k: sql.Literal(v) for k, v in literals.items()})
-    return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
+    return sql.SQL(_queries()[name]).format(**subs)
 
 
 def _lock_key(schema: str) -> int:
@@ -129,7 +129,7 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str = "public") ->
         for version, name, text in _migrations():
             if version in applied:
                 continue
-            body = sql.SQL(text).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+            body = sql.SQL(text).format(schema=sql.Identifier(schema))
             await conn.execute(body)
             await conn.execute(_compose("record_version", schema), {"version": version, "name": name})
             applied.add(version)

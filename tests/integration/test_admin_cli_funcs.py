@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -225,8 +226,9 @@ def test_record_expiry_fills_in_the_old_certificate_s_expiry(
     out = capsys.readouterr().out
     assert "recorded on 3 unfinished rows that had none" in out and fp[:16] in out
     with psycopg.connect(pg_url) as conn:
-        got = dict(conn.execute(sql.SQL("SELECT request_id, creator_not_after FROM {}.outbox_commands")
-                                .format(sql.Identifier(schema))).fetchall())
+        query = sql.SQL("SELECT request_id, creator_not_after FROM {}.outbox_commands").format(
+            sql.Identifier(schema))
+        got: dict[str, Any] = dict(conn.execute(query).fetchall())
     assert got["pending"] == got["submitted"] == got["creator"] == expiry
     assert got["known"].year == 2020 and got["done"] is None and got["other"] is None
     assert admin.run_record_expiry(cfg, _args(admin.add_record_expiry_arguments, cert)) == RET_OK

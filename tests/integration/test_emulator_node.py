@@ -77,7 +77,7 @@ def user(name: str) -> list[str]:
 
 
 def test_node_client_happy_path(node: str, tmp_path: Path, wallet: Path, emulator: Emulator) -> None:
-    steps = [
+    steps: list[dict[str, Any]] = [
         {
             "name": "create",
             "op": "submit",

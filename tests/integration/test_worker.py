@@ -6,13 +6,14 @@ command, and it is the one the outbox row recorded.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ class Harness:
         self.procs.append(p)
         return p
 
-    def enqueue(self, items: list[tuple[str, dict[str, Any]]], order_keys: list[str | None] | None = None
+    def enqueue(self, items: list[tuple[str, dict[str, Any]]], order_keys: Sequence[str | None] | None = None
                 ) -> list[uuid.UUID]:
         cat = load_catalog(self.catalog_path)
         keys = order_keys or [None] * len(items)
@@ -193,7 +194,7 @@ def test_each_identity_commits_once(h: Harness) -> None:
     assert roles == {"CREATE_USER": "gx_partner_api", "MINT": "gx_super_admin",
                      "DISTRIBUTE_GENESIS": "gx_admin"}
     for ident in IDENTITIES:
-        st = wait_for(lambda i=ident: h.status(i), 10, 0.05, "status file")
+        st = wait_for(functools.partial(h.status, ident), 10, 0.05, "status file")
         assert st["ready"] and st["db_ok"] and st["gateway_ok"] and not st["breaker_open"], st
     h.stop_all()
     assert [p.returncode for p in h.procs] == [0, 0, 0]

@@ -205,7 +205,8 @@ def test_monitoring_objects_are_well_formed(rendered: list[dict[str, Any]]) -> N
 def _container(doc: dict[str, Any]) -> dict[str, Any]:
     containers = _template(doc)["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]
+    container: dict[str, Any] = containers[0]
+    return container
 
 
 def test_deployment_shape(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from fabric_protos.gateway import gateway_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2  # type: ignore[import-untyped]  # as in gxsubmit: no stubs
 from google.rpc import status_pb2
 
 from gxsubmit.fabric.errors import ErrorClass, ErrorDetail, FabricError, classify, from_rpc_error

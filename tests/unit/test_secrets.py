@@ -35,7 +35,7 @@ def test_a_malformed_database_url_is_not_echoed(dsn: str) -> None:
                    {"args": _args("--database-url", dsn), "environ": {}},
                    {"environ": {"GXSUBMIT_LISTEN_URL": dsn}}):
         with pytest.raises(ConfigError) as exc:
-            load_config(**kwargs)  # type: ignore[arg-type]
+            load_config(**kwargs)
         text = str(exc.value)
         assert PW not in text, text
         assert "_URL" in text.upper().replace("-", "_") and "\n" not in text
