@@ -63,8 +63,9 @@ def test_workers_against_a_hostile_peer(
     assert status, svc.tail()
     assert svc.terminate(60) == 0
 
-    emu.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-    emu.proc.wait(60)  # type: ignore[union-attr]
+    assert emu.proc is not None
+    emu.proc.send_signal(signal.SIGTERM)
+    emu.proc.wait(60)
     c = counts(pg_url, schema)
     assert c["COMMITTED"] + c["FAILED"] == N
     a = audit(pg_url, schema, emu.ledger)

@@ -208,7 +208,7 @@ class RawGateway:
         call = self.stub.ChaincodeEvents(
             gateway_pb2.SignedChaincodeEventsRequest(request=raw, signature=ident.sign(raw)), timeout=20
         )
-        return call  # type: ignore[no-any-return]
+        return call  # type: ignore[no-any-return]  # grpc has no stubs
 
     def run(self, ident: RawIdentity, function: str, args: Sequence[str] = (), **kw: Any) -> tuple[str, Any]:
         """Endorse + sign + submit + commit status; returns (tx_id, CommitStatusResponse | Failure)."""

@@ -70,7 +70,9 @@ async def test_the_stores_claim_uses_the_partial_index(pg_url: str, schema: str)
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + text,
                 {"types": ["MINT", "TRANSFER_TOKENS"], "worker_id": "plan", "lease_s": 300.0},
             )
-            plan = (await cur.fetchone())[0]  # type: ignore[index]
+            row = await cur.fetchone()
+            assert row is not None
+            plan = row[0]
             _assert_index_plan(plan, 100)
             raise psycopg.Rollback()
     finally:

@@ -285,7 +285,7 @@ class LeaseMachine(RuleBasedStateMachine):
 def test_lease_state_machine(pg_url: str, schema: str) -> None:
     run_state_machine_as_test(
         # Hypothesis documents any factory here; its annotation says a class.
-        lambda: LeaseMachine(pg_url, schema),  # type: ignore[arg-type]
+        lambda: LeaseMachine(pg_url, schema),  # type: ignore[arg-type]  # see above
         settings=settings(max_examples=12, stateful_step_count=25, deadline=None),
     )
 

@@ -263,7 +263,8 @@ def test_commit_status_per_transaction_when_the_stream_is_off(h: Harness) -> Non
     h.audit(ids)
     stats = h.emu.stats()
     assert stats["deliver_seeks"] == 0 and stats["rpcs"]["CommitStatus"] >= 10, stats
-    assert h.status("org1-partner-api")["commit_stream"] is False  # type: ignore[index]
+    st = h.status("org1-partner-api")
+    assert st is not None and st["commit_stream"] is False, st
 
 
 @pytest.mark.parametrize("emu_opts", [{"insecure": False, "client_tls": True}])

@@ -465,7 +465,9 @@ def test_containerfile_contract() -> None:
 
 def _systemd_version(tool: str) -> int:
     out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    return int(re.search(r"systemd (\d+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"systemd (\d+)", out)
+    assert found, out
+    return int(found.group(1))
 
 
 def _verify(tool: str, unit: Path) -> subprocess.CompletedProcess[str]:

@@ -153,7 +153,7 @@ def test_str_always_carries_the_details() -> None:
     assert "CHAINCODE_ERROR" in repr(err) and "t1" in repr(err)
 
 
-class _FakeCallError(grpc.RpcError):  # type: ignore[misc]
+class _FakeCallError(grpc.RpcError):  # type: ignore[misc]  # grpc has no stubs: RpcError is Any
     """The shape of a failed call as grpc hands it over (code, details, trailing metadata)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, object], ...]) -> None:

@@ -75,7 +75,7 @@ def test_boot_repr_hides_the_client_tls_key() -> None:
     from gxsubmit.worker import Boot
 
     key = b"-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYBYTES\n-----END PRIVATE KEY-----\n"
-    b = Boot(catalog=None, types=("T",), role="r", wallet_identity=None,  # type: ignore[arg-type]
+    b = Boot(catalog=None, types=("T",), role="r", wallet_identity=None,  # type: ignore[arg-type]  # not used by repr
              tls_root=b"ca", client_cert=b"cert", client_key=key)
     assert b"TOPSECRETKEYBYTES".decode() not in repr(b)
     assert "TOPSECRETKEYBYTES" not in str(b)
