@@ -409,6 +409,7 @@ def test_permanent_failures_fail_once_and_do_not_block(h: Harness) -> None:
                    for t in read_ledger(h.ledger))
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None:
     h.emu.faults.outage(8.0)
     ids = h.enqueue([_user(str(n)) for n in range(30)])
@@ -442,6 +443,7 @@ def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None
              "breaker closed again")
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 @pytest.mark.parametrize("emu_opts", [{"block_time": 2.0}])  # commits wait for the block: work in flight
 def test_an_outage_leaves_every_attempt_for_the_failures_after_it(h: Harness) -> None:
     """Departure 3: the claims an outage caused are not attempts. Before 2026-12-04 they were claims like
@@ -564,6 +566,7 @@ def _rotate(h: Harness, identity: str, role: str) -> tuple[str, str]:
     return old, fingerprint_of(cert)
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 @pytest.mark.parametrize("emu_opts", [{"block_time": 3.0}])
 def test_rotation_then_restart_resolves_or_parks_old_tx_ids(h: Harness) -> None:
     # Rows submitted under the old certificate, then the worker dies and comes back holding only the new
