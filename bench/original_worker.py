@@ -1,7 +1,7 @@
 """The original outbox-submitter's algorithm, rebuilt from gxsubmit's parts for a same-run baseline.
 
-reference/seed-origin.md §1.3: one loop per process; claim up to 10 rows; process them one at a time in
-claim order, waiting for each Fabric commit before starting the next; a queue-depth COUNT after each
+docs/design.md#the-worker-it-replaces: one loop per process; claim up to 10 rows; process them one at a
+time in claim order, waiting for each Fabric commit before starting the next; a queue-depth COUNT after each
 batch (and when nothing was claimed); then wait the poll interval (100 ms) and poll again. No NOTIFY,
 no parallelism. It uses gxsubmit's store (claim / mark_submitted / mark_committed) and Fabric client
 (endorse / submit / commit_status), so only the algorithm differs from the service being measured.

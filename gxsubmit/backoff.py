@@ -1,7 +1,7 @@
 """Retry delays: capped exponential backoff with jitter, and a reconnect pacer.
 
 Jitter matters here: after an outage every worker retries at once, and synchronized retries make
-the next outage. The original worker had no backoff at all (seed-origin 1.6).
+the next outage. The original worker had no backoff at all (docs/design.md#the-worker-it-replaces).
 """
 
 from __future__ import annotations

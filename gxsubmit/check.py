@@ -181,7 +181,7 @@ async def _check_database(cfg: Config, rep: _Report) -> None:
 async def _check_route(cfg: Config, rep: _Report, store: OutboxStore) -> None:
     """Pooler or not (and its mode), TLS, and whether NOTIFY reaches a LISTEN connection."""
     from gxsubmit.dbroute import pool_mode
-    from gxsubmit.outbox import Notifier
+    from gxsubmit.outbox import OutboxListener
     from gxsubmit.wakeups import PROBE_TIMEOUT_S
 
     tls = "TLS" if store.tls else "no TLS"
@@ -201,7 +201,7 @@ async def _check_route(cfg: Config, rep: _Report, store: OutboxStore) -> None:
                 rep.ok(text)
     which = "GXSUBMIT_LISTEN_URL" if cfg.listen_url else "the database URL"
     try:
-        notifier = await Notifier.connect(cfg.listen_conninfo, connect_timeout=cfg.connect_timeout)
+        notifier = await OutboxListener.connect(cfg.listen_conninfo, connect_timeout=cfg.connect_timeout)
     except Exception as exc:
         rep.fail("unavailable",
                  f"notifications: cannot open the LISTEN connection ({which}): {_one_line(exc)}")
@@ -294,7 +294,8 @@ async def _check_commit_stream(
 
 async def _check_ledger_lookup(rep: _Report, client: GatewayClient, wi: WalletIdentity, channel: str) -> None:
     """Ask the ledger about a tx id that cannot exist, as the worker asks about a lost tx id of an expired
-    certificate (DESIGN 2.5). A refusal is a warning: only that rare case then waits for an operator."""
+    certificate (docs/design.md#rotated-certificates). A refusal is a warning: only that rare case then
+    waits for an operator."""
     import hashlib
     import os
 

@@ -268,6 +268,10 @@ SETTINGS: tuple[Setting, ...] = (
     _S("max_worker_crashes", _int_range(2, 1000), _const(3),
        "claims of one row that may end in its worker crashing or being killed as hung before the row "
        "is FAILED (WORKER_CRASH)"),
+    _S("in_doubt_limit", _seconds(0, 30 * 86400, positive=False), _const(3600.0),
+       "how long a submitted transaction may stay unresolved (no definite ledger answer while the gateway "
+       "answers) before its row is FAILED (IN_DOUBT_UNRESOLVED, tx id kept: a requeue resolves it first); "
+       "0 = resolve for ever"),
     _S("lease_seconds", _seconds(1, 3600), _const(30.0), "claim lease, renewed while a command is worked on",
        (("LOCK_TIMEOUT", _millis_as_seconds(_seconds(1, 3600))),)),
     _S("backoff_base", _seconds(0.01, 3600), _const(1.0), "first retry delay"),
@@ -344,6 +348,7 @@ class Config:
     max_argument_bytes: int = 256 * 1024
     max_proposal_bytes: int = 320 * 1024
     max_worker_crashes: int = 3
+    in_doubt_limit: float = 3600.0
     lease_seconds: float = 30.0
     backoff_base: float = 1.0
     backoff_cap: float = 300.0

@@ -25,7 +25,7 @@ __all__ = ["Batcher", "DbLink", "DbUnavailable", "is_connection_error"]
 T = TypeVar("T")
 I = TypeVar("I")  # noqa: E741 - item type of a batch
 
-log = logging.getLogger("gxsubmit.worker")
+log = logging.getLogger("gxsubmit.dblink")
 
 
 class DbUnavailable(Exception):

@@ -3,7 +3,8 @@ producers: ``gxsubmit migrate --legacy-outbox TABLE`` installs triggers that que
 in ``outbox_commands`` and write each command's status back to its row; ``--remove-legacy-outbox``
 hands the unfinished rows back in a shape the old worker runs and removes everything again.
 
-The SQL is in ``gxsubmit/sql/legacy_outbox.sql``; docs/design.md has both tables and the mapping.
+The SQL is in ``gxsubmit/sql/legacy_outbox.sql``; both tables and the mapping are in
+docs/design.md#adopted-legacy-table-the-services-outboxcommand.
 """
 
 from __future__ import annotations

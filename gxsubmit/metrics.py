@@ -1,4 +1,4 @@
-"""Every Prometheus metric gxsubmit exposes, in one place (names and labels: DESIGN §8).
+"""Every Prometheus metric gxsubmit exposes, in one place (names and labels: docs/design.md#metrics).
 
 The service runs prometheus-client in multiprocess mode: the supervisor sets
 ``PROMETHEUS_MULTIPROC_DIR`` (and wipes it) *before* any process imports this module, each

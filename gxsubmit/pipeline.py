@@ -1,4 +1,6 @@
-"""One command's way through Fabric, with the exactly-once protocol of DESIGN §2 on every path.
+"""One command's way through Fabric, with the exactly-once protocol on every path.
+
+The protocol: docs/design.md#exactly-once-effect-on-the-ledger.
 
 Per claimed row (first try, retry, takeover of an expired lease, restart — all the same code):
 
@@ -68,10 +70,11 @@ __all__ = [
     "commit_action",
     "creator_long_expired",
     "error_action",
+    "in_doubt_expired",
     "reproducing_signer",
 ]
 
-log = logging.getLogger("gxsubmit.worker")
+log = logging.getLogger("gxsubmit.pipeline")
 
 #: Error codes that say "the gateway is not there", not "this command is in trouble": they feed the
 #: breaker and never count towards ``max_attempts``.
@@ -85,8 +88,8 @@ _WALK_LIMIT = 16
 #: Proposal reuse window: Fabric 3 peers reject proposals older than 15 minutes.
 _PROPOSAL_TTL_S = 300.0
 #: How long after its creator certificate expired a tx id that the ledger does not know is taken as
-#: lost for good. Orderers refuse an envelope whose creator has expired (reference/fabric-gateway.md
-#: §3.5), and one accepted just before is in a block within the batch timeout; the hour also covers
+#: lost for good. Orderers refuse an envelope whose creator has expired (docs/design.md#rotated-certificates),
+#: and one accepted just before is in a block within the batch timeout; the hour also covers
 #: orderer clocks that run behind ours and a peer that is still catching up on those blocks.
 EXPIRED_CREATOR_GRACE = timedelta(hours=1)
 #: Wake a little after a put-back row's next_attempt_at (the database clock decides "due").
@@ -136,6 +139,8 @@ class PipelineSettings:
     max_proposal_bytes: int | None = None
     #: claims that may end in a worker crash before the row is FAILED (WORKER_CRASH)
     max_worker_crashes: int | None = None
+    #: seconds a submitted tx id may stay in doubt before the row is FAILED (IN_DOUBT_UNRESOLVED); 0: never
+    in_doubt_limit: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,6 +158,16 @@ def reproducing_signer(nonce: bytes, tx_id: str | None,
         if compute_tx_id(nonce, signer.creator) == tx_id:
             return signer
     return None
+
+
+def in_doubt_expired(action: Action, submitted_at: datetime | None, now: datetime, limit_s: float) -> bool:
+    """A retry that would leave the row's tx id in doubt once more, long after it was first submitted.
+
+    Every other retry is bounded by max_attempts (counted) or by the gateway coming back (outages are
+    not ``in_doubt``); this one is bounded by time. Failing the row keeps exactly-once: it keeps its tx
+    id and nonce, so a requeue re-endorses that same tx id and finds the committed copy, if any."""
+    return (limit_s > 0 and action.reason == "in_doubt" and submitted_at is not None
+            and now - submitted_at > timedelta(seconds=limit_s))
 
 
 def creator_long_expired(not_after: datetime | None, now: datetime) -> bool:
@@ -299,7 +314,7 @@ class Pipeline:
         lease_s: float,
         watchers: Mapping[str, CommitWatcher] | None = None,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         #: channel -> its filtered-block stream (empty: one CommitStatus call per transaction)
         self.watchers: Mapping[str, CommitWatcher] = watchers or {}
         self.catalog = catalog
@@ -307,7 +322,7 @@ class Pipeline:
         self.gateway = gateway
         self.ring = ring
         self.breaker = breaker
-        self.m = metrics
+        self.metrics = metrics
         self.backoff = backoff
         self.backoff_cap = backoff_cap
         self.submitted = submitted
@@ -364,11 +379,11 @@ class Pipeline:
         if route is None:
             await self._fail(job, "UNROUTABLE", f"no catalogue route for command type {cmd.command_type!r}")
             return
-        if route.identity != self.s.identity:
+        if route.identity != self.settings.identity:
             # Catalogue changed under a running worker: hand the row back to whoever serves it now.
             await self.db.call(lambda st: st.release([job.lease]))
             return
-        crashes = self.s.max_worker_crashes
+        crashes = self.settings.max_worker_crashes
         if crashes is not None and cmd.crashed_claims >= crashes:
             # taken over from expired leases this often: its holders died or hung (migration 0009)
             await self._fail_early(job, "WORKER_CRASH", f"its worker died or hung in {cmd.crashed_claims} "
@@ -386,7 +401,7 @@ class Pipeline:
             await self._fail(job, "PAYLOAD_INVALID", f"payload cannot be turned into arguments: "
                                                      f"{type(exc).__name__}: {str(exc)[:120]}")
             return
-        limit = self.s.max_argument_bytes
+        limit = self.settings.max_argument_bytes
         if limit is not None:
             size = sum(len(a) for a in args)
             if size * 4 > limit:  # a character is at most 4 UTF-8 bytes: count only when it matters
@@ -396,7 +411,7 @@ class Pipeline:
                                        f"over the limit of {limit} (max_argument_bytes)")
                 return
 
-        channel = self.s.channel or route.channel
+        channel = self.settings.channel or route.channel
         chosen = await self._choose_tx(job, route, args)
         walked = 0
         while chosen is not None:
@@ -414,7 +429,7 @@ class Pipeline:
                 return
 
             proposal = self._proposal(route, signer, args, nonce, tx_id)
-            limit = self.s.max_proposal_bytes
+            limit = self.settings.max_proposal_bytes
             if limit is not None and len(proposal.signed_proposal.proposal_bytes) > limit:
                 self._proposals.pop(tx_id, None)
                 size = len(proposal.signed_proposal.proposal_bytes)
@@ -443,7 +458,7 @@ class Pipeline:
         else:
             return
         self._gateway_up()
-        self.m.endorse.observe(time.perf_counter() - t0)
+        self.metrics.endorse.observe(time.perf_counter() - t0)
 
         # Write-ahead: from here on a copy may exist on the ledger.
         job.stage = Stage.SUBMITTING
@@ -469,7 +484,7 @@ class Pipeline:
             self._note_gateway(err)
             await self._on_error(job, err, signer, proposal.channel)
             return
-        self.m.submit.observe(time.perf_counter() - t0)
+        self.metrics.submit.observe(time.perf_counter() - t0)
         self._proposals.pop(tx_id, None)
         await self._wait_commit(job, signer, proposal.channel, tx_id, watch)
 
@@ -478,9 +493,10 @@ class Pipeline:
     def _derive(self, job: Job, route: Route, args: Sequence[str]) -> bytes:
         cmd = job.cmd
         return self.deriver.nonce(
-            tenant_id=cmd.tenant_id, request_id=cmd.request_id, channel=self.s.channel or route.channel,
-            chaincode=self.s.chaincode or route.chaincode, function=route.function, args=args,
-            generation=job.generation)
+            tenant_id=cmd.tenant_id, request_id=cmd.request_id,
+            channel=self.settings.channel or route.channel,
+            chaincode=self.settings.chaincode or route.chaincode,
+            function=route.function, args=args, generation=job.generation)
 
     async def _choose_tx(self, job: Job, route: Route, args: Sequence[str]
                          ) -> tuple[bytes, str, SigningIdentity] | None:
@@ -542,7 +558,7 @@ class Pipeline:
         job.stage = Stage.COMMIT_WAIT
         try:
             result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id,
-                                                      timeout=self.s.resolve_timeout)
+                                                      timeout=self.settings.resolve_timeout)
         except FabricError as err:
             self._note_gateway(err)
             await self._retry(job, Action("retry", err.error_code, counts=False, on_ledger=True,
@@ -574,7 +590,7 @@ class Pipeline:
         try:
             result = await self.gateway.commit_status(
                 self.ring.current, channel=self._channel_for(job), tx_id=old_tx_id,
-                timeout=self.s.resolve_timeout)
+                timeout=self.settings.resolve_timeout)
         except FabricError as err:
             cmd = job.cmd
             if not cmd.submitted_before:
@@ -622,7 +638,7 @@ class Pipeline:
 
     def _channel_for(self, job: Job) -> str:
         route = self.catalog.route(job.cmd.command_type)
-        return self.s.channel or (route.channel if route else "")
+        return self.settings.channel or (route.channel if route else "")
 
     def _proposal(self, route: Route, signer: SigningIdentity, args: Sequence[str], nonce: bytes,
                   tx_id: str) -> Proposal:
@@ -632,12 +648,12 @@ class Pipeline:
             return hit[0]
         p = build_proposal(
             signer,
-            channel=self.s.channel or route.channel,
-            chaincode=self.s.chaincode or route.chaincode,
+            channel=self.settings.channel or route.channel,
+            chaincode=self.settings.chaincode or route.chaincode,
             function=route.function,
             args=args,
             nonce=nonce,
-            endorsing_orgs=self.s.endorsing_orgs,
+            endorsing_orgs=self.settings.endorsing_orgs,
         )
         self._proposals[tx_id] = (p, now)
         if len(self._proposals) > self._proposal_cap:
@@ -656,7 +672,7 @@ class Pipeline:
             result = await watch
             if result is not None:
                 self._gateway_up()
-                self.m.commit.observe(time.perf_counter() - t0)
+                self.metrics.commit.observe(time.perf_counter() - t0)
                 await self._on_commit(job, result)
                 return
         try:
@@ -667,7 +683,7 @@ class Pipeline:
                                           reason="in_doubt"), str(err))
             return
         self._gateway_up()
-        self.m.commit.observe(time.perf_counter() - t0)
+        self.metrics.commit.observe(time.perf_counter() - t0)
         await self._on_commit(job, result)
 
     async def _on_commit(self, job: Job, result: CommitResult) -> None:
@@ -677,7 +693,7 @@ class Pipeline:
         elif action.kind == "retry":
             await self._retry(job, action, f"transaction {result.tx_id} {result.code_name} in block "
                                            f"{result.block_number}",
-                              delay=self.s.conflict_delay * (2 ** min(job.cmd.attempts, 6))
+                              delay=self.settings.conflict_delay * (2 ** min(job.cmd.attempts, 6))
                               if action.burn_nonce else None)
         else:
             await self._fail(job, action.error_code,
@@ -693,7 +709,7 @@ class Pipeline:
         if not ok:
             raise _Gone
         self.n_committed += 1
-        self.m.latency.observe(max(0.0, (datetime.now(UTC) - cmd.created_at).total_seconds()))
+        self.metrics.latency.observe(max(0.0, (datetime.now(UTC) - cmd.created_at).total_seconds()))
         if self._info:
             log.info("Command committed", extra={
                 "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": result.tx_id,
@@ -727,7 +743,7 @@ class Pipeline:
         # so a copy it refuses every time ends within max_attempts (FAILED, tx id kept: see _retry).
         try:
             result = await self.gateway.commit_status(signer, channel=channel, tx_id=tx_id,
-                                                      timeout=self.s.resolve_timeout)
+                                                      timeout=self.settings.resolve_timeout)
         except FabricError as err2:
             # Not noted for the breaker: a deadline is the expected answer for a tx id the ledger lacks.
             infra = err2.error_code in INFRA_ERROR_CODES or err2.stage == "connect"
@@ -750,7 +766,7 @@ class Pipeline:
         self.last_error = f"{action.error_code}: {error}"[:500]
         on_ledger = action.on_ledger or job.may_be_on_ledger
         # Counted attempts only: the claims of retries that do not count are given back (migration 0006).
-        exhausted = action.counts and cmd.counted_attempts >= self.s.max_attempts
+        exhausted = action.counts and cmd.counted_attempts >= self.settings.max_attempts
         if exhausted and not on_ledger:
             tries = f" ({cmd.attempts} tries in all)" if cmd.attempts != cmd.counted_attempts else ""
             await self._fail(job, "RETRIES_EXHAUSTED", f"after {cmd.counted_attempts} attempts{tries}: "
@@ -764,6 +780,13 @@ class Pipeline:
                              f"transaction {job.tx_id} is unresolved: an earlier copy may be on the ledger, "
                              "a requeue resolves it before sending again", tx_id=job.tx_id)
             return
+        if in_doubt_expired(action, cmd.submitted_at, datetime.now(UTC), self.settings.in_doubt_limit):
+            await self._fail(job, "IN_DOUBT_UNRESOLVED",
+                             f"{action.error_code}: {error}; transaction {job.tx_id} has had no definite "
+                             f"ledger answer for over {self.settings.in_doubt_limit:g} s since it was first "
+                             "submitted: it may still be on the ledger, a requeue resolves it before "
+                             "sending again", tx_id=job.tx_id)
+            return
         if delay is None:
             # A row that may be on the ledger and ran out of attempts keeps being resolved, slowly.
             delay = self.backoff_cap if exhausted else self.backoff(cmd.attempts)
@@ -775,7 +798,7 @@ class Pipeline:
             raise _Gone
         # The claim loop wakes at this row's next_attempt_at (NOTIFY only covers new rows).
         heapq.heappush(self.retry_due, time.monotonic() + delay)
-        self.m.retried(action.reason or "transient")
+        self.metrics.retried(action.reason or "transient")
         log.warning("Command failed, will retry", extra={
             "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": job.tx_id,
             "error_code": action.error_code, "attempt": cmd.attempts, "retry_in_s": round(delay, 3),
@@ -802,7 +825,7 @@ class Pipeline:
             raise _Gone
         self.n_failed += 1
         self.last_error = f"{error_code}: {error}"[:500]
-        self.m.failed(cmd.command_type, error_code)
+        self.metrics.failed(cmd.command_type, error_code)
         log.error("Command failed", extra={
             "command_id": str(cmd.id), "command_type": cmd.command_type, "tx_id": tx_id,
             "error_code": error_code, "attempt": cmd.attempts, "error": error})
@@ -815,7 +838,7 @@ class Pipeline:
         ):
             self.gateway_ok = False
             if self.breaker.record_failure():
-                self.m.breaker_open.set(1)
+                self.metrics.breaker_open.set(1)
                 log.warning("Gateway circuit breaker opened; pausing claims", extra={
                     "error": str(err), "cooldown_s": round(self.breaker.remaining(), 3)})
         else:
@@ -832,7 +855,7 @@ class Pipeline:
         self.gateway_ok = True
         if not self.breaker.is_closed:
             self.breaker.record_success()
-            self.m.breaker_open.set(0)
+            self.metrics.breaker_open.set(0)
             log.info("Gateway circuit breaker closed; resuming claims")
         else:
             self.breaker.record_success()

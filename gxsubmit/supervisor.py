@@ -57,7 +57,8 @@ T = TypeVar("T")
 TICK = 0.25
 #: How often the gateway TLS files are checked for a change (three stat calls).
 TLS_CHECK_INTERVAL = 3.0
-#: Restart backoff: first delay, cap, and the healthy uptime after which it resets (DESIGN §1).
+#: Restart backoff: first delay, cap, and the healthy uptime after which it resets
+#: (docs/design.md#process-model).
 BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 60.0
 BACKOFF_RESET_AFTER = 60.0

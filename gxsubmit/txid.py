@@ -1,4 +1,6 @@
-"""Derived transaction nonces (DESIGN §2): the same command always gets the same Fabric tx id.
+"""Derived transaction nonces: the same command always gets the same Fabric tx id.
+
+The protocol: docs/design.md#the-nonce-is-derived-not-drawn.
 
 A command's nonce is a keyed, domain-separated, versioned function of who asked for it and what it
 asks the ledger to do, plus a *generation* that only a definite INVALID commit of the previous tx id

@@ -19,11 +19,11 @@ from typing import Any
 
 from gxsubmit.backoff import Backoff
 from gxsubmit.dblink import DbUnavailable
-from gxsubmit.outbox import Notifier
+from gxsubmit.outbox import OutboxListener
 
 __all__ = ["Wakeups"]
 
-log = logging.getLogger("gxsubmit.worker")
+log = logging.getLogger("gxsubmit.wakeups")
 
 #: Longest wait for a probe NOTIFY; on a healthy connection it takes milliseconds.
 PROBE_TIMEOUT_S = 3.0
@@ -43,7 +43,7 @@ class Wakeups:
     def __init__(
         self,
         *,
-        connect: Callable[[], Awaitable[Notifier]],
+        connect: Callable[[], Awaitable[OutboxListener]],
         send_probe: Callable[[str], Awaitable[Any]],
         wake: asyncio.Event,
         poll_interval: float,
@@ -54,7 +54,7 @@ class Wakeups:
         self._wake = wake
         self._poll = poll_interval
         self._short = min(poll_interval, pooled_poll_interval)
-        self.notifier: Notifier | None = None
+        self.notifier: OutboxListener | None = None
         #: "unknown" until the first probe, then "notify" or "poll"
         self.mode = "unknown"
         self.warning: str | None = None
@@ -97,7 +97,7 @@ class Wakeups:
             except Exception:
                 await self._close()
 
-    async def _probe(self, notifier: Notifier) -> bool | None:
+    async def _probe(self, notifier: OutboxListener) -> bool | None:
         """False (and polling from now on) if the probe's NOTIFY did not arrive; None: cannot tell."""
         try:
             arrived, woken = await notifier.probe(self._send_probe, PROBE_TIMEOUT_S)

@@ -64,7 +64,7 @@ from gxsubmit.fabric.commits import CommitWatcher, tls_cert_hash
 from gxsubmit.gatewayprobe import probe_idle_gateway
 from gxsubmit.log import setup_logging
 from gxsubmit.metrics import WorkerMetrics
-from gxsubmit.outbox import ClaimedCommand, Committed, Notifier, OutboxStore, SubmittedTx
+from gxsubmit.outbox import ClaimedCommand, Committed, OutboxListener, OutboxStore, SubmittedTx
 from gxsubmit.pipeline import IdentityRing, Job, Pipeline, PipelineSettings, Stage
 from gxsubmit.secrets import no_core_dumps
 from gxsubmit.txid import TxIdDeriver
@@ -177,7 +177,7 @@ def run(cfg: Config, identity: str) -> int:
     gc.freeze()
     gc.set_threshold(_GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     try:
-        return uvloop.run(Worker(cfg, identity, b).main())
+        return uvloop.run(_serve(cfg, identity, b))
     except ConfigProblem as exc:
         log.error("Worker configuration error: %s", exc, extra={"error": str(exc)})
         return RET_CONFIG
@@ -186,13 +186,43 @@ def run(cfg: Config, identity: str) -> int:
         return RET_FAIL
 
 
-class Worker:
-    """The running worker of one identity (see the module docstring)."""
+def gateway_client(cfg: Config, b: Boot) -> GatewayClient:
+    """The Gateway client of this process (the channel connects lazily; ``Worker`` waits for it)."""
+    try:
+        return GatewayClient(
+            target=cfg.gateway, tls_root=b.tls_root, server_name=cfg.server_name,
+            client_cert=b.client_cert, client_key=b.client_key,
+            deadlines=Deadlines(evaluate=cfg.evaluate_timeout, endorse=cfg.endorse_timeout,
+                                submit=cfg.submit_timeout, commit_status=cfg.commit_timeout),
+            keepalive_s=cfg.keepalive)
+    except ValueError as exc:
+        raise ConfigProblem(f"gateway client: {exc}") from None
 
-    def __init__(self, cfg: Config, identity: str, b: Boot) -> None:
+
+async def _serve(cfg: Config, identity: str, b: Boot) -> int:
+    """Build the worker's ready parts on the running loop (a gRPC channel binds to it), then run it."""
+    log.info("Connecting Fabric client for %s", identity, extra={
+        "gateway": cfg.gateway, "tls": not cfg.insecure, "msp_id": cfg.msp_id,
+        "types": len(b.types), "max_in_flight": cfg.max_in_flight})
+    wi = b.wallet_identity
+    ring = IdentityRing(SigningIdentity.from_wallet(wi), wi.not_after)
+    return await Worker(cfg, identity, b, gateway=gateway_client(cfg, b), ring=ring).main()
+
+
+class Worker:
+    """The running worker of one identity (see the module docstring).
+
+    Given its ready parts: the Gateway client and the signing identity ring. The pipeline is built in
+    ``main`` because it needs the schema's tx id key, read once the database link is up.
+    """
+
+    def __init__(self, cfg: Config, identity: str, b: Boot, *, gateway: GatewayClient,
+                 ring: IdentityRing) -> None:
         self.cfg = cfg
         self.identity = identity
-        self.b = b
+        self.boot = b
+        self.gateway = gateway
+        self._ring = ring
         self.jobs: dict[uuid.UUID, Job] = {}
         self.stop = asyncio.Event()
         self.hard_stop = asyncio.Event()
@@ -204,7 +234,7 @@ class Worker:
         self.ready = False
         self.draining = False
         self.started = time.time()
-        self.m = WorkerMetrics(identity)
+        self.metrics = WorkerMetrics(identity)
         self.breaker = CircuitBreaker(
             threshold=cfg.breaker_threshold, cooldown=min(cfg.breaker_cooldown, 2.0),
             max_cooldown=max(cfg.breaker_cooldown, 2.0))
@@ -213,16 +243,14 @@ class Worker:
                          deadline=cfg.db_deadline)
         listen_url = with_tcp(cfg.listen_conninfo, cfg)
         self.wakeups = Wakeups(
-            connect=lambda: Notifier.connect(listen_url, connect_timeout=cfg.connect_timeout,
-                                             schema=cfg.schema, types=b.types),
+            connect=lambda: OutboxListener.connect(listen_url, connect_timeout=cfg.connect_timeout,
+                                                   schema=cfg.schema, types=b.types),
             send_probe=lambda payload: self.db.once(lambda st: st.notify_probe(payload)),
             wake=self._wake, poll_interval=cfg.poll_interval, pooled_poll_interval=cfg.pooled_poll_interval)
-        self.gateway: GatewayClient | None = None
         self.pipeline: Pipeline | None = None
         self._bg: list[asyncio.Task[Any]] = []
         self._status_file = status_path(cfg.runtime_dir, identity)
         self._wallet_identity = b.wallet_identity
-        self._ring: IdentityRing | None = None
         self._batchers: tuple[Batcher[Any], ...] = ()
         self.last_error: str | None = None
         #: a row whose earlier claim ended in a crash runs alone: this is it while it is in flight
@@ -238,7 +266,7 @@ class Worker:
                                          connect_timeout=self.cfg.connect_timeout)
 
     def _on_db_reconnect(self) -> None:
-        self.m.db_reconnects.inc()
+        self.metrics.db_reconnects.inc()
         self._wake.set()
 
     def _on_signal(self, signum: int) -> None:
@@ -257,23 +285,9 @@ class Worker:
         for sig in _handled_signals():
             loop.add_signal_handler(sig, self._on_signal, sig)
         cfg = self.cfg
-        self.m.cert_expiry.set(self._wallet_identity.not_after.timestamp())
-        wi = self._wallet_identity
-        ring = IdentityRing(SigningIdentity.from_wallet(wi), wi.not_after)
+        self.metrics.cert_expiry.set(self._wallet_identity.not_after.timestamp())
+        ring = self._ring
         self._spawn(self._heartbeat_loop(), "heartbeat")
-
-        log.info("Connecting Fabric client for %s", self.identity, extra={
-            "gateway": cfg.gateway, "tls": not cfg.insecure, "msp_id": cfg.msp_id,
-            "types": len(self.b.types), "max_in_flight": cfg.max_in_flight})
-        try:
-            self.gateway = GatewayClient(
-                target=cfg.gateway, tls_root=self.b.tls_root, server_name=cfg.server_name,
-                client_cert=self.b.client_cert, client_key=self.b.client_key,
-                deadlines=Deadlines(evaluate=cfg.evaluate_timeout, endorse=cfg.endorse_timeout,
-                                    submit=cfg.submit_timeout, commit_status=cfg.commit_timeout),
-                keepalive_s=cfg.keepalive)
-        except ValueError as exc:
-            raise ConfigProblem(f"gateway client: {exc}") from None
 
         if not await self.db.open(self.stop):
             return await self._shutdown()
@@ -298,14 +312,14 @@ class Worker:
                 identity=self.identity, max_attempts=cfg.max_attempts,
                 resolve_timeout=min(5.0, cfg.commit_timeout), endorsing_orgs=tuple(cfg.endorsing_orgs),
                 channel=cfg.channel, chaincode=cfg.chaincode, max_argument_bytes=cfg.max_argument_bytes,
-                max_proposal_bytes=cfg.max_proposal_bytes, max_worker_crashes=cfg.max_worker_crashes),
-            catalog=self.b.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
-            metrics=self.m,
+                max_proposal_bytes=cfg.max_proposal_bytes, max_worker_crashes=cfg.max_worker_crashes,
+                in_doubt_limit=cfg.in_doubt_limit),
+            catalog=self.boot.catalog, db=self.db, gateway=self.gateway, ring=ring, breaker=self.breaker,
+            metrics=self.metrics,
             backoff=lambda attempt: compute_delay(attempt, cfg.backoff_base, cfg.backoff_cap, jitter=0.5),
             backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed, deriver=deriver,
             lease_s=cfg.lease_seconds, watchers=watchers)
         self._batchers = (submitted, committed)
-        self._ring = ring
         self.ready = True
         self._write_status()  # readiness visible at once, not a heartbeat later
         for w in watchers.values():
@@ -320,19 +334,17 @@ class Worker:
 
     def _commit_watchers(self, ring: IdentityRing) -> dict[str, CommitWatcher]:
         """One filtered-block stream per channel this worker's commands go to."""
-        assert self.gateway is not None
-        channels = [self.cfg.channel] if self.cfg.channel else self.b.catalog.channels_for(self.identity)
-        tls_hash = tls_cert_hash(self.b.client_cert) if self.b.client_cert else None
+        channels = [self.cfg.channel] if self.cfg.channel else self.boot.catalog.channels_for(self.identity)
+        tls_hash = tls_cert_hash(self.boot.client_cert) if self.boot.client_cert else None
         return {ch: CommitWatcher(self.gateway, lambda: ring.current, ch, tls_cert_hash=tls_hash,
                                   on_state=self._on_commit_stream, timeout_s=self.cfg.commit_timeout)
                 for ch in channels}
 
     def _on_commit_stream(self, up: bool) -> None:
-        self.m.commit_stream_up.set(1 if up else 0)
+        self.metrics.commit_stream_up.set(1 if up else 0)
         self._write_status()
 
     async def _gateway_ready(self) -> bool:
-        assert self.gateway is not None
         pacer = Backoff(0.5, 15.0)
         while not self.stop.is_set():
             try:
@@ -374,7 +386,7 @@ class Worker:
                 continue
             state = self.breaker.state
             if state is BreakerState.OPEN:
-                self.m.breaker_open.set(1)
+                self.metrics.breaker_open.set(1)
                 await self._wait_wake(max(0.05, self.breaker.remaining()))
                 continue
             if await self._run_suspect():
@@ -398,7 +410,7 @@ class Worker:
             claimed_mono = time.monotonic() - _RETRY_CLOCK_SKEW_S
             try:
                 rows = await self.db.once(
-                    lambda st, n=limit: st.claim(self.b.types, n, cfg.lease_seconds,  # type: ignore[misc]
+                    lambda st, n=limit: st.claim(self.boot.types, n, cfg.lease_seconds,  # type: ignore[misc]
                                                  max_payload_bytes=cfg.max_payload_bytes))
             except DbUnavailable:
                 continue
@@ -423,8 +435,8 @@ class Worker:
 
     async def _probe_idle_gateway(self) -> None:
         """Half-open with nothing to send: probe with a read so a healed link closes the breaker."""
-        assert self.gateway is not None and self.pipeline is not None and self._ring is not None
-        channels = [self.cfg.channel] if self.cfg.channel else self.b.catalog.channels_for(self.identity)
+        assert self.pipeline is not None
+        channels = [self.cfg.channel] if self.cfg.channel else self.boot.catalog.channels_for(self.identity)
         if not channels:
             return
         outcome = await probe_idle_gateway(self.gateway, self._ring.current, channels[0], self.breaker)
@@ -444,7 +456,7 @@ class Worker:
         if not self._suspects_due and now >= self._suspect_check_at:
             self._suspect_check_at = now + _SUSPECT_CHECK_S
             try:
-                self._suspects_due = await self.db.once(lambda st: st.suspects_due(self.b.types))
+                self._suspects_due = await self.db.once(lambda st: st.suspects_due(self.boot.types))
             except Exception:  # the claim right after reports database trouble
                 return False
         if not self._suspects_due:
@@ -454,7 +466,7 @@ class Worker:
             return True
         try:
             rows = await self.db.once(lambda st: st.claim_suspect(
-                self.b.types, self.cfg.lease_seconds, max_payload_bytes=self.cfg.max_payload_bytes))
+                self.boot.types, self.cfg.lease_seconds, max_payload_bytes=self.cfg.max_payload_bytes))
         except Exception:
             return False
         if not rows:
@@ -471,7 +483,7 @@ class Worker:
         assert self.pipeline is not None
         job = Job(cmd=cmd, claimed_at=time.monotonic())
         self.jobs[cmd.id] = job
-        self.m.claimed(cmd.command_type)
+        self.metrics.claimed(cmd.command_type)
         task = self._loop.create_task(self.pipeline.run(job))
         job.task = task
         task.add_done_callback(functools.partial(self._done, job))
@@ -547,19 +559,18 @@ class Worker:
             sig = new_sig
             try:
                 wi = await asyncio.to_thread(load_identity, wallet, self.identity, msp_id=self.cfg.msp_id,
-                                             expected_role=self.b.role)
+                                             expected_role=self.boot.role)
             except WalletError as exc:
                 log.error("Rotated wallet files rejected; keeping the current certificate",
                           extra={"error": str(exc)})
-                self.m.wallet_reload("rejected")
+                self.metrics.wallet_reload("rejected")
                 continue
-            assert self._ring is not None
             if wi.fingerprint == self._ring.current.fingerprint:
                 continue
             self._ring.rotate(SigningIdentity.from_wallet(wi), wi.not_after)
             self._wallet_identity = wi
-            self.m.cert_expiry.set(wi.not_after.timestamp())
-            self.m.wallet_reload("loaded")
+            self.metrics.cert_expiry.set(wi.not_after.timestamp())
+            self.metrics.wallet_reload("loaded")
             log.info("Loaded rotated certificate for %s", self.identity, extra={
                 "fingerprint": wi.fingerprint[:16], "not_after": wi.not_after.isoformat()})
 
@@ -570,14 +581,14 @@ class Worker:
         held = await self.db.call(lambda st: st.mark_committed(rows))
         for c, command_type in items:
             if c.id in held:
-                self.m.committed(command_type)
-        self.m.flush()
+                self.metrics.committed(command_type)
+        self.metrics.flush()
         return held
 
     async def _metrics_loop(self) -> None:
         while True:
             await asyncio.sleep(_METRICS_FLUSH_S)
-            self.m.flush()
+            self.metrics.flush()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -587,8 +598,8 @@ class Worker:
     def _write_status(self) -> None:
         p = self.pipeline
         breaker_open = not self.breaker.is_closed
-        self.m.breaker_open.set(1 if breaker_open else 0)
-        self.m.in_flight.set(len(self.jobs))
+        self.metrics.breaker_open.set(1 if breaker_open else 0)
+        self.metrics.in_flight.set(len(self.jobs))
         # The pipeline only learns of an outage from its own calls; an idle worker would report a gateway
         # it cannot reach (a peer down, a TLS CA that no longer matches) as fine. The channel knows.
         unreachable = self.gateway is not None and self.gateway.connectivity() == "TRANSIENT_FAILURE"
@@ -682,15 +693,14 @@ class Worker:
             await b.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.wakeups.close(), 2.0)
-        if self.gateway is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.gateway.close(), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.gateway.close(), 2.0)
         await self.db.close()
         self.jobs.clear()
         self.ready = False
         self._write_status()
-        self.m.in_flight.set(0)
-        self.m.flush()
+        self.metrics.in_flight.set(0)
+        self.metrics.flush()
         log.info("Worker stopped", extra={
             "released": released + released_late, "in_flight_at_stop": in_flight,
             "committed": self.pipeline.n_committed if self.pipeline else 0})

@@ -1,5 +1,6 @@
 """The GX services' Prisma outbox table, created as their migrations create it, and rows written the way
-their writers write them (tests of gxsubmit.legacy). See docs/design.md "Adopting the services' table"."""
+their writers write them (tests of gxsubmit.legacy). See
+docs/design.md#adopted-legacy-table-the-services-outboxcommand."""
 
 from __future__ import annotations
 

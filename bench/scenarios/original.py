@@ -1,5 +1,6 @@
 """Scenario 3, the original algorithm: poll every 100 ms, claim 10, submit one at a time and wait for each
-commit (reference/seed-origin.md §1.3), on the same emulator as the realistic scenario, in the same run.
+commit (docs/design.md#the-worker-it-replaces), on the same emulator as the realistic scenario, in the
+same run.
 
 Implemented in bench/original_worker.py with gxsubmit's own store and Fabric client (the more faithful
 option: the algorithm, not the code, is what is compared). Its rate is measured over a fixed window.

@@ -1,7 +1,8 @@
 """Async Fabric Gateway client on one grpc.aio channel.
 
 Every RPC has a deadline; every failure leaves this module as a classified :class:`FabricError`.
-The client never retries by itself: the worker decides from the error class (reference §0.3).
+The client never retries by itself: the worker decides from the error class
+(docs/design.md#fabric-gateway-client).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TxValidationCode names and what each means for a retry (reference §3.6)."""
+"""TxValidationCode names and what each means for a retry (docs/design.md#fabric-gateway-client)."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ from gxsubmit.fabric.identity import SigningIdentity
 
 __all__ = ["CommitWatcher", "tls_cert_hash"]
 
-log = logging.getLogger("gxsubmit.worker")
+log = logging.getLogger("gxsubmit.fabric.commits")
 
 
 def tls_cert_hash(pem: bytes) -> bytes:

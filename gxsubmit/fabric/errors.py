@@ -1,4 +1,6 @@
-"""The one place where gRPC failures become the gxsubmit error taxonomy (reference §3.5).
+"""The one place where gRPC failures become the gxsubmit error taxonomy.
+
+The taxonomy: docs/design.md#fabric-gateway-client.
 
 Callers above this boundary see only :class:`FabricError`: a stage, a class that says what to do next,
 a short stable ``error_code`` stored in the outbox row, and every ``ErrorDetail`` the gateway attached.

@@ -101,7 +101,9 @@ def build_proposal(
     transient: Mapping[str, str | bytes] | None = None,
     endorsing_orgs: Sequence[str] = (),
 ) -> Proposal:
-    """Build and sign a chaincode proposal exactly as the official client lays it out (reference §3.1).
+    """Build and sign a chaincode proposal exactly as the official client lays it out.
+
+    Why: docs/design.md#fabric-gateway-client.
 
     Deterministic given ``nonce`` and ``timestamp`` (and deterministic signing).
     """
@@ -190,7 +192,8 @@ def parse_prepared(envelope: common_pb2.Envelope, expected: Proposal | None = No
     """Read channel, tx id and result from a prepared envelope.
 
     With ``expected``, check that the envelope's header carries exactly our channel header and signature
-    header bytes, so we never sign something other than what we proposed (reference §3.3, our defence).
+    header bytes, so we never sign something other than what we proposed
+    (docs/design.md#fabric-gateway-client).
     """
     try:
         payload = common_pb2.Payload.FromString(envelope.payload)

@@ -1,4 +1,4 @@
--- 0008: derived transaction ids (DESIGN 2). A command's nonce becomes a pure function of its tenant,
+-- 0008: derived transaction ids (docs/design.md#exactly-once-effect-on-the-ledger). A command's nonce becomes a pure function of its tenant,
 -- request id, content and generation, keyed by a secret that lives in this schema.
 -- {schema} is replaced by the quoted target schema (psycopg.sql.Identifier). Never put literal braces here.
 --

@@ -34,7 +34,7 @@ INSERT INTO {schema}.gxsubmit_schema_version (version, name) VALUES (%(version)s
 SELECT max(version) FROM {schema}.gxsubmit_schema_version
 
 -- name: session_setup
--- The claim must never run on a generic plan (DESIGN 3): plan it for the actual parameters each time.
+-- The claim must never run on a generic plan (docs/design.md#the-claim): plan it for the actual parameters each time.
 -- A stuck lock must not hang a worker for ever.
 -- Timestamps come back in UTC: psycopg converts them to the session's time zone, and UTC is the cheap
 -- one (created_at on every claimed row).
@@ -59,7 +59,7 @@ LISTEN gxsubmit
 UNLISTEN gxsubmit
 
 -- name: notify_probe
--- A wake-up probe (gxsubmit/outbox.py PROBE_PREFIX): does a NOTIFY reach the worker's LISTEN connection?
+-- A wake-up probe (gxsubmit/outbox/listen.py PROBE_PREFIX): does a NOTIFY reach the worker's LISTEN connection?
 SELECT pg_notify('gxsubmit', %(payload)s)
 
 -- name: ping
@@ -144,7 +144,7 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
-          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation, c.submitted_at
 
 -- name: claim_suspect
 -- One due row set to run alone (run_alone: its claims ended in its worker crashing; migration 0009), for a
@@ -176,7 +176,7 @@ UPDATE {schema}.outbox_commands AS c
  WHERE c.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING c.id, c.seq, c.tenant_id, c.service, c.command_type, c.request_id, c.payload::text, c.attempts,
           c.counted_attempts, c.lease_token, c.tx_nonce, c.fabric_tx_id, c.creator_fingerprint, c.creator_not_after,
-          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation
+          c.submitted_at IS NOT NULL, c.created_at, c.crashed_claims, c.tx_generation, c.submitted_at
 
 -- name: suspects_due
 -- Whether a row of these types waits to be claimed alone (claim_suspect); reads only the partial index.
@@ -308,7 +308,7 @@ SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
 
 -- name: retry_later
 -- Burning the nonce (after a definite INVALID commit of that tx id) forgets the tx id and its
--- submission: the next attempt stores a fresh nonce before endorsing (DESIGN 2.3). A retry that does
+-- submission: the next attempt derives the next generation's nonce (docs/design.md#recovery-walks-the-ledger). A retry that does
 -- not count (gateway unavailable, breaker open, in doubt) gives the claim's counted attempt back (0006).
 -- tx_generation is the generation the next attempt derives its nonce at (0008): after a burn, one past
 -- the tx id found INVALID (which may be beyond the stored one when the worker walked the ledger).
@@ -647,7 +647,7 @@ SELECT count(*)
 -- name: record_creator_expiry
 -- An operator supplies the expiry of a certificate that signed unfinished rows recorded without one
 -- (before migration 0004, or re-recorded by an older release after a rollback): gxsubmit record-expiry.
--- The worker then applies its usual rule to them (DESIGN 2.5). Rows are found through the partial
+-- The worker then applies its usual rule to them (docs/design.md#rotated-certificates). Rows are found through the partial
 -- indexes of unfinished rows, not by reading the table.
 WITH recorded AS (
     UPDATE {schema}.outbox_commands AS c

@@ -52,7 +52,8 @@ def test_all_good(emu: tuple[Emulator, int], tmp_path: Path, pg_url: str, schema
     assert any(f"database schema {schema}: outbox_commands readable" in line for line in lines)
     for name in IDENTITIES:  # each identity may follow the peer's blocks, as its worker will
         assert f"ok   commit stream as {name} on gxchannel: newest block 0" in lines, r.stdout
-        # ... and look a tx id up in the ledger (a lost tx id of an expired certificate, DESIGN 2.5)
+        # ... and look a tx id up in the ledger (a lost tx id of an expired certificate,
+        # docs/design.md#rotated-certificates)
         assert f"ok   ledger lookup as {name} on gxchannel: ok (qscc GetTransactionByID)" in lines, r.stdout
 
 

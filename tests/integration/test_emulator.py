@@ -389,8 +389,9 @@ def test_torn_last_line_is_dropped_on_reload(tmp_path: Path, wallet: Path) -> No
 
 
 def test_qscc_get_transaction_by_id_answers_from_the_ledger_index(start_emulator: Any, wallet: Path) -> None:
-    # The worker asks this about a lost tx id of an expired certificate (DESIGN 2.5): a committed tx id
-    # gives its validation code, an unknown one the peer ledger's "no such transaction ID" error.
+    # The worker asks this about a lost tx id of an expired certificate (docs/design.md#rotated-certificates):
+    # a committed tx id gives its validation code, an unknown one the peer ledger's "no such transaction ID"
+    # error.
     _emu, gw = start_emulator()
     me = ident(wallet)
     p = build_proposal(me, "IdentityContract:CreateUser", create_user_args("qscc-1"))

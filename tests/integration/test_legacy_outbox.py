@@ -24,7 +24,7 @@ from waiting import wait_for
 from gxsubmit import legacy
 from gxsubmit.outbox import Committed, OutboxStore, TxRecord, enqueue
 
-# The old worker's statements (seed-origin 1.4 and 1.5), as it sends them.
+# The old worker's statements (docs/design.md#the-worker-it-replaces), as it sends them.
 OLD_CLAIM = """
 WITH picked AS (
     SELECT o.id FROM {t} AS o

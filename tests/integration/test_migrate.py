@@ -120,7 +120,7 @@ async def test_0006_starts_unfinished_rows_at_their_attempts(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An upgrade must not give a row more tries than the old rule (attempts) left it.
-    import gxsubmit.outbox as outbox
+    import gxsubmit.outbox.migrations as outbox  # migrate() reads _migrations here
 
     every = outbox._migrations()
     name = new_schema_name()

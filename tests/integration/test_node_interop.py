@@ -55,7 +55,9 @@ def endorse_response_for(
     result: bytes,
     header: common_pb2.Header | None = None,
 ) -> gateway_pb2.EndorseResponse:
-    """The prepared (unsigned) envelope a gateway assembles for ``p`` (reference §3.3), without rwsets."""
+    """The prepared (unsigned) envelope a gateway assembles for ``p``, without rwsets.
+
+    Checked by the client as docs/design.md#fabric-gateway-client says."""
     prop = proposal_pb2.Proposal.FromString(p.signed_proposal.proposal_bytes)
     hdr = header or common_pb2.Header.FromString(prop.header)
     cpp = proposal_pb2.ChaincodeProposalPayload.FromString(prop.payload)

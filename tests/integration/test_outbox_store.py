@@ -18,7 +18,7 @@ from psycopg import sql
 from gxsubmit.outbox import (
     ClaimedCommand,
     Committed,
-    Notifier,
+    OutboxListener,
     OutboxStore,
     SchemaNotMigrated,
     TxRecord,
@@ -579,7 +579,7 @@ def test_truncate_error_never_splits_a_character(text: str, limit: int) -> None:
 
 
 async def test_notify_wakes_a_waiting_claimer(pg_url: str, schema: str, conn: Any) -> None:
-    notifier = await Notifier.connect(pg_url)
+    notifier = await OutboxListener.connect(pg_url)
     try:
         waiter = asyncio.create_task(notifier.wait(timeout=60.0))
         fallback = asyncio.create_task(asyncio.sleep(30.0))  # what a poll-only worker would wait
@@ -618,7 +618,7 @@ async def test_a_worker_wakes_only_for_its_own_schema_and_types(pg_url: str, sch
 
     other = new_schema_name()
     migrate_schema(pg_url, other)
-    notifier = await Notifier.connect(pg_url, schema=schema, types=["MINT", "FREEZE_WALLET"])
+    notifier = await OutboxListener.connect(pg_url, schema=schema, types=["MINT", "FREEZE_WALLET"])
     try:
         # Inserts of another identity's type, and of its own type in another schema on the same server
         await enqueue(conn, command_type="CREATE_USER", payload={}, schema=schema)
@@ -739,7 +739,7 @@ async def test_finishing_a_keyed_row_wakes_the_worker_of_the_next_one(
     assert set(claimed) == {first[0], first2[0]} and await store.claim(["FREEZE_WALLET"], 10, 300.0) == []
 
     async def woken_by(finish: Any) -> bool:
-        notifier = await Notifier.connect(pg_url, schema=schema, types=["FREEZE_WALLET"])
+        notifier = await OutboxListener.connect(pg_url, schema=schema, types=["FREEZE_WALLET"])
         try:
             await finish()
             return await notifier.wait(timeout=10.0)
@@ -756,7 +756,7 @@ async def test_finishing_a_keyed_row_wakes_the_worker_of_the_next_one(
     (plain,) = await add(conn, schema, 1)
     (p1,) = await store.claim(["MINT"], 10, 300.0)
     assert p1.id == plain
-    notifier = await Notifier.connect(pg_url, schema=schema, types=["FREEZE_WALLET"])
+    notifier = await OutboxListener.connect(pg_url, schema=schema, types=["FREEZE_WALLET"])
     try:
         assert await store.mark_committed([Committed(plain, p1.lease_token, "t", 2, "VALID")]) == {plain}
         assert await notifier.wait(timeout=0.5) is False

@@ -18,7 +18,7 @@ from waiting import async_wait_for
 from gxsubmit.config import Config
 from gxsubmit.dbroute import CONNECT_ARGS, pool_mode
 from gxsubmit.exitcodes import RET_OK
-from gxsubmit.outbox import Notifier, OutboxStore, enqueue, latest_version, migrate
+from gxsubmit.outbox import OutboxListener, OutboxStore, enqueue, latest_version, migrate
 from gxsubmit.pgbouncer import PgBouncer
 from gxsubmit.wakeups import Wakeups
 
@@ -85,7 +85,7 @@ def test_notify_probe_arrives_directly_but_not_through_a_transaction_pooler(
 ) -> None:
     async def probe(listen_url: str) -> bool:
         store = await OutboxStore.connect(pooled_url(bouncer, pg_url), schema=schema, worker_id="p")
-        notifier = await Notifier.connect(listen_url, schema=schema, types=["CREATE_USER"])
+        notifier = await OutboxListener.connect(listen_url, schema=schema, types=["CREATE_USER"])
         try:
             arrived, _ = await notifier.probe(store.notify_probe, 5.0)
             return arrived
@@ -160,7 +160,7 @@ def test_wakeups_listen_when_notify_arrives_and_poll_short_when_it_cannot(
         store = await OutboxStore.connect(pooled, schema=schema, worker_id="w")
         wake, stop = asyncio.Event(), asyncio.Event()
         w = Wakeups(
-            connect=lambda: Notifier.connect(pg_url if direct_listen else pooled, schema=schema,
+            connect=lambda: OutboxListener.connect(pg_url if direct_listen else pooled, schema=schema,
                                              types=["CREATE_USER"]),
             send_probe=store.notify_probe, wake=wake, poll_interval=30.0, pooled_poll_interval=0.5)
         task = asyncio.create_task(w.run(stop))

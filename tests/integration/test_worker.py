@@ -551,7 +551,7 @@ def test_rotated_certificate_is_used_without_restart(h: Harness) -> None:
     assert p.poll() is None
 
 
-# -- certificate rotation across a restart (DESIGN 2.5) -------------------------------------------
+# -- certificate rotation across a restart (docs/design.md#rotated-certificates) ---------------------
 
 
 def _rotate(h: Harness, identity: str, role: str) -> tuple[str, str]:

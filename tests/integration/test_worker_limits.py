@@ -6,6 +6,9 @@ with a code, and the rows claimed beside them still commit once each (tests/audi
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 
 import psycopg
@@ -144,3 +147,31 @@ def test_a_message_over_the_grpc_cap_fails_its_row_and_never_the_breaker(h: Harn
     assert st is not None and not st["breaker_open"]
     assert "circuit breaker opened" not in h.logs()
     h.audit(good)
+
+
+def test_a_row_in_doubt_past_its_limit_ends_and_a_requeue_resolves_it_once(h: Harness) -> None:
+    # Every Submit times out (the copy is never ordered, the worker cannot know): the row is in doubt on
+    # every try, which never counts against max_attempts, so it used to be retried for ever and to hold
+    # its order key for ever. Past in_doubt_limit it ends FAILED, keeping its tx id; once the gateway
+    # orders again, a requeue re-endorses that same tx id and the command commits exactly once.
+    h.emu.faults.submit_timeout = 1.0
+    (rid,) = h.enqueue([_user("doubt")], order_keys=["acct-1"])
+    (after,) = h.enqueue([_user("after-doubt")], order_keys=["acct-1"])
+    h.spawn("org1-partner-api", max_attempts=3, commit_timeout=1.0, submit_timeout=0.5, commit_events=False,
+            in_doubt_limit=3.0)
+    wait_for(lambda: h.rows()[rid]["status"] == "FAILED", 90, 0.2, "the in-doubt row ends")
+    row = h.rows()[rid]
+    assert row["error_code"] == "IN_DOUBT_UNRESOLVED", row["error"]
+    assert row["fabric_tx_id"] and "requeue resolves it" in row["error"]
+    assert row["attempts"] > 3  # in doubt: more tries than max_attempts, ended by time
+    tx_id = row["fabric_tx_id"]
+    # the FAILED row frees its order key: the next command of the key is no longer held behind it
+    h.emu.faults.submit_timeout = 0.0
+    wait_for(lambda: h.rows()[after]["status"] == "COMMITTED", 60, 0.2, "the key's next row commits")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GXSUBMIT_")}
+    env.update(h.config().to_env())
+    subprocess.run([sys.executable, "-m", "gxsubmit", "requeue", "--id", str(rid)], env=env, check=True,
+                   capture_output=True, timeout=60)
+    wait_for(lambda: h.rows()[rid]["status"] == "COMMITTED", 60, 0.2, "the requeued row commits")
+    assert h.rows()[rid]["fabric_tx_id"] == tx_id  # the same transaction, not a second one
+    h.audit([rid, after])

@@ -60,7 +60,8 @@ CHAINCODE: dict[str, tuple[str, int, str]] = {
     "GOVT_SYNC_BALANCE": ("GovernmentContract:SyncTreasuryBalance", 1, "gx_admin"),
 }
 
-# Required payload fields per type (seed-origin §3); a tuple is "first, else second".
+# Required payload fields per type (as gxsubmit/data/catalog.toml builds them); a tuple is
+# "first, else second".
 REQUIRED: dict[str, list[str | tuple[str, str]]] = {
     "CREATE_USER": ["userId", "biometricHash", ("nationality", "countryCode"), "age"],
     "TRANSFER_TOKENS": ["fromUserId", "toUserId", "amount"],

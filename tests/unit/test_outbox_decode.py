@@ -70,6 +70,7 @@ def test_claimed_builds_a_frozen_claimed_command() -> None:
     row = (
         uuid.uuid4(), 7, "default", "svc", "MINT", "r1", "{}", 3, 1, uuid.uuid4(), b"n" * 24, "tx", "fp",
         datetime(2026, 1, 2, tzinfo=UTC), True, datetime(2025, 1, 2, tzinfo=UTC), 0, 2,
+        datetime(2025, 1, 3, tzinfo=UTC),
     )
     got = _claimed(row, {"x": 1})
     want = ClaimedCommand(*row[:6], {"x": 1}, *row[7:])  # type: ignore[arg-type]  # a row is a tuple of Any

@@ -90,3 +90,19 @@ def test_limit_settings_take_sizes_with_units() -> None:
             load_config(environ={"GXSUBMIT_MAX_PAYLOAD_BYTES": raw})
     with pytest.raises(ConfigError, match="GXSUBMIT_MAX_WORKER_CRASHES"):
         load_config(environ={"GXSUBMIT_MAX_WORKER_CRASHES": "1"})
+
+
+def test_in_doubt_expires_only_for_in_doubt_retries_past_the_limit() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gxsubmit.pipeline import Action, in_doubt_expired
+
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    doubt = Action("retry", "SUBMIT_DEADLINE_EXCEEDED", counts=False, on_ledger=True, reason="in_doubt")
+    outage = Action("retry", "GATEWAY_UNAVAILABLE", counts=False, reason="gateway_unavailable")
+    old, fresh = now - timedelta(seconds=3601), now - timedelta(seconds=10)
+    assert in_doubt_expired(doubt, old, now, 3600.0)
+    assert not in_doubt_expired(doubt, fresh, now, 3600.0)
+    assert not in_doubt_expired(doubt, None, now, 3600.0)  # never submitted: nothing can be on the ledger
+    assert not in_doubt_expired(doubt, old, now, 0.0)  # 0: resolve for ever
+    assert not in_doubt_expired(outage, old, now, 3600.0)  # an outage never ages a row out
