@@ -16,17 +16,16 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gxsubmit import stack
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -383,46 +382,21 @@ class EmulatorProc:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        ready = self.workdir / f"{self.name}.port"
-        ready.unlink(missing_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "gxsubmit",
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--wallet",
-            str(self.wallet),
-            "--ledger",
-            str(self.workdir / f"{self.name}-ledger.jsonl"),
-            "--insecure",
-            "--block-time",
-            repr(self.spec.block_time),
-            "--block-size",
-            str(self.spec.block_size),
-            "--ready-file",
-            str(ready),
-        ]
+        extra = ["--block-time", repr(self.spec.block_time), "--block-size", str(self.spec.block_size)]
         for rpc, (lo, hi) in self.spec.latency.items():
-            cmd += ["--latency", f"{rpc}={lo:g}:{hi:g}"]
-        cmd += list(self.spec.extra)
-        log = open(self.workdir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=child_env()
+            extra += ["--latency", f"{rpc}={lo:g}:{hi:g}"]
+        extra += list(self.spec.extra)
+        self.proc, self.port = stack.start_emulator(
+            wallet=self.wallet,
+            ledger=self.workdir / f"{self.name}-ledger.jsonl",
+            ready_file=self.workdir / f"{self.name}.port",
+            log=self.workdir / f"{self.name}.log",
+            env=child_env(),
+            extra=extra,
+            cwd=self.workdir,
+            new_session=False,
+            timeout=timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"emulator exited with {self.proc.returncode}; see {self.workdir}/{self.name}.log"
-                )
-            if ready.exists() and ready.read_text().strip():
-                self.port = int(ready.read_text().strip().rsplit(":", 1)[-1])
-                return
-            time.sleep(0.02)
-        raise RuntimeError(f"emulator not ready after {timeout}s; see {self.workdir}/{self.name}.log")
 
     def cpu(self) -> dict[int, float]:
         return cpu_seconds([self.proc.pid]) if self.proc else {}
@@ -443,18 +417,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> int | None:
     """SIGTERM, wait ``grace`` seconds, then SIGKILL: only the process we started, by its pid."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(5)
-    return proc.returncode
+    return stack.stop(proc, grace)
 
 
 # --------------------------------------------------------------------------- supervisor
@@ -488,44 +451,22 @@ class SupervisorProc:
         return f"http://127.0.0.1:{self.cfg.metrics_port}"
 
     def start(self) -> None:
-        log = open(self.dir / "supervisor.log", "ab")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gxsubmit", "supervise"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            env=child_env(self.cfg.to_env()),
-            start_new_session=self.new_session,
-        )
-        log.close()
+        self.proc = stack.spawn(stack.supervise_argv(), env=child_env(self.cfg.to_env()),
+                                log=self.dir / "supervisor.log", cwd=self.dir, new_session=self.new_session)
 
     def http(self, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=timeout) as resp:
-                return int(resp.status), resp.read()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
+        return stack.http_get(self.cfg.metrics_port, path, timeout=timeout)
 
     def wait_ready(self, timeout: float = 30.0, interval: float = 0.01) -> float:
         """Seconds from start to the first /readyz 200."""
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"supervisor exited with {self.proc.returncode}; see {self.dir}/supervisor.log"
-                    f"\n{self.log_tail()}"
-                )
-            code, _ = self.http("/readyz", timeout=0.5)
-            if code == 200:
-                return time.monotonic() - self.started_at
-            time.sleep(interval)
-        raise RuntimeError(
-            f"supervisor not ready after {timeout}s; /readyz={self.http('/readyz')}\n{self.log_tail()}"
-        )
+        try:
+            stack.wait_ready(self.proc, self.cfg.metrics_port, log=self.dir / "supervisor.log",
+                             timeout=timeout, interval=interval)
+        except stack.StackError as exc:
+            raise RuntimeError(f"{exc}; /readyz={self.http('/readyz')}\n{self.log_tail()}") from None
+        return time.monotonic() - self.started_at
 
     def log_tail(self, n: int = 15) -> str:
         path = self.dir / "supervisor.log"

@@ -58,10 +58,6 @@ class CircuitBreaker:
     def is_closed(self) -> bool:
         return self._open_until is None
 
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
-
     def remaining(self) -> float:
         """Seconds until the next probe may run (0 when closed or half-open)."""
         if self._open_until is None:

@@ -453,14 +453,6 @@ class Config:
                 out[s.env] = str(value)
         return out
 
-    def describe(self) -> dict[str, str]:
-        """Effective values for ``--print-config`` with credentials in the URL masked."""
-        env = self.to_env()
-        shown = {s.name: env[s.env] for s in SETTINGS}
-        for name in _URL_SETTINGS:
-            shown[name] = redact(getattr(self, name))
-        return shown
-
 
 def add_config_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     """Add one flag per setting (or the named subset); each flag's help names its variable."""

@@ -21,13 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,12 +32,14 @@ import orjson
 import psycopg
 from psycopg import sql
 
+from gxsubmit import stack
 from gxsubmit.catalog import Catalog, load_catalog
 from gxsubmit.config import Config, ConfigError, load_config
 from gxsubmit.dbroute import CONNECT_ARGS
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK
+from gxsubmit.ledgeraudit import Audit, audit_ledger, read_ledger, report_sql
 
-__all__ = ["Audit", "add_arguments", "audit_ledger", "run"]
+__all__ = ["Audit", "add_arguments", "audit_ledger", "read_ledger", "run"]
 
 _QUIT = 130  # exit code after Ctrl-C, as a shell reports it
 #: The demo runs one replica, so there is no rolling update to wait for: dead-letter unroutable rows soon.
@@ -237,61 +236,7 @@ def build_workload(total: int, catalog: Catalog) -> list[Phase]:
     return [p for p in phases if p.commands]
 
 
-# --- SQL reports -----------------------------------------------------------------------------
-
-
-def _report_sql(name: str, schema: str) -> sql.Composed:
-    text = resources.files("gxsubmit").joinpath("sql", "demo.sql").read_text(encoding="utf-8")
-    marker = f"-- name: {name}\n"
-    body = text.split(marker, 1)[1].split("\n-- name:", 1)[0].strip()
-    return sql.SQL(body).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]  # package text
-
-
-@dataclass(frozen=True)
-class Audit:
-    """Ledger file against the table: every COMMITTED row has exactly one VALID transaction."""
-
-    committed_rows: int
-    valid_txs: int
-    missing: list[str]  # COMMITTED rows whose tx id has no VALID tx on the ledger
-    duplicated: list[str]  # tx ids with more than one VALID tx
-    unexpected: list[str]  # VALID txs that no COMMITTED row claims
-    unresolved: int  # rows not yet COMMITTED/FAILED
-
-    @property
-    def exactly_once(self) -> bool:
-        return not (self.missing or self.duplicated or self.unexpected) and self.unresolved == 0
-
-
-def read_ledger(path: Path) -> list[dict[str, Any]]:
-    """The emulator's ledger file, one JSON object per transaction (a torn last line is skipped)."""
-    out: list[dict[str, Any]] = []
-    with contextlib.suppress(FileNotFoundError), path.open("rb") as fh:
-        for line in fh:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                out.append(orjson.loads(line))
-    return out
-
-
-def audit_ledger(conn: psycopg.Connection[Any], schema: str, ledger: Path) -> Audit:
-    rows = conn.execute(_report_sql("rows_for_audit", schema)).fetchall()
-    valid = Counter(tx["tx_id"] for tx in read_ledger(ledger) if tx.get("validation_code") == "VALID")
-    committed = {r[3] for r in rows if r[2] == "COMMITTED"}
-    return Audit(
-        committed_rows=sum(1 for r in rows if r[2] == "COMMITTED"),
-        valid_txs=sum(valid.values()),
-        missing=sorted(r[0] for r in rows if r[2] == "COMMITTED" and valid.get(r[3], 0) == 0),
-        duplicated=sorted(tx for tx, n in valid.items() if n > 1),
-        unexpected=sorted(tx for tx in valid if tx not in committed),
-        unresolved=sum(1 for r in rows if r[2] not in ("COMMITTED", "FAILED")),
-    )
-
-
 # --- the demo --------------------------------------------------------------------------------
-
-
-class DemoError(RuntimeError):
-    """A component of the demo did not start; the message says which and where its log is."""
 
 
 class Demo:
@@ -355,66 +300,23 @@ class Demo:
         self.say(f"  wallet     {wallet} ({', '.join(self.catalog.identities)})")
         return wallet
 
-    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        # Own session: Ctrl-C in the terminal reaches only the demo, which then stops the
-        # components in order (supervisor first, so that it can drain).
-        proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def _wait(self, name: str, what: str, predicate: Any, timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        proc = self.procs[name]
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if proc.poll() is not None:
-                raise DemoError(
-                    f"{name} exited ({proc.returncode}) before {what}; see {self.workdir}/{name}.log"
-                )
-            if time.monotonic() > deadline:
-                raise DemoError(f"{name}: no {what} after {timeout:.0f}s; see {self.workdir}/{name}.log")
-            time.sleep(0.05)
+    def _log(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
 
     def start_emulator(self, wallet: Path) -> str:
-        ready = self.workdir / "emulator.port"
-        argv = [
-            sys.executable,
-            "-m",
-            "gxsubmit",
-            "emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--wallet",
-            str(wallet),
-            "--ledger",
-            str(self.ledger),
-            "--ready-file",
-            str(ready),
-            "--block-time",
-            str(self.args.block_time),
-        ]
-        if not self.args.tls:
-            argv.append("--insecure")
-        self._spawn("emulator", argv, os.environ)
-
-        def port() -> str | None:
-            with contextlib.suppress(OSError):
-                text = ready.read_text().strip()
-                return text.rsplit(":", 1)[-1] if text else None
-            return None
-
-        target = f"127.0.0.1:{self._wait('emulator', 'listening port', port, 30)}"
+        # Own session (stack.spawn): Ctrl-C in the terminal reaches only the demo, which then stops the
+        # components in order (supervisor first, so that it can drain).
+        proc, port = stack.start_emulator(
+            wallet=wallet,
+            ledger=self.ledger,
+            ready_file=self.workdir / "emulator.port",
+            log=self._log("emulator"),
+            env=os.environ,
+            insecure=not self.args.tls,
+            extra=("--block-time", str(self.args.block_time)),
+        )
+        self.procs["emulator"] = proc
+        target = f"127.0.0.1:{port}"
         self.say(f"  emulator   {target} ({'TLS' if self.args.tls else 'plaintext'}), ledger {self.ledger}")
         return target
 
@@ -445,17 +347,15 @@ class Demo:
             },
         )
         env = {**os.environ, **cfg.to_env()}
-        self._spawn("service", [sys.executable, "-m", "gxsubmit", "supervise"], env)
+        log = self._log("service")
+        self.procs["service"] = proc = stack.spawn(stack.supervise_argv(), env=env, log=log)
         self.say(
             f"  service    gxsubmit supervise, http://127.0.0.1:{self.metrics_port}/status "
             f"(logs: {self.workdir / 'service.log'})"
         )
 
-        def ready() -> bool:
-            return self.http("/readyz")[0] == 200
-
-        self._wait("service", "ready workers", ready, 60)
-        for line in (self.workdir / "service.log").read_text(errors="replace").splitlines():
+        stack.wait_ready(proc, self.metrics_port, log=log, timeout=60)
+        for line in log.read_text(errors="replace").splitlines():
             with contextlib.suppress(orjson.JSONDecodeError):
                 doc = orjson.loads(line)
                 message = str(doc.get("message"))
@@ -464,15 +364,7 @@ class Demo:
                     self.say(f"             {doc['message']}{count}")
 
     def http(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2) as resp:
-                return int(resp.status), bytes(resp.read())
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
-        except OSError:
-            return 0, b""
-
-    # -- workload
+        return stack.http_get(self.metrics_port, path)
 
     def enqueue(self, phase: Phase) -> None:
         async def insert() -> None:
@@ -496,7 +388,7 @@ class Demo:
 
     def progress(self, conn: psycopg.Connection[Any]) -> dict[str, Counter[str]]:
         by_identity: dict[str, Counter[str]] = {name: Counter() for name in self.catalog.identities}
-        for ctype, status, n in conn.execute(_report_sql("progress", self.schema)).fetchall():
+        for ctype, status, n in conn.execute(report_sql("progress", self.schema)).fetchall():
             route = self.catalog.route(ctype)
             who = route.identity if route is not None else "(unroutable)"
             if route is None and status == "PENDING":
@@ -584,13 +476,13 @@ class Demo:
 
     def summary(self) -> bool:
         with psycopg.connect(self.url, autocommit=True, **CONNECT_ARGS) as conn:
-            count, pcts, span = conn.execute(_report_sql("latency", self.schema)).fetchone() or (
+            count, pcts, span = conn.execute(report_sql("latency", self.schema)).fetchone() or (
                 0,
                 None,
                 None,
             )
-            failed = conn.execute(_report_sql("failed", self.schema), {"limit": 20}).fetchall()
-            keys, keyed, out_of_order = conn.execute(_report_sql("order_keys", self.schema)).fetchone() or (
+            failed = conn.execute(report_sql("failed", self.schema), {"limit": 20}).fetchall()
+            keys, keyed, out_of_order = conn.execute(report_sql("order_keys", self.schema)).fetchone() or (
                 0, 0, 0)
             audit = audit_ledger(conn, self.schema, self.ledger)
         self.say()
@@ -636,21 +528,9 @@ class Demo:
     def stop(self) -> None:
         service = self.procs.get("service")
         if service is not None and service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(self.cfg.drain_timeout + 15)
-            except subprocess.TimeoutExpired:
-                os.killpg(service.pid, signal.SIGKILL)
-                service.wait()
-            self.say(f"service stopped (exit {service.returncode})")
-        emulator = self.procs.get("emulator")
-        if emulator is not None and emulator.poll() is None:
-            emulator.send_signal(signal.SIGTERM)
-            try:
-                emulator.wait(10)
-            except subprocess.TimeoutExpired:
-                emulator.kill()
-                emulator.wait()
+            rc = stack.stop(service, self.cfg.drain_timeout + 15, group=True)
+            self.say(f"service stopped (exit {rc})")
+        stack.stop(self.procs.get("emulator"), 10)
         if self.drop_schema and self.url:
             with contextlib.suppress(psycopg.Error), \
                     psycopg.connect(self.url, autocommit=True, **CONNECT_ARGS) as conn:
@@ -682,7 +562,7 @@ class Demo:
         except KeyboardInterrupt:
             self.say("\ninterrupted, shutting down")
             return _QUIT
-        except DemoError as exc:
+        except stack.StackError as exc:
             self.say(f"demo failed: {exc}")
             self.args.keep = True
             return RET_FAIL

@@ -75,7 +75,7 @@ def _queries() -> dict[str, str]:
 def query(name: str, schema: str) -> sql.Composed:
     """One named statement of ``sql/fleet.sql`` for ``schema``."""
     subs = {"schema": sql.Identifier(schema), "schema_name": sql.Literal(schema)}
-    return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
+    return sql.SQL(_queries()[name]).format(**subs)
 
 
 def catalog_digest(catalog: Catalog) -> str:

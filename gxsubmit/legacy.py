@@ -184,7 +184,7 @@ def _compose(name: str, schema: str, table: _Table | None = None, lock_timeout_s
         "max_retries": sql.Literal(max_retries)}
     if table is not None:
         subs.update(legacy=table.ident, legacy_name=sql.Literal(table.display), status_type=table.status_type)
-    return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
+    return sql.SQL(_queries()[name]).format(**subs)
 
 
 async def _one(conn: psycopg.AsyncConnection[Any], query: sql.Composed,

@@ -224,7 +224,7 @@ class _BufferedHistogram:
         counts, self._counts = self._counts, [0] * len(self._bounds)
         total, self._sum = self._sum, 0.0
         self._dirty = False
-        self._child._sum.inc(total)  # type: ignore[attr-defined]
+        self._child._sum.inc(total)
         for value, n in zip(self._buckets, counts, strict=True):
             if n:
                 value.inc(n)

@@ -42,10 +42,6 @@ class Notifier:
         watchdog = int(usec) if usec.isdigit() and (not pid or pid == str(os.getpid())) else None
         return cls(environ.get("NOTIFY_SOCKET"), watchdog)
 
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
     def notify(self, message: str) -> bool:
         """Send one state string (``KEY=VALUE`` lines); return False when it could not be sent."""
         if self._address is None:

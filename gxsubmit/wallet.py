@@ -41,7 +41,6 @@ __all__ = [
     "load_identity",
     "load_tls_ca",
     "load_tls_client",
-    "make_dev_wallet",
     "read_role_attributes",
     "wallet_signature",
 ]
@@ -310,19 +309,6 @@ def wallet_signature(wallet: Path, names: Sequence[str]) -> str:
     for n in names:
         files += [f"{n}-cert", f"{n}-key"]
     return files_signature([wallet / f for f in files])
-
-
-def make_dev_wallet(
-    directory: Path,
-    *,
-    msp_id: str = "Org1MSP",
-    identities: Mapping[str, str] = DEFAULT_IDENTITIES,
-    force: bool = False,
-) -> None:
-    """Create a development wallet (see :mod:`gxsubmit.devwallet`)."""
-    from gxsubmit.devwallet import make_dev_wallet as _make
-
-    _make(directory, msp_id=msp_id, identities=identities, force=force)
 
 
 def load_certificate(path: Path) -> tuple[bytes, x509.Certificate]:

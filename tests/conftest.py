@@ -21,6 +21,21 @@ T = TypeVar("T")
 
 TEST_URL_ENV = "GXSUBMIT_TEST_DATABASE_URL"
 
+#: Suites of real processes (a supervisor with its workers and a gateway, an image build): minutes.
+SLOW_SUITES = frozenset({"acceptance", "deploy"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of the slow suites is ``slow``, so ``-m "not slow"`` is the quick local subset."""
+    here = Path(__file__).parent
+    for item in items:
+        try:
+            suite = item.path.relative_to(here).parts[0]
+        except ValueError:  # a test outside tests/ (pytest run on another path)
+            continue
+        if suite in SLOW_SUITES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -10,8 +10,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds.
+
+    (``T | None``: a predicate that answers None until the thing exists yields the thing itself.)"""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -23,7 +27,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
 
 
 async def async_wait_for(
-    predicate: Callable[[], Awaitable[T]],
+    predicate: Callable[[], Awaitable[T | None]],
     timeout: float = 30.0,  # noqa: ASYNC109 - a deadline for the condition, not a cancellation timeout
     interval: float = 0.05,
     what: str = "",

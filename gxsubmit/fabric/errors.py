@@ -109,7 +109,7 @@ def decode_details(status: status_pb2.Status | None) -> tuple[ErrorDetail, ...]:
 def rich_status(err: grpc.RpcError) -> status_pb2.Status | None:
     """The ``google.rpc.Status`` of a failed call (``grpc-status-details-bin``), or None."""
     try:
-        return rpc_status.from_call(err)  # type: ignore[no-any-return]
+        return rpc_status.from_call(err)
     except Exception:  # code/message mismatch or a malformed trailer: parse the trailer ourselves
         pass
     md = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None

@@ -66,7 +66,7 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str = "public") ->
         for version, name, text in _migrations():
             if version in applied:
                 continue
-            body = sql.SQL(text).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+            body = sql.SQL(text).format(schema=sql.Identifier(schema))
             await conn.execute(body)
             await conn.execute(_compose("record_version", schema), {"version": version, "name": name})
             applied.add(version)

@@ -32,4 +32,4 @@ def _queries() -> dict[str, str]:
 def _compose(name: str, schema: str, **literals: int) -> sql.Composed:
     subs: dict[str, sql.Composable] = {"schema": sql.Identifier(schema), "schema_name": sql.Literal(schema)}
     subs.update({k: sql.Literal(v) for k, v in literals.items()})
-    return sql.SQL(_queries()[name]).format(**subs)  # type: ignore[arg-type]  # text comes from our package
+    return sql.SQL(_queries()[name]).format(**subs)

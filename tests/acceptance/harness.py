@@ -11,11 +11,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,8 @@ import psycopg
 from psycopg import sql
 from waiting import wait_for  # tests/ is on sys.path (rootdir conftest)
 
-from gxsubmit.demo import Audit, audit_ledger, read_ledger
+from gxsubmit import stack
+from gxsubmit.ledgeraudit import Audit, audit_ledger, read_ledger
 from gxsubmit.pgembed import free_port
 
 #: Legacy names config.py also reads: a developer's shell must not leak into the service under test.
@@ -59,24 +57,12 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GXSUBMIT_") and k not in _LEGACY}
 
 
-def _popen(argv: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as fh:
-        return subprocess.Popen(
-            argv,
-            env=dict(env),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
 def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+    """SIGKILL: the whole group at once (a crash); SIGTERM: 10 s to stop, then the group is killed."""
+    if sig == signal.SIGKILL:
+        stack.kill_group(proc)
+    else:
+        stack.stop(proc, 10, group=True)
 
 
 @dataclass
@@ -98,38 +84,20 @@ class EmulatorProc:
 
     def start(self) -> None:
         """Start (or restart on the same port and ledger)."""
-        ready = self.workdir / "emulator.port"
-        ready.unlink(missing_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "gxsubmit",
-            "emulator",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--wallet",
-            str(self.wallet),
-            "--ledger",
-            str(self.ledger),
-            *(["--insecure"] if self.insecure else []),
-            "--ready-file",
-            str(ready),
-            *self.extra,
-        ]
-        self.proc = _popen(argv, clean_env(), self.workdir / "emulator.log")
-        proc = self.proc
-
-        def bound() -> str:
-            assert proc.poll() is None, (self.workdir / "emulator.log").read_text()[-2000:]
-            return ready.read_text().strip() if ready.exists() else ""
-
-        text = wait_for(bound, 30, what="emulator listening")
-        self.port = int(text.rsplit(":", 1)[-1])
+        self.proc, self.port = stack.start_emulator(
+            wallet=self.wallet,
+            ledger=self.ledger,
+            ready_file=self.workdir / "emulator.port",
+            log=self.workdir / "emulator.log",
+            env=clean_env(),
+            listen=f"127.0.0.1:{self.port}",
+            insecure=self.insecure,
+            extra=self.extra,
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
             _stop_group(self.proc, signal.SIGTERM)
-            _stop_group(self.proc)
 
     def valid_txs(self) -> list[dict[str, Any]]:
         return [tx for tx in read_ledger(self.ledger) if tx.get("validation_code") == "VALID"]
@@ -164,17 +132,11 @@ class ServiceProc:
         return env
 
     def start(self) -> ServiceProc:
-        self.proc = _popen([sys.executable, "-m", "gxsubmit", "supervise"], self.env(), self.log_path)
+        self.proc = stack.spawn(stack.supervise_argv(), env=self.env(), log=self.log_path)
         return self
 
     def http(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as resp:
-                return int(resp.status), bytes(resp.read())
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
-        except OSError:
-            return 0, b""
+        return stack.http_get(self.port, path, timeout=3)
 
     def status(self) -> dict[str, Any]:
         code, body = self.http("/status")

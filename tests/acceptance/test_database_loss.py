@@ -156,7 +156,7 @@ def test_failover_to_a_standby_that_lacks_the_last_commits(wallet: Path, tmp_pat
         total = enqueue_many(primary.url, "public", _work("fo", 150, 100), prefix="f")
 
         def standby_has_all_rows() -> bool:
-            with psycopg.connect(standby.url, autocommit=True) as conn:  # type: ignore[union-attr]
+            with psycopg.connect(standby.url, autocommit=True) as conn:
                 row = conn.execute("SELECT count(*) FROM public.outbox_commands").fetchone()
             return bool(row and row[0] == total)
 

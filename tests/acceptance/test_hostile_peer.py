@@ -26,7 +26,7 @@ from harness import (
 )
 from waiting import wait_for
 
-from gxsubmit.demo import read_ledger
+from gxsubmit.ledgeraudit import read_ledger
 
 #: Share of hostile answers (CI); ``GXSUBMIT_HOSTILE_ROWS`` / ``GXSUBMIT_HOSTILE_P`` for a longer run.
 P = os.environ.get("GXSUBMIT_HOSTILE_P", "0.3")
@@ -63,8 +63,9 @@ def test_workers_against_a_hostile_peer(
     assert status, svc.tail()
     assert svc.terminate(60) == 0
 
-    emu.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-    emu.proc.wait(60)  # type: ignore[union-attr]
+    assert emu.proc is not None
+    emu.proc.send_signal(signal.SIGTERM)
+    emu.proc.wait(60)
     c = counts(pg_url, schema)
     assert c["COMMITTED"] + c["FAILED"] == N
     a = audit(pg_url, schema, emu.ledger)

@@ -115,8 +115,8 @@ def test_a_row_that_kills_its_worker_ends_worker_crash(
     assert (row["status"], row["error_code"]) == ("FAILED", "WORKER_CRASH"), row
     assert "3 claims" in row["error"]
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        crashed = dict(conn.execute(sql.SQL("SELECT id, crashed_claims FROM {}.outbox_commands").format(
-            sql.Identifier(schema))).fetchall())
+        query = sql.SQL("SELECT id, crashed_claims FROM {}.outbox_commands").format(sql.Identifier(schema))
+        crashed: dict[uuid.UUID, int] = dict(conn.execute(query).fetchall())
     assert crashed[culprit] == 3
     # the rows that shared its claims were tried alone after its second crash and committed, never blamed
     # for a third

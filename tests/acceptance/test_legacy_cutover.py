@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,14 +117,15 @@ def test_services_table_through_a_supervisor_and_back(
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         rows = lp.legacy_rows(conn, lschema)
-        links = dict(conn.execute(sql.SQL("SELECT legacy_id, command_id FROM {}.gxsubmit_legacy_link")
-                                  .format(sql.Identifier(schema))).fetchall())
+        query = sql.SQL("SELECT legacy_id, command_id FROM {}.gxsubmit_legacy_link").format(
+            sql.Identifier(schema))
+        links: dict[str, uuid.UUID] = dict(conn.execute(query).fetchall())
     commands = outbox_rows(pg_url, schema)
-    for i in good:
-        c = commands[links[i]]
-        assert rows[i]["status"] == "COMMITTED", (rows[i], c)
-        assert (rows[i]["fabricTxId"], rows[i]["commitBlock"]) == (c["fabric_tx_id"], c["commit_block"])
-        assert rows[i]["submittedAt"] is not None and rows[i]["attempts"] == c["attempts"]
+    for legacy_id in good:
+        c, row = commands[links[legacy_id]], rows[legacy_id]
+        assert row["status"] == "COMMITTED", (row, c)
+        assert (row["fabricTxId"], row["commitBlock"]) == (c["fabric_tx_id"], c["commit_block"])
+        assert row["submittedAt"] is not None and row["attempts"] == c["attempts"]
     assert rows[poison]["status"] == "FAILED" and rows[poison]["errorCode"] == "PAYLOAD_INVALID"
     assert "age" in rows[poison]["error"]
     assert rows[drift]["status"] == "FAILED" and rows[drift]["errorCode"] == "UNROUTABLE"

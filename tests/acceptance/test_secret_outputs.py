@@ -86,7 +86,7 @@ def test_a_service_that_cannot_reach_its_database_never_shows_the_password(
                 ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == svc.proc.pid:  # type: ignore[union-attr]
+            if svc.proc is not None and ppid == svc.proc.pid:
                 workers += 1
                 seen.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
                 core = [ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -73,9 +74,9 @@ def test_every_type_through_its_role_poison_isolated_and_startup_logged(
     for n, phase in enumerate(phases):
         commands = list(phase.commands)
         if n == 1:
-            commands.append(("FREEZE_WALLET_VIA_PARTNER", {"userId": "demo-user-00001"}))
+            commands.append(("FREEZE_WALLET_VIA_PARTNER", {"userId": "demo-user-00001"}, None))
         total += enqueue_many(pg_url, schema, commands, prefix=f"p{n}")
-        wait_for(lambda t=total: all_finished(pg_url, schema, t), 60, interval=0.1, what=f"phase {n}")
+        wait_for(functools.partial(all_finished, pg_url, schema, total), 60, interval=0.1, what=f"phase {n}")
 
     by_id = {r["fabric_tx_id"]: r for r in rows(pg_url, schema) if r["status"] == "COMMITTED"}
     ledger = {tx["tx_id"]: tx for tx in emulator.valid_txs()}

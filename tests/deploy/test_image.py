@@ -150,7 +150,7 @@ def test_migrate_check_and_supervise_in_the_container(
         def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5) as r:
-                    return r.status == 200
+                    return bool(r.status == 200)
             except (urllib.error.URLError, OSError):
                 return False
 

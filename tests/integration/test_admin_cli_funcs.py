@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,14 +19,17 @@ from gxsubmit.config import Config, load_config
 from gxsubmit.exitcodes import RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
 from gxsubmit.pgembed import free_port
 
+RunFn = Callable[[Config, argparse.Namespace], int]
+AddFn = Callable[[argparse.ArgumentParser], None]
+
 
 def _cfg(url: str, schema: str) -> Config:
     return dataclasses.replace(load_config(environ={}), database_url=url, schema=schema, connect_timeout=2.0)
 
 
-def _args(add: object, *argv: str) -> argparse.Namespace:
+def _args(add: AddFn, *argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add(parser)  # type: ignore[operator]
+    add(parser)
     return parser.parse_args(list(argv))
 
 
@@ -120,9 +125,9 @@ def test_bad_payload_is_a_usage_error(pg_url: str, schema: str, capsys: pytest.C
     ],
 )
 def test_missing_table_is_one_line(
-    pg_url: str, capsys: pytest.CaptureFixture[str], run: object, add: object, argv: tuple[str, ...]
+    pg_url: str, capsys: pytest.CaptureFixture[str], run: RunFn, add: AddFn, argv: tuple[str, ...]
 ) -> None:
-    code = run(_cfg(pg_url, new_schema_name()), _args(add, *argv))  # type: ignore[operator]
+    code = run(_cfg(pg_url, new_schema_name()), _args(add, *argv))
     assert code == RET_FAIL
     assert "run 'gxsubmit migrate'" in _one_line(capsys.readouterr().err)
 
@@ -138,10 +143,10 @@ def test_missing_table_is_one_line(
     ],
 )
 def test_unreachable_database_is_one_line(
-    capsys: pytest.CaptureFixture[str], run: object, add: object, argv: tuple[str, ...]
+    capsys: pytest.CaptureFixture[str], run: RunFn, add: AddFn, argv: tuple[str, ...]
 ) -> None:
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
-    code = run(_cfg(url, "public"), _args(add, *argv))  # type: ignore[operator]
+    code = run(_cfg(url, "public"), _args(add, *argv))
     assert code == RET_UNAVAILABLE
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("gxsubmit ") and "database unavailable" in line
@@ -225,8 +230,9 @@ def test_record_expiry_fills_in_the_old_certificate_s_expiry(
     out = capsys.readouterr().out
     assert "recorded on 3 unfinished rows that had none" in out and fp[:16] in out
     with psycopg.connect(pg_url) as conn:
-        got = dict(conn.execute(sql.SQL("SELECT request_id, creator_not_after FROM {}.outbox_commands")
-                                .format(sql.Identifier(schema))).fetchall())
+        query = sql.SQL("SELECT request_id, creator_not_after FROM {}.outbox_commands").format(
+            sql.Identifier(schema))
+        got: dict[str, Any] = dict(conn.execute(query).fetchall())
     assert got["pending"] == got["submitted"] == got["creator"] == expiry
     assert got["known"].year == 2020 and got["done"] is None and got["other"] is None
     assert admin.run_record_expiry(cfg, _args(admin.add_record_expiry_arguments, cert)) == RET_OK

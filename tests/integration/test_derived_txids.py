@@ -107,6 +107,7 @@ def test_a_mismatching_re_endorsement_of_an_ordered_copy_burns_no_nonce(h: Harne
     assert len(_valid(h)) == len(ids)
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 @pytest.mark.parametrize("reencode", [True, False], ids=["crlf-no-final-newline", "same-bytes"])
 @pytest.mark.parametrize("emu_opts", [{"block_time": 3.0}])
 def test_a_restart_with_rows_in_doubt_sends_no_second_transaction(h: Harness, reencode: bool) -> None:

@@ -260,7 +260,7 @@ def test_resubmitted_envelope_is_duplicate_and_commit_status_reports_first(
     st = gw.commit_status(me, p.tx_id)
     assert st.result == TX.VALID
     emu.block_size = 1
-    emu._core.block_size = 1  # type: ignore[union-attr]  # later copies: one per block
+    emu._core.block_size = 1  # later copies: one per block
     assert not isinstance(gw.submit(p.tx_id, env), Failure)  # a copy in a later block
     wait_for(lambda: len(ledger_lines(emu.ledger_path)) == 3, timeout=10)
     lines = ledger_lines(emu.ledger_path)
@@ -276,8 +276,8 @@ def test_mvcc_conflict_within_a_block_but_not_for_unrelated_keys(start_emulator:
     for user in ("alice", "carol"):
         _, st = gw.run(sa, "TokenomicsContract:Mint", [user, "100", ""])
         assert st.result == TX.VALID
-    emu._core.block_size = 4  # type: ignore[union-attr]
-    emu._core.block_time = 30  # type: ignore[union-attr]
+    emu._core.block_size = 4
+    emu._core.block_time = 30
     # Two transfers from alice, one from carol, and one unrelated user creation: endorsed on the same state.
     props = [
         (
@@ -425,8 +425,8 @@ def test_commit_status_blocks_until_commit_or_deadline(start_emulator: Any, wall
     t.start()
     assert not isinstance(gw.submit(p.tx_id, env), Failure)
     wait_for(lambda: emu.stats()["pending"] == 1, timeout=10)
-    emu._core.block_size = 1  # type: ignore[union-attr]
-    emu._loop.call_soon_threadsafe(emu._core._full.set)  # type: ignore[union-attr]
+    emu._core.block_size = 1
+    emu._loop.call_soon_threadsafe(emu._core._full.set)
     t.join(timeout=20)
     assert out["st"].result == TX.VALID
     # A bad CommitStatus signature is an ACL failure.

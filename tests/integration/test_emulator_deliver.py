@@ -115,7 +115,7 @@ class DeliverStream:
         return next(self.call)
 
     def blocks_until_status(self) -> tuple[list[events_pb2.FilteredBlock], int]:
-        blocks = []
+        blocks: list[events_pb2.FilteredBlock] = []
         while True:
             resp = self.next()
             if resp.WhichOneof("Type") == "status":
@@ -128,7 +128,7 @@ class DeliverStream:
         try:
             extra = self.next()
         except StopIteration:
-            return self.call.code() == grpc.StatusCode.OK
+            return bool(self.call.code() == grpc.StatusCode.OK)
         raise AssertionError(f"unexpected response {extra}")
 
     def cancel(self) -> None:
@@ -209,7 +209,7 @@ def test_specified_start_replays_every_transaction_then_next_seek_on_the_same_st
     assert not isinstance(gw.submit(p.tx_id, env), Failure)
     assert not isinstance(gw.submit(p.tx_id, env), Failure)  # second copy, same block
     dup_block = gw.commit_status(who, p.tx_id).block_number
-    emu._core.block_size = 1  # type: ignore[union-attr]
+    emu._core.block_size = 1
     emu.faults.mvcc = 1.0
     mvcc_tx, st = create_user(gw, wallet, "dlv-mvcc")
     emu.faults.mvcc = 0.0

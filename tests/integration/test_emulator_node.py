@@ -77,7 +77,7 @@ def user(name: str) -> list[str]:
 
 
 def test_node_client_happy_path(node: str, tmp_path: Path, wallet: Path, emulator: Emulator) -> None:
-    steps = [
+    steps: list[dict[str, Any]] = [
         {
             "name": "create",
             "op": "submit",
@@ -235,7 +235,7 @@ def test_node_client_error_classes(node: str, tmp_path: Path, wallet: Path, emul
     )
     f.submit_lost_ack = 0.0
     assert lost["errorClass"] == "SubmitError" and lost["code"] == 14
-    index = emulator._core.ledger.index  # type: ignore[union-attr]
+    index = emulator._core.ledger.index  # type: ignore[union-attr]  # set once serving
     wait_for(lambda: lost["transactionId"] in index, timeout=10)
     assert index[lost["transactionId"]].code == 0
 

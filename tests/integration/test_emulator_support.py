@@ -22,7 +22,7 @@ from fabric_protos.common import common_pb2
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 from fabric_protos.msp import identities_pb2
 from fabric_protos.peer import chaincode_pb2, proposal_pb2
-from google.protobuf import timestamp_pb2
+from google.protobuf import timestamp_pb2  # type: ignore[import-untyped]  # as in gxsubmit: no stubs
 from grpc_status import rpc_status
 
 N_P256 = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -49,7 +49,8 @@ class RawIdentity:
 
     @property
     def creator(self) -> bytes:
-        return identities_pb2.SerializedIdentity(mspid=self.mspid, id_bytes=self.cert_pem).SerializeToString()
+        identity = identities_pb2.SerializedIdentity(mspid=self.mspid, id_bytes=self.cert_pem)
+        return bytes(identity.SerializeToString())
 
     def sign(self, data: bytes, *, high_s: bool = False) -> bytes:
         r, s = utils.decode_dss_signature(self.key.sign(data, ec.ECDSA(hashes.SHA256())))
@@ -207,7 +208,7 @@ class RawGateway:
         call = self.stub.ChaincodeEvents(
             gateway_pb2.SignedChaincodeEventsRequest(request=raw, signature=ident.sign(raw)), timeout=20
         )
-        return call  # type: ignore[no-any-return]
+        return call  # type: ignore[no-any-return]  # grpc has no stubs
 
     def run(self, ident: RawIdentity, function: str, args: Sequence[str] = (), **kw: Any) -> tuple[str, Any]:
         """Endorse + sign + submit + commit status; returns (tx_id, CommitStatusResponse | Failure)."""

@@ -16,8 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from waiting import wait_for
+
 from bench.faultproxy import FaultProxy
-from tests.waiting import wait_for
 
 
 class _Echo(socketserver.BaseRequestHandler):

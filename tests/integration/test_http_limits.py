@@ -85,6 +85,7 @@ def _server_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name.startswith("http"))
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 def test_two_thousand_idle_connections_never_stop_the_probe() -> None:
     n = _fd_budget(2000)
     if n < 1000:

@@ -433,6 +433,7 @@ def test_adoption_while_producers_and_the_old_worker_run(pg_url: str, schema: st
     assert {rows[i]["status"] for i in taken} <= {"PENDING", "LOCKED"}
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 def test_one_line_errors_and_nothing_installed(pg_url: str, schema: str, lschema: str) -> None:
     missing = cli(pg_url, schema, "--legacy-outbox", f'{lschema}."Outbox"')
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1, missing.stderr

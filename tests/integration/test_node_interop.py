@@ -80,7 +80,7 @@ def endorse_response_for(
 
 
 def _ser(msg: Any) -> bytes:
-    return msg.SerializeToString(deterministic=True)  # type: ignore[no-any-return]
+    return bytes(msg.SerializeToString(deterministic=True))
 
 
 @pytest.fixture(scope="module")

@@ -67,10 +67,12 @@ async def test_the_stores_claim_uses_the_partial_index(pg_url: str, schema: str)
         text = _compose("claim", schema, limit=100).as_string(conn)
         async with conn.transaction():
             cur = await conn.execute(
-                "EXPLAIN (ANALYZE, FORMAT JSON) " + text,  # type: ignore[arg-type]
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + text,
                 {"types": ["MINT", "TRANSFER_TOKENS"], "worker_id": "plan", "lease_s": 300.0},
             )
-            plan = (await cur.fetchone())[0]  # type: ignore[index]
+            row = await cur.fetchone()
+            assert row is not None
+            plan = row[0]
             _assert_index_plan(plan, 100)
             raise psycopg.Rollback()
     finally:
@@ -84,7 +86,7 @@ def test_generic_plan_of_the_claim_is_an_index_scan(pg_url: str, schema: str) ->
         for p in ("types", "worker_id", "lease_s"):
             text = text.replace(f"%({p})s", {"types": "$1", "worker_id": "$2", "lease_s": "$3"}[p])
         conn.execute("SET plan_cache_mode = force_generic_plan")
-        conn.execute(sql.SQL("PREPARE gxt_claim(text[], text, float8) AS ") + sql.SQL(text))  # type: ignore[arg-type]
+        conn.execute(sql.SQL("PREPARE gxt_claim(text[], text, float8) AS ") + sql.SQL(text))
         try:
             with conn.transaction():
                 for _ in range(7):

@@ -6,13 +6,14 @@ command, and it is the one the outbox row recorded.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ class Harness:
         self.procs.append(p)
         return p
 
-    def enqueue(self, items: list[tuple[str, dict[str, Any]]], order_keys: list[str | None] | None = None
+    def enqueue(self, items: list[tuple[str, dict[str, Any]]], order_keys: Sequence[str | None] | None = None
                 ) -> list[uuid.UUID]:
         cat = load_catalog(self.catalog_path)
         keys = order_keys or [None] * len(items)
@@ -195,7 +196,7 @@ def test_each_identity_commits_once(h: Harness) -> None:
     assert roles == {"CREATE_USER": "gx_partner_api", "MINT": "gx_super_admin",
                      "DISTRIBUTE_GENESIS": "gx_admin"}
     for ident in IDENTITIES:
-        st = wait_for(lambda i=ident: h.status(i), 10, 0.05, "status file")
+        st = wait_for(functools.partial(h.status, ident), 10, 0.05, "status file")
         assert st["ready"] and st["db_ok"] and st["gateway_ok"] and not st["breaker_open"], st
     h.stop_all()
     assert [p.returncode for p in h.procs] == [0, 0, 0]
@@ -264,7 +265,8 @@ def test_commit_status_per_transaction_when_the_stream_is_off(h: Harness) -> Non
     h.audit(ids)
     stats = h.emu.stats()
     assert stats["deliver_seeks"] == 0 and stats["rpcs"]["CommitStatus"] >= 10, stats
-    assert h.status("org1-partner-api")["commit_stream"] is False  # type: ignore[index]
+    st = h.status("org1-partner-api")
+    assert st is not None and st["commit_stream"] is False, st
 
 
 @pytest.mark.parametrize("emu_opts", [{"insecure": False, "client_tls": True}])
@@ -409,6 +411,7 @@ def test_permanent_failures_fail_once_and_do_not_block(h: Harness) -> None:
                    for t in read_ledger(h.ledger))
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None:
     h.emu.faults.outage(8.0)
     ids = h.enqueue([_user(str(n)) for n in range(30)])
@@ -442,6 +445,7 @@ def test_gateway_outage_backs_off_opens_breaker_and_recovers(h: Harness) -> None
              "breaker closed again")
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 @pytest.mark.parametrize("emu_opts", [{"block_time": 2.0}])  # commits wait for the block: work in flight
 def test_an_outage_leaves_every_attempt_for_the_failures_after_it(h: Harness) -> None:
     """Departure 3: the claims an outage caused are not attempts. Before 2026-12-04 they were claims like
@@ -564,6 +568,7 @@ def _rotate(h: Harness, identity: str, role: str) -> tuple[str, str]:
     return old, fingerprint_of(cert)
 
 
+@pytest.mark.slow  # about 10 s: kept out of the quick subset
 @pytest.mark.parametrize("emu_opts", [{"block_time": 3.0}])
 def test_rotation_then_restart_resolves_or_parks_old_tx_ids(h: Harness) -> None:
     # Rows submitted under the old certificate, then the worker dies and comes back holding only the new

@@ -74,7 +74,7 @@ class _NoClient:
 
 
 def _watcher(states: list[bool]) -> CommitWatcher:
-    return CommitWatcher(_NoClient(), lambda: None, "c", on_state=states.append)  # type: ignore[arg-type]
+    return CommitWatcher(_NoClient(), lambda: None, "c", on_state=states.append)  # type: ignore[arg-type, return-value]  # fakes: no client, no signer
 
 
 async def test_only_a_live_stream_takes_waits() -> None:
@@ -136,7 +136,7 @@ async def test_a_cancelled_wait_does_not_break_the_next_block() -> None:
 
 
 async def test_overdue_waits_go_to_commit_status() -> None:
-    w = CommitWatcher(_NoClient(), lambda: None, "c", timeout_s=60.0)  # type: ignore[arg-type]
+    w = CommitWatcher(_NoClient(), lambda: None, "c", timeout_s=60.0)  # type: ignore[arg-type, return-value]  # fakes: no client, no signer
     w._on_block(1, ())
     t0 = time.monotonic()
     early, late = w.expect("early"), None
@@ -175,7 +175,7 @@ class _FlakyClient:
 async def test_an_unexpected_error_does_not_kill_the_watcher() -> None:
     client = _FlakyClient()
     states: list[bool] = []
-    w = CommitWatcher(client, lambda: None, "c", on_state=states.append)  # type: ignore[arg-type]
+    w = CommitWatcher(client, lambda: None, "c", on_state=states.append)  # type: ignore[arg-type, return-value]  # fakes: no client, no signer
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))
     deadline = time.monotonic() + 5

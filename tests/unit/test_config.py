@@ -98,9 +98,9 @@ def test_every_setting_has_a_flag_and_an_env_name() -> None:
         assert s.flag in text and s.env in text
 
 
-def test_password_is_masked_in_describe() -> None:
+def test_password_is_masked_in_repr() -> None:
     cfg = load_config(environ={"DATABASE_URL": "postgresql://gx:s3cret@db:5432/gx"})
-    assert "s3cret" not in str(cfg.describe())
+    assert "s3cret" not in repr(cfg)
 
 
 def test_cli_bad_setting_is_one_line_exit_78() -> None:

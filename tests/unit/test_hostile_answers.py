@@ -79,7 +79,7 @@ int32 = st.integers(-(2**31), 2**31 - 1)
 
 
 def _commit_status_bytes(code: int, block: int) -> bytes:
-    return gateway_pb2.CommitStatusResponse(result=code, block_number=block).SerializeToString()
+    return bytes(gateway_pb2.CommitStatusResponse(result=code, block_number=block).SerializeToString())
 
 
 # --- CommitStatus ---------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def _good_endorse(p: Proposal) -> bytes:
         data=transaction_pb2.Transaction().SerializeToString(),
     )
     env = common_pb2.Envelope(payload=payload.SerializeToString())
-    return gateway_pb2.EndorseResponse(prepared_transaction=env).SerializeToString()
+    return bytes(gateway_pb2.EndorseResponse(prepared_transaction=env).SerializeToString())
 
 
 @FUZZ
@@ -221,7 +221,7 @@ def test_evaluate_random_and_mutated(data: bytes, m: tuple[int, int, bytes]) -> 
 
 # --- error details (grpc-status-details-bin) ------------------------------------------------------
 
-class _FakeRpcError(grpc.RpcError):
+class _FakeRpcError(grpc.RpcError):  # type: ignore[misc]  # grpc has no stubs: RpcError is Any
     def __init__(self, code: grpc.StatusCode, message: str, trailer: bytes | None) -> None:
         self._code, self._message, self._trailer = code, message, trailer
 
@@ -240,7 +240,7 @@ def _status_bytes(code: int, message: str, details: list[tuple[str, bytes]]) -> 
     for type_url, value in details:
         d = st_.details.add()
         d.type_url, d.value = type_url, value
-    return st_.SerializeToString()
+    return bytes(st_.SerializeToString())
 
 
 detail_values = st.one_of(
@@ -282,7 +282,7 @@ class _NoClient:
 
 
 def _watcher() -> CommitWatcher:
-    return CommitWatcher(_NoClient(), lambda: None, "c")  # type: ignore[arg-type]
+    return CommitWatcher(_NoClient(), lambda: None, "c")  # type: ignore[arg-type, return-value]  # fakes: no client, no signer
 
 
 async def test_a_tx_id_listed_twice_with_different_codes_goes_to_commit_status() -> None:
@@ -329,7 +329,7 @@ class _JumpingClient:
 async def test_a_block_stream_that_skips_blocks_is_not_believed() -> None:
     client = _JumpingClient()
     up = asyncio.Event()
-    w = CommitWatcher(client, lambda: None, "c", on_state=lambda live: up.set() if live else None)  # type: ignore[arg-type]
+    w = CommitWatcher(client, lambda: None, "c", on_state=lambda live: up.set() if live else None)  # type: ignore[arg-type, return-value]  # fakes: no client, no signer
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))
     try:
@@ -403,7 +403,7 @@ def test_watcher_answers_only_what_the_blocks_say(blocks: list[tuple[int, list[t
 
     async def go() -> dict[str, Any]:
         registered, up = asyncio.Event(), asyncio.Event()
-        w = CommitWatcher(_ScriptClient(blocks, registered), lambda: None, "c",  # type: ignore[arg-type]
+        w = CommitWatcher(_ScriptClient(blocks, registered), lambda: None, "c",  # type: ignore[arg-type, return-value]  # fakes: no client, no signer
                           on_state=lambda live: up.set() if live else None)
         stop = asyncio.Event()
         task = asyncio.create_task(w.run(stop))

@@ -73,11 +73,11 @@ def test_claimed_builds_a_frozen_claimed_command() -> None:
         datetime(2025, 1, 3, tzinfo=UTC),
     )
     got = _claimed(row, {"x": 1})
-    want = ClaimedCommand(*row[:6], {"x": 1}, *row[7:])  # type: ignore[arg-type]
+    want = ClaimedCommand(*row[:6], {"x": 1}, *row[7:])  # type: ignore[arg-type]  # a row is a tuple of Any
     assert type(got) is ClaimedCommand
     assert got == want and repr(got) == repr(want)
     assert (got.attempts, got.counted_attempts) == (3, 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        got.attempts = 2  # type: ignore[misc]
+        got.attempts = 2  # type: ignore[misc]  # the point: frozen
     assert dataclasses.replace(got, attempts=2).attempts == 2
     assert pickle.loads(pickle.dumps(got)) == want

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -41,8 +42,8 @@ def _ident(wallet: Path, *, deterministic: bool = True) -> SigningIdentity:
     return SigningIdentity.from_wallet(wi, deterministic=deterministic)
 
 
-def _build(ident: SigningIdentity, nonce: bytes = NONCE, **kw: object) -> Proposal:
-    args: dict[str, object] = {
+def _build(ident: SigningIdentity, nonce: bytes = NONCE, **kw: Any) -> Proposal:
+    args: dict[str, Any] = {
         "channel": "gxchannel",
         "chaincode": "gxtv3",
         "function": "TokenomicsContract:TransferWithFees",
@@ -51,7 +52,7 @@ def _build(ident: SigningIdentity, nonce: bytes = NONCE, **kw: object) -> Propos
         "timestamp": TS,
     }
     args.update(kw)
-    return build_proposal(ident, **args)  # type: ignore[arg-type]
+    return build_proposal(ident, **args)
 
 
 def test_tx_id_is_sha256_of_nonce_and_creator(wallet: Path) -> None:

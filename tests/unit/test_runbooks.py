@@ -57,7 +57,9 @@ def test_every_alert_has_a_runbook_section_that_says_what_to_look_at_and_do() ->
     docs = sections(OPERATIONS.read_text())
     seen: set[str] = set()
     for alert in _alerts():
-        url = alert["annotations"].get("runbook_url", "")  # type: ignore[union-attr]
+        annotations = alert["annotations"]
+        assert isinstance(annotations, dict), alert
+        url = annotations.get("runbook_url", "")
         assert isinstance(url, str) and "/docs/operations.md#" in url, f"{alert['alert']}: {url!r}"
         anchor = url.rsplit("#", 1)[1]
         assert anchor in docs, f"{alert['alert']}: no section #{anchor} in docs/operations.md"

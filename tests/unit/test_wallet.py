@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from gxsubmit.devwallet import issue_identity, load_ca, make_dev_wallet, new_ca
 from gxsubmit.wallet import (
     DEFAULT_IDENTITIES,
     WalletError,
+    WalletIdentity,
     check_tls_files,
     load_identity,
     load_tls_ca,
@@ -35,8 +37,8 @@ def wallet(tmp_path: Path) -> Path:
     return w
 
 
-def _load(w: Path, name: str = NAME, role: str | None = ROLE, **kw: object) -> object:
-    return load_identity(w, name, msp_id="Org1MSP", expected_role=role, **kw)  # type: ignore[arg-type]
+def _load(w: Path, name: str = NAME, role: str | None = ROLE, **kw: Any) -> WalletIdentity:
+    return load_identity(w, name, msp_id="Org1MSP", expected_role=role, **kw)
 
 
 def _replace(w: Path, name: str, cert_pem: bytes, key_pem: bytes) -> None:
@@ -211,7 +213,7 @@ def test_role_not_checked_when_not_expected(wallet: Path) -> None:
 
 def test_now_is_injectable_for_expiry(wallet: Path) -> None:
     wi = _load(wallet)
-    later = wi.not_after + timedelta(seconds=1)  # type: ignore[attr-defined]
+    later = wi.not_after + timedelta(seconds=1)
     with pytest.raises(WalletError, match="expired"):
         _load(wallet, now=later)
 
@@ -274,13 +276,13 @@ def test_signature_changes_on_atomic_symlink_swap(tmp_path: Path) -> None:
     names = list(DEFAULT_IDENTITIES)
     sig1 = wallet_signature(mount, names)
     assert wallet_signature(mount, names) == sig1  # stable while nothing changes
-    fp1 = _load(mount).fingerprint  # type: ignore[attr-defined]
+    fp1 = _load(mount).fingerprint
     tmp_link = mount / "..data_tmp"
     tmp_link.symlink_to(v2.name)
     os.replace(tmp_link, mount / "..data")  # the atomic swap
     sig2 = wallet_signature(mount, names)
     assert sig2 != sig1
-    assert _load(mount).fingerprint != fp1  # type: ignore[attr-defined]
+    assert _load(mount).fingerprint != fp1
 
 
 def test_signature_changes_when_a_file_is_rewritten_or_removed(wallet: Path) -> None:

@@ -44,13 +44,13 @@ class _Finder(importlib.abc.MetaPathFinder):
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
-        exec_module = loader.exec_module  # type: ignore[attr-defined]
+        exec_module = loader.exec_module
 
         def patched(module: Any) -> None:
             exec_module(module)
             _patch(module)
 
-        loader.exec_module = patched  # type: ignore[attr-defined, method-assign]
+        loader.exec_module = patched  # type: ignore[method-assign]  # the point: wrap the loader
         return spec
 
 
