@@ -63,9 +63,11 @@ KINDS: tuple[str, ...] = (
 #: Kinds that hit one replica (its process, or its own link): recovery is that replica's next commit.
 PER_REPLICA = frozenset({"kill_worker", "kill_supervisor", "stop_worker", "db_latency", "db_blackhole",
                          "gateway_latency", "gateway_blackhole"})
-#: A FAILED row with one of these codes is a command the faults cost: counted as lost.
+#: A FAILED row with one of these codes is a command the faults cost: counted as lost. The soak plants no
+#: row that crashes its worker, so WORKER_CRASH is the faults' doing too, and so is IN_DOUBT_UNRESOLVED.
 LOST_CODES = frozenset({"RETRIES_EXHAUSTED", "INTERNAL_ERROR", "DEADLINE_EXCEEDED", "GATEWAY_UNAVAILABLE",
-                        "RESOURCE_EXHAUSTED", "CANCELLED", "BREAKER_OPEN"})
+                        "RESOURCE_EXHAUSTED", "CANCELLED", "BREAKER_OPEN", "WORKER_CRASH",
+                        "IN_DOUBT_UNRESOLVED"})
 LEASE_S = 5.0
 BASE_ENDORSE = [0.005, 0.02]
 SLOW_ENDORSE = [1.0, 3.0]
