@@ -85,9 +85,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [metrics]
   address = ""
 """)
-    log = (d / "containerd.log").open("wb")
-    proc = subprocess.Popen(["containerd", "--config", str(d / "containerd.toml")], stdout=log, stderr=log,
-                            start_new_session=True)
+    with (d / "containerd.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(["containerd", "--config", str(d / "containerd.toml")], stdout=log,
+                                stderr=log, start_new_session=True)
     wait_for(lambda: proc.poll() is not None or subprocess.run(
         ["ctr", "--address", str(sock), "version"], capture_output=True, timeout=30).returncode == 0,
         timeout=60, interval=0.2, what="containerd up")
@@ -135,9 +135,9 @@ SetEnv CONTAINERD_ADDRESS={sock} CONTAINERD_SNAPSHOTTER=native TMPDIR={tmpdir}
 LogLevel ERROR
 """)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
-    log = (d / "sshd.log").open("wb")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log,
-                            start_new_session=True)
+    with (d / "sshd.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdout=log, stderr=log,
+                                start_new_session=True)
     wait_for(lambda: proc.poll() is not None or _listening(port), timeout=30, interval=0.1,
              what=f"{name} sshd")
     assert proc.poll() is None, (d / "sshd.log").read_text()[-2000:]
