@@ -125,7 +125,9 @@ def test_a_refused_row_that_may_be_on_the_ledger_ends_within_its_attempts(h: Har
     row = h.rows()[rid]
     assert (row["status"], row["error_code"]) == ("FAILED", "PAYLOAD_TOO_LARGE"), row["error"]
     assert row["fabric_tx_id"] and "requeue" in row["error"]
-    assert row["attempts"] <= 3 + 1, row["attempts"]
+    # the in-doubt tries before the faults changed do not count (how many there were depends on the
+    # machine's speed); the refused ones do, and end the row at max_attempts
+    assert "after 3 attempts" in row["error"], row["error"]
     st = h.status("org1-partner-api")
     assert st is not None and not st["breaker_open"]
 
