@@ -615,6 +615,53 @@ class Feeder:
         self._stop.set()
 
 
+class RateFeeder:
+    """Inserts rows at a fixed offered rate (an open system), spread evenly over the command types.
+
+    Where :class:`Feeder` measures capacity (a closed population: latency there is population /
+    throughput, Little's law), this measures latency: each row's created -> committed time with no
+    queue in front of it as long as the rate stays below the capacity. Same counters as Feeder.
+    """
+
+    def __init__(self, url: str, schema: str, types: Sequence[tuple[str, str]], rate: float,
+                 tick: float = 0.05) -> None:
+        self.url, self.schema, self.rate, self.tick = url, schema, rate, tick
+        self._inner = Feeder(url, schema, types, target=0)
+        self.types = list(types)
+        self._next = 0  # round robin over the types
+        self.unfinished = 0
+        self._stop = asyncio.Event()
+
+    @property
+    def inserted(self) -> int:
+        return self._inner.inserted
+
+    @property
+    def statements(self) -> int:
+        return self._inner.statements
+
+    async def run(self) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            t0 = time.monotonic()
+            k = len(self.types)
+            while not self._stop.is_set():
+                due = int(self.rate * (time.monotonic() - t0)) - self._inner.inserted
+                if due > 0:
+                    counts: dict[str, int] = {}
+                    for _ in range(due):
+                        t = self.types[self._next % k][0]
+                        counts[t] = counts.get(t, 0) + 1
+                        self._next += 1
+                    await self._inner.insert(conn, counts)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.tick)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 @dataclass
 class Window:
     """Measurements at one instant: DB clock, CPU of each side, query counter."""
@@ -773,12 +820,18 @@ def run_load(
     duration: float,
     sample_rss: bool = True,
     block_aligned: bool = False,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Start the supervisors, feed a closed-loop load, measure one window, stop. Returns window stats."""
+    """Start the supervisors, feed a load, measure one window, stop. Returns window stats.
+
+    The load is a closed population of ``target`` rows, or with ``rate`` an open arrival of that many
+    rows per second (:class:`RateFeeder`; ``target`` is then ignored).
+    """
     for s in sups:
         s.start()
     ready = [s.wait_ready(60.0) for s in sups]
-    feeder = Feeder(ctx.db.url, schema, types, target)
+    feeder: Feeder | RateFeeder = (Feeder(ctx.db.url, schema, types, target) if rate is None
+                                   else RateFeeder(ctx.db.url, schema, types, rate))
     prog = Progress(label)
 
     def gx_cpu() -> dict[int, float]:
@@ -842,7 +895,10 @@ def run_load(
     if rss:
         stats["peak_rss_mb"] = round(sum(rss.values()), 1)
         stats["peak_rss_by_process_mb"] = sorted((round(v, 1) for v in rss.values()), reverse=True)
-    stats["population"] = target
+    if rate is None:
+        stats["population"] = target
+    else:
+        stats["offered_per_s"] = rate
     return stats
 
 
