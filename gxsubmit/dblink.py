@@ -13,7 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
@@ -59,6 +59,10 @@ class DbLink:
         self._max = max_delay
         self._on_reconnect = on_reconnect
         self._store: OutboxStore | None = None
+        #: one statement at a time, taken here rather than inside psycopg so that the deadline runs
+        #: from a statement's own turn on the connection: a queue of statements on a far or busy link
+        #: is not a dead link (each waiting statement would otherwise spend its deadline in the queue)
+        self._turn = asyncio.Lock()
         self._ready = asyncio.Event()
         self._closed = False
         self._reconnecting: asyncio.Task[None] | None = None
@@ -133,14 +137,20 @@ class DbLink:
         The statement itself is shielded: a caller cancelled at shutdown must not interrupt a
         query half-way on the shared connection.
         """
-        store = self._store
-        if store is None or not self._ready.is_set():
-            raise DbUnavailable(self.last_error or "database not connected")
+        async with self._turn:
+            store = self._store
+            if store is None or not self._ready.is_set():
+                raise DbUnavailable(self.last_error or "database not connected")
+            return await self._run(store, fn)
+
+    async def _run(self, store: OutboxStore, fn: Callable[[OutboxStore], Awaitable[T]]) -> T:
+        statement = asyncio.ensure_future(fn(store))
+        statement.add_done_callback(_retrieved)  # seen even when no caller is left to await it
         try:
             if self._deadline is None:
-                result = await asyncio.shield(fn(store))
+                result = await asyncio.shield(statement)
             else:
-                result = await asyncio.wait_for(asyncio.shield(fn(store)), self._deadline)
+                result = await asyncio.wait_for(asyncio.shield(statement), self._deadline)
             self.last_ok = asyncio.get_running_loop().time()
             return result
         except TimeoutError:
@@ -183,6 +193,12 @@ class DbLink:
                 await asyncio.wait_for(store.close(), 5.0)
             except Exception:
                 pass
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a statement's exception as seen: its caller may have given up (deadline, shutdown)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Batcher(Generic[I]):

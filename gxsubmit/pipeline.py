@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from gxsubmit.breaker import CircuitBreaker
 from gxsubmit.catalog import Catalog, PayloadError, Route
@@ -289,6 +289,12 @@ class IdentityRing:
 # the pipeline
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a shared task's exception as seen: the jobs that awaited it may all have been cancelled."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _Gone(Exception):
     """The lease was lost (another worker took the row over): stop touching it."""
 
@@ -313,8 +319,11 @@ class Pipeline:
         deriver: TxIdDeriver,
         lease_s: float,
         watchers: Mapping[str, CommitWatcher] | None = None,
+        on_finishing: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        #: told when a job has its outcome and only writes it: its in-flight slot is free from then on
+        self._on_finishing = on_finishing
         #: channel -> its filtered-block stream (empty: one CommitStatus call per transaction)
         self.watchers: Mapping[str, CommitWatcher] = watchers or {}
         self.catalog = catalog
@@ -334,7 +343,8 @@ class Pipeline:
         self._proposals: OrderedDict[str, tuple[Proposal, float]] = OrderedDict()
         #: creator fingerprints recorded in gxsubmit_creators by this process, and those looked up there
         self._creators_recorded: set[str] = set()
-        self._creators_looked_up: set[str] = set()
+        self._creators_recording: dict[str, asyncio.Future[None]] = {}
+        self._creators_looked_up: dict[str, asyncio.Future[bytes | None]] = {}
         self._proposal_cap = 4096
         self.n_committed = 0
         self.n_failed = 0
@@ -490,6 +500,11 @@ class Pipeline:
         self._proposals.pop(tx_id, None)
         await self._wait_commit(job, signer, proposal.channel, tx_id, watch)
 
+    def _finishing(self, job: Job) -> None:
+        job.stage = Stage.FINISHING
+        if self._on_finishing is not None:
+            self._on_finishing()
+
     # -- nonce -------------------------------------------------------------------------------------
 
     def _derive(self, job: Job, route: Route, args: Sequence[str]) -> bytes:
@@ -529,10 +544,21 @@ class Pipeline:
     async def _learn_former_creator(self, fingerprint: str | None) -> bool:
         """Whether the ring now holds the creator a row names: the same key under other creator bytes (a
         re-encoded certificate) can sign as the recorded creator and so reproduce the stored tx id."""
-        if fingerprint is None or fingerprint in self._creators_looked_up or self.ring.holds(fingerprint):
+        if fingerprint is None or self.ring.holds(fingerprint):
             return False
-        self._creators_looked_up.add(fingerprint)
-        creator = await self.db.call(lambda st: st.find_creator(fingerprint))
+        # One lookup per fingerprint and process; the jobs that ask meanwhile wait for its answer.
+        lookup = self._creators_looked_up.get(fingerprint)
+        if lookup is not None:
+            await asyncio.shield(lookup)
+            return self.ring.holds(fingerprint)
+        lookup = self._creators_looked_up[fingerprint] = asyncio.ensure_future(
+            self.db.call(lambda st: st.find_creator(fingerprint)))
+        lookup.add_done_callback(_retrieved)
+        try:
+            creator = await asyncio.shield(lookup)
+        except BaseException:
+            self._creators_looked_up.pop(fingerprint, None)  # asked again by the next row that names it
+            raise
         if creator is None:
             return False
         for held in self.ring.signers():
@@ -545,9 +571,22 @@ class Pipeline:
         return False
 
     async def _record_creator(self, signer: SigningIdentity) -> None:
+        """Once per creator and process, and once for all the jobs that get here together: hundreds of
+        first jobs each sending the same insert cost a round trip apiece on the one connection, which
+        far from the database held every other statement past its deadline (bench/run.py wan)."""
         fp = signer.creator_fingerprint
-        if fp not in self._creators_recorded:
-            await self.db.call(lambda st: st.record_creator(fp, signer.creator))
+        if fp in self._creators_recorded:
+            return
+        pending = self._creators_recording.get(fp)
+        if pending is None:
+            pending = self._creators_recording[fp] = asyncio.ensure_future(
+                self.db.call(lambda st: st.record_creator(fp, signer.creator)))
+            pending.add_done_callback(lambda t: self._recorded(fp, t))
+        await asyncio.shield(pending)
+
+    def _recorded(self, fp: str, task: asyncio.Future[None]) -> None:
+        self._creators_recording.pop(fp, None)
+        if not task.cancelled() and task.exception() is None:
             self._creators_recorded.add(fp)
 
     async def _resolve_duplicate(self, job: Job, channel: str, route: Route,
@@ -703,7 +742,7 @@ class Pipeline:
                              f"{result.block_number}", tx_id=result.tx_id, validation_code=result.code_name)
 
     async def _committed(self, job: Job, result: CommitResult) -> None:
-        job.stage = Stage.FINISHING
+        self._finishing(job)
         cmd = job.cmd
         # The committed counter is incremented by the batch write itself (worker._flush_committed).
         ok = await self.committed.put((Committed(cmd.id, cmd.lease_token, result.tx_id, result.block_number,
@@ -764,7 +803,7 @@ class Pipeline:
 
     async def _retry(self, job: Job, action: Action, error: str, *, delay: float | None = None) -> None:
         cmd = job.cmd
-        job.stage = Stage.FINISHING
+        self._finishing(job)
         self.last_error = f"{action.error_code}: {error}"[:500]
         on_ledger = action.on_ledger or job.may_be_on_ledger
         # Counted attempts only: the claims of retries that do not count are given back (migration 0006).
@@ -818,7 +857,7 @@ class Pipeline:
     async def _fail(self, job: Job, error_code: str, error: str, *, tx_id: str | None = None,
                     validation_code: str | None = None) -> None:
         cmd = job.cmd
-        job.stage = Stage.FINISHING
+        self._finishing(job)
         tx_id = tx_id or job.tx_id
         ok = await self.db.call(lambda st: st.mark_failed(
             cmd.id, cmd.lease_token, error_code=error_code, error=error, tx_id=tx_id,

@@ -204,6 +204,14 @@ async def _serve(cfg: Config, identity: str, b: Boot) -> int:
     return await Worker(cfg, identity, b, gateway=gateway_client(cfg, b), ring=ring).main()
 
 
+def free_slots(cap: int, jobs: int, finishing: int) -> int:
+    """In-flight slots free for new claims, of ``cap``, with ``jobs`` in memory of which ``finishing``
+    only write their outcome. Those hold no slot: the next claim overlaps that write instead of
+    waiting a round trip for it. Jobs in memory stay under twice the limit, so outcome writes that
+    cannot land stop the claims."""
+    return min(cap - (jobs - finishing), 2 * cap - jobs)
+
+
 class Worker:
     """The running worker of one identity (see the module docstring).
 
@@ -236,6 +244,12 @@ class Worker:
         self._db_url = with_tcp(cfg.database_conninfo, cfg)
         self.db = DbLink(self._connect_store, max_delay=10.0, on_reconnect=self._on_db_reconnect,
                          deadline=cfg.db_deadline)
+        #: the batched outcome writes (submitted and committed marks) have a connection of their own, so
+        #: they never queue behind a claim or a renewal, nor the claim of freed slots behind them: a
+        #: statement holds its connection for a whole round trip, which far from the database is most
+        #: of a command's time (bench/run.py wan)
+        self.writes = DbLink(self._connect_store, max_delay=10.0, on_reconnect=self._on_db_reconnect,
+                             deadline=cfg.db_deadline)
         listen_url = with_tcp(cfg.listen_conninfo, cfg)
         self.wakeups = Wakeups(
             connect=lambda: OutboxListener.connect(listen_url, connect_timeout=cfg.connect_timeout,
@@ -284,7 +298,8 @@ class Worker:
         ring = self._ring
         self._spawn(self._heartbeat_loop(), "heartbeat")
 
-        if not await self.db.open(self.stop):
+        opened = await asyncio.gather(self.db.open(self.stop), self.writes.open(self.stop))
+        if not all(opened):
             return await self._shutdown()
         if not await self._gateway_ready():
             return await self._shutdown()
@@ -293,12 +308,12 @@ class Worker:
 
         # The key of the derived nonces (migration 0008): the same in every replica and every backup.
         deriver = TxIdDeriver(await self.db.call(lambda st: st.txid_key()))
-        linger = _BATCH_LINGER_S  # the same for the three: they share one connection
+        linger = _BATCH_LINGER_S  # the same for both: they share one connection
         committed: Batcher[tuple[Committed, str]] = Batcher(
             "committed", self._flush_committed, lambda c: c[0].id, linger_s=linger)
         submitted: Batcher[SubmittedTx] = Batcher(
-            "submitted", lambda items: self.db.call(lambda st: st.mark_submitted_tx(items)), lambda r: r.id,
-            linger_s=linger)
+            "submitted", lambda items: self.writes.call(lambda st: st.mark_submitted_tx(items)),
+            lambda r: r.id, linger_s=linger)
         committed.start()
         submitted.start()
         watchers = self._commit_watchers(ring) if cfg.commit_events else {}
@@ -313,7 +328,7 @@ class Worker:
             metrics=self.metrics,
             backoff=lambda attempt: compute_delay(attempt, cfg.backoff_base, cfg.backoff_cap, jitter=0.5),
             backoff_cap=cfg.backoff_cap, submitted=submitted, committed=committed, deriver=deriver,
-            lease_s=cfg.lease_seconds, watchers=watchers)
+            lease_s=cfg.lease_seconds, watchers=watchers, on_finishing=self._wake.set)
         self._batchers = (submitted, committed)
         self.ready = True
         self._write_status()  # readiness visible at once, not a heartbeat later
@@ -386,7 +401,7 @@ class Worker:
                 continue
             if await self._run_suspect():
                 continue
-            free = cap - len(self.jobs)
+            free = self._free_slots(cap)
             if state is BreakerState.HALF_OPEN:
                 free = min(free, 1)  # one probe command
             if free <= 0:
@@ -396,7 +411,7 @@ class Worker:
                 await self._wait_wake(_SLOT_WAIT_S)  # let more slots free up: claims are cheaper in bulk
                 if self.stop.is_set():
                     break
-                free = cap - len(self.jobs)
+                free = self._free_slots(cap)
             gap = _MIN_CLAIM_GAP_S - (loop.time() - last_claim)
             if gap > 0:
                 await asyncio.sleep(gap)
@@ -427,6 +442,10 @@ class Worker:
                     if due is not None:
                         timeout = min(timeout, due)
                 await self._wait_wake(timeout)
+
+    def _free_slots(self, cap: int) -> int:
+        finishing = sum(1 for j in self.jobs.values() if j.stage is Stage.FINISHING)
+        return free_slots(cap, len(self.jobs), finishing)
 
     async def _probe_idle_gateway(self) -> None:
         """Half-open with nothing to send: probe with a read so a healed link closes the breaker."""
@@ -573,7 +592,7 @@ class Worker:
         """One fenced ``mark_committed`` for the batch; the committed counters are written right after
         it (before any waiter resumes), so /metrics never lags the rows by a flush period."""
         rows = [c for c, _ in items]
-        held = await self.db.call(lambda st: st.mark_committed(rows))
+        held = await self.writes.call(lambda st: st.mark_committed(rows))
         for c, command_type in items:
             if c.id in held:
                 self.metrics.committed(command_type)
@@ -598,7 +617,8 @@ class Worker:
         # The pipeline only learns of an outage from its own calls; an idle worker would report a gateway
         # it cannot reach (a peer down, a TLS CA that no longer matches) as fine. The channel knows.
         unreachable = self.gateway is not None and self.gateway.connectivity() == "TRANSIENT_FAILURE"
-        last_error = (p.last_error if p and p.last_error else None) or self.last_error or self.db.last_error
+        last_error = ((p.last_error if p and p.last_error else None) or self.last_error or self.db.last_error
+                      or self.writes.last_error)
         if unreachable:
             watchers = p.watchers.values() if p else ()
             stream_error = next((w.last_error for w in watchers if w.last_error), None)
@@ -609,7 +629,7 @@ class Worker:
             ts=time.time(),
             started_at=self.started,
             ready=self.ready and not self.draining,
-            db_ok=self.db.ok,
+            db_ok=self.db.ok and self.writes.ok,
             gateway_ok=bool(self.ready and (p.gateway_ok if p else True) and not unreachable),
             breaker_open=breaker_open,
             in_flight=len(self.jobs),
@@ -688,6 +708,7 @@ class Worker:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.gateway.close(), 2.0)
         await self.db.close()
+        await self.writes.close()
         self.jobs.clear()
         self.ready = False
         self._write_status()

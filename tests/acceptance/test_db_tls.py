@@ -70,7 +70,7 @@ def test_verify_full_with_a_ca_file_migrates_and_commits_the_workload(
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_activity a "
             "JOIN pg_stat_ssl s USING (pid) WHERE a.application_name LIKE 'gxsubmit:%'").fetchone()
-    assert row is not None and row[0] >= 4 and row[1] == 0, row  # 3 workers x (store + LISTEN) + supervisor
+    assert row is not None and row[0] >= 4 and row[1] == 0, row  # 3 workers x 3 + supervisor
 
 
 @pytest.mark.parametrize(

@@ -164,3 +164,37 @@ def test_rows_inserted_while_the_listen_connection_opens_are_claimed_without_the
         enqueue_many(pg_url, schema, users(5, "gap"), "gap")
         wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == 5, 60, interval=0.5,
                  what=f"rows committed long before the 300 s poll: {counts(pg_url, schema)}")
+
+
+def test_a_far_database_with_hundreds_of_first_jobs_is_not_taken_for_a_dead_link(
+    pg_url: str, schema: str, wallet: Path, tmp_path: Path, procs: list[Any]
+) -> None:
+    """Found by bench/run.py wan: a worker that starts with a backlog far from its database sent one
+    creator insert per job (the first use of a creator is recorded before a row names it). Queued on the
+    one connection at a round trip each, they held each other past the statement deadline, the link
+    was declared lost, and after the reconnect the same queue formed again: nothing committed.
+    The creator is now recorded once for all the jobs that need it, and the deadline counts from a
+    statement's own turn on the connection, not from when it joined the queue."""
+    emu = EmulatorProc(wallet=wallet, workdir=tmp_path, extra=("--block-time", "0.3"))
+    procs.append(emu)
+    emu.start()
+    n = 200
+    enqueue_many(pg_url, schema, users(n, "far-start"), "far-start")
+    with FaultProxy(_upstream(pg_url), name="db") as proxy:
+        # 300 ms round trip: every job whose endorsement returns while the first insert is under way
+        # queues one (about a hundred here); ten in a queue outlast the 3 s deadline
+        proxy.delay(300.0)
+        settings = service_settings(
+            pg_url, schema, wallet, emu, GXSUBMIT_IDENTITIES="org1-partner-api",
+            GXSUBMIT_DATABASE_URL=_via(pg_url, proxy), GXSUBMIT_DB_DEADLINE="3", GXSUBMIT_MAX_IN_FLIGHT="256",
+            GXSUBMIT_CONNECT_TIMEOUT="10")
+        svc = _start(procs, tmp_path, "far", settings)
+        wait_for(lambda: counts(pg_url, schema)["COMMITTED"] == n, 120, interval=0.5,
+                 what=f"all {n} committed: {counts(pg_url, schema)}\n{svc.tail()}")
+        lost = svc.messages("Database connection lost")
+        assert not lost, f"a queue of statements was taken for a dead link: {lost[:2]}"
+        unseen = [d for d in svc.logs() if "never retrieved" in str(d.get("message", ""))]
+        assert not unseen, unseen[:2]
+    rows = outbox_rows(pg_url, schema)
+    report = audit_exactly_once(emu.ledger, _expected(rows), rows)
+    assert report.ok, str(report)

@@ -56,3 +56,26 @@ def test_a_blackholed_link_fails_within_the_deadline_and_heals(pg_url: str, sche
             await link.close()
 
         asyncio.run(main())
+
+
+def test_a_queue_of_statements_on_a_slow_link_is_not_a_dead_link(pg_url: str, schema: str) -> None:
+    """The deadline counts from a statement's own turn on the connection: 30 statements at a 100 ms
+    round trip take 3 s together, three times the deadline, and every one of them answers."""
+    info = psycopg.conninfo.conninfo_to_dict(pg_url)
+    with FaultProxy(f"{info.get('host') or '127.0.0.1'}:{info.get('port') or 5432}", name="db") as proxy:
+        info.update(host="127.0.0.1", port=str(proxy.port))
+        url = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+        async def main() -> None:
+            link = DbLink(lambda: OutboxStore.connect(url, schema=schema, worker_id="t", connect_timeout=5),
+                          base_delay=0.05, max_delay=0.5, deadline=1.0)
+            assert await link.open(asyncio.Event())
+            proxy.delay(100.0)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            await asyncio.gather(*(link.once(lambda st: st.ping()) for _ in range(30)))
+            assert loop.time() - t0 > 1.0  # the queue really outlasted the deadline
+            assert link.ok and link.reconnects == 0
+            await link.close()
+
+        asyncio.run(main())

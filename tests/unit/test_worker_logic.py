@@ -264,3 +264,14 @@ def test_render_latest_exposes_only_known_names() -> None:
                if line.startswith("gxsubmit_")}
     assert exposed <= exposed_metric_names()
     assert 'error_code="PAYLOAD_INVALID"' in text
+
+
+def test_a_job_that_only_writes_its_outcome_frees_its_slot_within_twice_the_limit() -> None:
+    from gxsubmit.worker import free_slots
+
+    assert free_slots(256, 0, 0) == 256
+    assert free_slots(256, 256, 0) == 0  # all in flight
+    assert free_slots(256, 256, 100) == 100  # 100 committed, their marks on the way: claim 100 more
+    assert free_slots(256, 400, 144) == 0  # 256 in flight again, 144 writes pending
+    assert free_slots(256, 500, 300) == 12  # 56 in flight, but 500 in memory: 12 more at most
+    assert free_slots(256, 512, 512) == 0  # outcome writes that cannot land stop the claims
