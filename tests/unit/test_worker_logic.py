@@ -11,20 +11,21 @@ import pytest
 
 from gxsubmit.config import Config
 from gxsubmit.dblink import Batcher
-from gxsubmit.devwallet import make_dev_wallet
-from gxsubmit.fabric import ErrorClass, FabricError, SigningIdentity
-from gxsubmit.metrics import exposed_metric_names, render_latest
-from gxsubmit.pipeline import (
+from gxsubmit.decisions import (
     EXPIRED_CREATOR_GRACE,
     INFRA_ERROR_CODES,
-    IdentityRing,
     commit_action,
     creator_long_expired,
     error_action,
     reproducing_signer,
 )
+from gxsubmit.devwallet import make_dev_wallet
+from gxsubmit.fabric import ErrorClass, FabricError, SigningIdentity
+from gxsubmit.identityring import IdentityRing
+from gxsubmit.metrics import exposed_metric_names, render_latest
 from gxsubmit.wallet import load_identity
-from gxsubmit.worker import ConfigProblem, boot, status_path
+from gxsubmit.workerboot import ConfigProblem, boot
+from gxsubmit.workerstatus import status_path
 
 
 def err(cls: ErrorClass, code: str, stage: str = "endorse") -> FabricError:
