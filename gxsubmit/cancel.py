@@ -101,7 +101,7 @@ class _Resolver:
         """(code name, code, block) of the tx id, or a one-line reason there is no definite answer."""
         from gxsubmit.catalog import CatalogError, load_catalog
         from gxsubmit.fabric import Deadlines, FabricError, GatewayClient, SigningIdentity
-        from gxsubmit.worker import ConfigProblem, boot
+        from gxsubmit.workerboot import ConfigProblem, boot
 
         cfg = self.cfg
         try:

@@ -335,5 +335,5 @@ def test_operations_guide_lists_every_setting() -> None:
     assert not missing, f"docs/operations.md does not document {missing}"
     for topic in ("gxsubmit migrate", "gxsubmit requeue --error-code", "rollout undo deployment/gxsubmit",
                   "gxsubmit prune --older-than", "prune-cronjob.yaml",
-                  "additive", "maxUnavailable", "\u00d7 (3 workers \u00d7 2 connections + supervisor 1)"):
+                  "additive", "maxUnavailable", "\u00d7 (3 workers \u00d7 3 connections + supervisor 1)"):
         assert topic in text, topic

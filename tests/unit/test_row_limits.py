@@ -7,8 +7,8 @@ import json
 import pytest
 
 from gxsubmit.config import ConfigError, load_config
+from gxsubmit.decisions import INFRA_ERROR_CODES, error_action
 from gxsubmit.fabric.errors import ErrorClass, classify
-from gxsubmit.pipeline import INFRA_ERROR_CODES, error_action
 from gxsubmit.rowdecode import BadPayload, decode_payloads
 
 P, IN, T = ErrorClass.PERMANENT, ErrorClass.IN_DOUBT, ErrorClass.TRANSIENT
@@ -95,7 +95,7 @@ def test_limit_settings_take_sizes_with_units() -> None:
 def test_in_doubt_expires_only_for_in_doubt_retries_past_the_limit() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from gxsubmit.pipeline import Action, in_doubt_expired
+    from gxsubmit.decisions import Action, in_doubt_expired
 
     now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
     doubt = Action("retry", "SUBMIT_DEADLINE_EXCEEDED", counts=False, on_ledger=True, reason="in_doubt")

@@ -72,7 +72,7 @@ def test_redact(text: str, kept: str) -> None:
 
 
 def test_boot_repr_hides_the_client_tls_key() -> None:
-    from gxsubmit.worker import Boot
+    from gxsubmit.workerboot import Boot
 
     key = b"-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYBYTES\n-----END PRIVATE KEY-----\n"
     b = Boot(catalog=None, types=("T",), role="r", wallet_identity=None,  # type: ignore[arg-type]  # not used by repr

@@ -11,20 +11,21 @@ import pytest
 
 from gxsubmit.config import Config
 from gxsubmit.dblink import Batcher
-from gxsubmit.devwallet import make_dev_wallet
-from gxsubmit.fabric import ErrorClass, FabricError, SigningIdentity
-from gxsubmit.metrics import exposed_metric_names, render_latest
-from gxsubmit.pipeline import (
+from gxsubmit.decisions import (
     EXPIRED_CREATOR_GRACE,
     INFRA_ERROR_CODES,
-    IdentityRing,
     commit_action,
     creator_long_expired,
     error_action,
     reproducing_signer,
 )
+from gxsubmit.devwallet import make_dev_wallet
+from gxsubmit.fabric import ErrorClass, FabricError, SigningIdentity
+from gxsubmit.identityring import IdentityRing
+from gxsubmit.metrics import exposed_metric_names, render_latest
 from gxsubmit.wallet import load_identity
-from gxsubmit.worker import ConfigProblem, boot, status_path
+from gxsubmit.workerboot import ConfigProblem, boot
+from gxsubmit.workerstatus import status_path
 
 
 def err(cls: ErrorClass, code: str, stage: str = "endorse") -> FabricError:
@@ -267,7 +268,7 @@ def test_render_latest_exposes_only_known_names() -> None:
 
 
 def test_a_job_that_only_writes_its_outcome_frees_its_slot_within_twice_the_limit() -> None:
-    from gxsubmit.worker import free_slots
+    from gxsubmit.claimloop import free_slots
 
     assert free_slots(256, 0, 0) == 256
     assert free_slots(256, 256, 0) == 0  # all in flight
