@@ -177,7 +177,7 @@ async def cancel(cfg: Config, store: _Store, resolver: _Resolver, *, ids: Sequen
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     """Entry point of ``gxsubmit cancel``: 0 when every named unfinished row was cancelled, else 1."""
-    from gxsubmit.admin import _first_line  # one-line database errors, as the other admin commands
+    from gxsubmit.opcommand import first_line  # one-line database errors, as the other operator commands
 
     async def body() -> int:
         if not cfg.database_url:
@@ -210,8 +210,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print("gxsubmit cancel: no answer in time", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.OperationalError as exc:
-        print(f"gxsubmit cancel: database unavailable: {_first_line(exc)}", file=sys.stderr)
+        print(f"gxsubmit cancel: database unavailable: {first_line(exc)}", file=sys.stderr)
         return RET_UNAVAILABLE
     except psycopg.Error as exc:
-        print(f"gxsubmit cancel: database error: {_first_line(exc)}", file=sys.stderr)
+        print(f"gxsubmit cancel: database error: {first_line(exc)}", file=sys.stderr)
         return RET_FAIL
