@@ -9,7 +9,6 @@ from __future__ import annotations
 import operator
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -124,29 +123,13 @@ class OutboxStore(StoreHousekeeping):
             return set()
         return await self._held("renew", {**_pairs(leases), "lease_s": float(lease_s)})
 
-    async def record_tx(
-        self,
-        id: uuid.UUID,
-        token: uuid.UUID,
-        *,
-        nonce: bytes,
-        tx_id: str,
-        creator_fingerprint: str,
-        creator_not_after: datetime | None = None,
-    ) -> bool:
-        """Durably store the attempt's nonce and tx id. Must succeed before the first Endorse."""
-        params = {
-            "id": id,
-            "token": token,
-            "nonce": nonce,
-            "tx_id": tx_id,
-            "creator_fingerprint": creator_fingerprint,
-            "creator_not_after": creator_not_after,
-        }
-        return bool(await self._rows("record_tx", params))
-
     async def record_tx_many(self, items: Sequence[TxRecord]) -> set[uuid.UUID]:
-        """Batched :meth:`record_tx`: one statement for many rows; returns the ids whose lease held."""
+        """Store each row's nonce and tx id (fenced by its lease); returns the ids whose lease held.
+
+        Not the worker's path (its one write-ahead is :meth:`mark_submitted_tx`): kept for
+        ``bench/legacy_outbox.py``, which replays the original worker's two writes (this, then
+        :meth:`mark_submitted`), and for the tests of a row that holds a stored nonce.
+        """
         if not items:
             return set()
         params = {
@@ -160,6 +143,9 @@ class OutboxStore(StoreHousekeeping):
         return await self._held("record_tx_many", params)
 
     async def mark_submitted(self, items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
+        """SUBMITTED without writing a tx id. Not the worker's path (:meth:`mark_submitted_tx` is): kept
+        for the benchmarks that replay the original worker (``bench/original_worker.py``,
+        ``bench/legacy_outbox.py``), and for tests that need a SUBMITTED row."""
         if not items:
             return set()
         return await self._held("mark_submitted", _pairs(items))

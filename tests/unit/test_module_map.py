@@ -128,8 +128,8 @@ def test_gxsubmit_modules_import_no_cycle() -> None:
     """
     script = _load_script()
     cycles = script.import_cycles(script.import_graph(ROOT))
-    assert not cycles, "import cycles among gxsubmit modules (move the shared part to one side): " + "; ".join(
-        " <-> ".join(c) for c in cycles)
+    shown = "; ".join(" <-> ".join(c) for c in cycles)
+    assert not cycles, f"import cycles among gxsubmit modules (move the shared part to one side): {shown}"
 
 
 def test_the_cycle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_the_cycle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Pat
     (pkg / "a.py").write_text("def f():\n    from gxsubmit.b import g\n")
     (pkg / "b.py").write_text("from gxsubmit import c\n")
     (pkg / "c.py").write_text("import gxsubmit.a\n")
-    (pkg / "d.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gxsubmit.e import E\n")
+    (pkg / "d.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from gxsubmit.e import E\n")
     (pkg / "e.py").write_text("from gxsubmit import d\n")
     assert script.import_cycles(script.import_graph(tmp_path)) == [["a", "b", "c"]]
 
