@@ -30,19 +30,6 @@ from gxsubmit.outbox import (
 
 
 @pytest.fixture
-async def conn(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
-async def store(pg_url: str, schema: str) -> AsyncIterator[OutboxStore]:
-    s = await OutboxStore.connect(pg_url, schema=schema, worker_id="w1")
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 async def store2(pg_url: str, schema: str) -> AsyncIterator[OutboxStore]:
     s = await OutboxStore.connect(pg_url, schema=schema, worker_id="w2")
     yield s
