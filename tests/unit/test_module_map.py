@@ -27,11 +27,11 @@ _SKIP_DIRS = {".git", ".venv", ".venv-checkov", "node_modules", "__pycache__", "
 _TEXT_SUFFIXES = {".py", ".sql", ".md", ".toml", ".cfg", ".sh", ".yaml", ".yml", ".json", ".txt", ""}
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("module_map", ROOT / "scripts" / "module_map.py")
+def _load_script(name: str = "module_map") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("module_map", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -143,6 +143,22 @@ def test_the_cycle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Pat
     (pkg / "d.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from gxsubmit.e import E\n")
     (pkg / "e.py").write_text("from gxsubmit import d\n")
     assert script.import_cycles(script.import_graph(tmp_path)) == [["a", "b", "c"]]
+
+
+def test_code_figures_measures_a_tree(tmp_path: Path) -> None:
+    """scripts/code_figures.py (the size figures of a clean-up) on a tree small enough to count by hand."""
+    figures = _load_script("code_figures")
+    pkg = tmp_path / "gxsubmit"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from gxsubmit import b\n\n\nclass A:\n    def f(self):\n        return 1\n")
+    (pkg / "b.py").write_text("def g():\n    from gxsubmit import a\n")
+    fig = figures.figures(tmp_path)
+    assert (fig["modules"], fig["module_lines"]) == (3, 8)
+    assert [(s.name, s.lines) for s in fig["largest_classes"]] == [("a.A", 3)]
+    assert [(s.name, s.lines) for s in fig["longest_functions"]] == [("a.A.f", 2), ("b.g", 2)]
+    assert fig["cycles"] == [["a", "b"]]
+    assert "import cycles (run-time imports, lazy ones included): 1" in figures.render(tmp_path, fig)
 
 
 def test_every_design_reference_resolves() -> None:
