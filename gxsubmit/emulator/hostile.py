@@ -84,18 +84,25 @@ class HostilePeer:
         # field 2047, length-delimited: an unknown field every parser must skip
         return data + b"\xfa\x7f" + _varint(size) + b"\x00" * size
 
-    # -- unary answers ----------------------------------------------------------------------
-
-    def commit_status(self, honest: gateway_pb2.CommitStatusResponse) -> bytes:
-        data = honest.SerializeToString()
-        kind = self.rng.choice(("garbage", "truncated", "oversized", "block0", "block_max"))
-        self._count(f"commit_status_{kind}")
+    def _broken(self, kind: str, data: bytes) -> bytes | None:
+        """``data`` broken the ways every answer can be (garbage, truncated, oversized); None for
+        another kind, which the caller makes itself."""
         if kind == "garbage":
             return self._garbage()
         if kind == "truncated":
             return self._truncated(data)
         if kind == "oversized":
             return self._padded(data)
+        return None
+
+    # -- unary answers ----------------------------------------------------------------------
+
+    def commit_status(self, honest: gateway_pb2.CommitStatusResponse) -> bytes:
+        data = honest.SerializeToString()
+        kind = self.rng.choice(("garbage", "truncated", "oversized", "block0", "block_max"))
+        self._count(f"commit_status_{kind}")
+        if (broken := self._broken(kind, data)) is not None:
+            return broken
         block = 0 if kind == "block0" else 2**64 - 1
         return bytes(
             gateway_pb2.CommitStatusResponse(result=honest.result, block_number=block).SerializeToString()
@@ -105,20 +112,16 @@ class HostilePeer:
         data = honest.SerializeToString()
         kind = self.rng.choice(("garbage", "truncated", "oversized"))
         self._count(f"evaluate_{kind}")
-        if kind == "garbage":
-            return self._garbage()
-        return self._truncated(data) if kind == "truncated" else self._padded(data)
+        broken = self._broken(kind, data)
+        assert broken is not None
+        return broken
 
     def endorse(self, honest: gateway_pb2.EndorseResponse) -> bytes:
         data = honest.SerializeToString()
         kind = self.rng.choice(("garbage", "truncated", "oversized", "other_tx", "empty"))
         self._count(f"endorse_{kind}")
-        if kind == "garbage":
-            return self._garbage()
-        if kind == "truncated":
-            return self._truncated(data)
-        if kind == "oversized":
-            return self._padded(data)
+        if (broken := self._broken(kind, data)) is not None:
+            return broken
         if kind == "empty":
             return b""
         # a prepared transaction whose channel header names another tx id (contradicts the proposal)
@@ -137,12 +140,8 @@ class HostilePeer:
         honest block is then sent again on its next seek."""
         kind = self.rng.choice(_BLOCK_KINDS)
         self._count(f"deliver_{kind}")
-        if kind == "garbage":
-            return [self._garbage()], False
-        if kind == "truncated":
-            return [self._truncated(honest)], False
-        if kind == "oversized":
-            return [self._padded(honest)], False  # the padded block is the block
+        if (broken := self._broken(kind, honest)) is not None:
+            return [broken], False  # an oversized (padded) block is the block
         if kind == "status":
             status = self.rng.choice((400, 403, 404, 500, 503, 777))
             return [events_pb2.DeliverResponse(status=status).SerializeToString()], False
