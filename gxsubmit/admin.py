@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import sys
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import psycopg
 from gxsubmit.config import Config
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
 from gxsubmit.fleet import read_fleet, summary_line
-from gxsubmit.opcommand import CommandFailed, connect, not_migrated, open_store, run_command
+from gxsubmit.opcommand import CommandFailed, connect, not_migrated, open_store, run_command, uuid_arg
 from gxsubmit.outbox import (
     PRUNE_BATCH,
     STATUSES,
@@ -238,18 +237,10 @@ def run_status(cfg: Config, args: argparse.Namespace) -> int:
 # -- requeue ----------------------------------------------------------------------------------------
 
 
-def _uuid(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
-
-
 def add_requeue_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--id", dest="ids", action="append", type=_uuid, metavar="ID", help="a FAILED row's id (repeatable)"
-    )
+    which.add_argument("--id", dest="ids", action="append", type=uuid_arg, metavar="ID",
+                       help="a FAILED row's id (repeatable)")
     which.add_argument("--error-code", metavar="CODE", help="every FAILED row with this error code")
     which.add_argument("--all-failed", action="store_true", help="every FAILED row")
 

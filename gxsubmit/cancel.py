@@ -23,6 +23,7 @@ import psycopg
 
 from gxsubmit.config import Config
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE
+from gxsubmit.opcommand import first_line, uuid_arg  # one-line errors, as the other operator commands
 from gxsubmit.outbox import SchemaNotMigrated, _compose
 
 __all__ = ["Candidate", "add_arguments", "run"]
@@ -44,16 +45,9 @@ class Candidate:
     request_id: str
 
 
-def _uuid(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", dest="ids", action="append", type=_uuid, metavar="ID",
+    which.add_argument("--id", dest="ids", action="append", type=uuid_arg, metavar="ID",
                        help="an unfinished row's id (repeatable)")
     which.add_argument("--request-id", dest="request_ids", action="append", metavar="REQUEST_ID",
                        help="an unfinished row's request id, with --tenant (repeatable)")
@@ -177,7 +171,6 @@ async def cancel(cfg: Config, store: _Store, resolver: _Resolver, *, ids: Sequen
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     """Entry point of ``gxsubmit cancel``: 0 when every named unfinished row was cancelled, else 1."""
-    from gxsubmit.opcommand import first_line  # one-line database errors, as the other operator commands
 
     async def body() -> int:
         if not cfg.database_url:

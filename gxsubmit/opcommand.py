@@ -7,8 +7,10 @@ kept in :mod:`gxsubmit.admin` it made ``fleet`` and ``admin`` import each other.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,7 +21,7 @@ from gxsubmit.dbroute import CONNECT_ARGS, ca_setting, tls_problem
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_UNAVAILABLE
 from gxsubmit.outbox import OutboxStore, SchemaNotMigrated
 
-__all__ = ["CommandFailed", "connect", "first_line", "not_migrated", "open_store", "run_command"]
+__all__ = ["CommandFailed", "connect", "first_line", "not_migrated", "open_store", "run_command", "uuid_arg"]
 
 
 class CommandFailed(Exception):
@@ -28,6 +30,14 @@ class CommandFailed(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def uuid_arg(text: str) -> uuid.UUID:
+    """The argparse type of a row id: a usage error naming the text, not a traceback."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
 
 
 def first_line(exc: BaseException) -> str:
