@@ -1,6 +1,6 @@
 """The supervisor's database watcher on its own thread against a real PostgreSQL: statistics and the
 unroutable sweep, handing back rows of exited and crashed workers, and a database it cannot reach.
-Its decisions alone (schedule, busy or idle, logging) are tests/unit/test_outbox_watcher.py."""
+Its decisions alone (schedule, busy or idle, logging) are tests/unit/test_outbox_watcher_logic.py."""
 
 from __future__ import annotations
 
