@@ -7,12 +7,9 @@ stderr and an exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,15 +17,13 @@ from typing import Any
 import psycopg
 
 from gxsubmit.config import Config
-from gxsubmit.dbroute import CONNECT_ARGS, ca_setting, tls_problem
 from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE, RET_USAGE
 from gxsubmit.fleet import read_fleet, summary_line
+from gxsubmit.opcommand import CommandFailed, connect, not_migrated, open_store, run_command, uuid_arg
 from gxsubmit.outbox import (
     PRUNE_BATCH,
     STATUSES,
-    OutboxStore,
     QueueStats,
-    SchemaNotMigrated,
     enqueue,
     migrate,
     schema_version,
@@ -48,72 +43,6 @@ __all__ = [
     "run_requeue",
     "run_status",
 ]
-
-
-class _Fail(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
-
-
-def _not_migrated(cfg: Config) -> _Fail:
-    return _Fail(RET_FAIL, f"schema {cfg.schema!r} has no outbox table; run 'gxsubmit migrate' first")
-
-
-async def _connect(cfg: Config) -> psycopg.AsyncConnection[Any]:
-    if not cfg.database_url:
-        raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
-    return await psycopg.AsyncConnection.connect(
-        cfg.database_conninfo,
-        autocommit=True,
-        connect_timeout=max(2, round(cfg.connect_timeout)),
-        application_name="gxsubmit:admin",
-        **CONNECT_ARGS,
-    )
-
-
-async def _open_store(cfg: Config) -> OutboxStore:
-    if not cfg.database_url:
-        raise _Fail(RET_CONFIG, "no database URL: set GXSUBMIT_DATABASE_URL or --database-url")
-    return await OutboxStore.connect(
-        cfg.database_conninfo, schema=cfg.schema, worker_id="admin", connect_timeout=cfg.connect_timeout
-    )
-
-
-def _run(command: str, cfg: Config, body: Callable[[], Awaitable[int]], *, bounded: bool = True) -> int:
-    """Run ``body`` and turn the expected failures into one line on stderr.
-
-    ``bounded``: the whole command must finish within max(30 s, 4 x connect timeout); a command made of
-    many short statements (prune) is not bounded as a whole, each statement has the session's timeout.
-    """
-    prefix = f"gxsubmit {command}:"
-    timeout = max(30.0, 4 * cfg.connect_timeout) if bounded else None
-    try:
-        return asyncio.run(asyncio.wait_for(body(), timeout=timeout))
-    except _Fail as exc:
-        print(f"{prefix} {exc}", file=sys.stderr)
-        return exc.code
-    except (SchemaNotMigrated, psycopg.errors.UndefinedTable):
-        print(f"{prefix} {_not_migrated(cfg)}", file=sys.stderr)
-        return RET_FAIL
-    except TimeoutError:
-        print(f"{prefix} database unavailable: no answer in time", file=sys.stderr)
-        return RET_UNAVAILABLE
-    except psycopg.OperationalError as exc:
-        problem = tls_problem(exc, url_setting="GXSUBMIT_DATABASE_URL", ca_setting=ca_setting(cfg))
-        if problem is not None:
-            print(f"{prefix} {problem}", file=sys.stderr)
-            return RET_CONFIG
-        print(f"{prefix} database unavailable: {_first_line(exc)}", file=sys.stderr)
-        return RET_UNAVAILABLE
-    except psycopg.Error as exc:
-        print(f"{prefix} database error: {_first_line(exc)}", file=sys.stderr)
-        return RET_FAIL
 
 
 # -- migrate ----------------------------------------------------------------------------------------
@@ -139,7 +68,7 @@ def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
     async def body() -> int:
-        async with await _connect(cfg) as conn:
+        async with await connect(cfg) as conn:
             before = await schema_version(conn, cfg.schema)
             version = await migrate(conn, cfg.schema)
             change = "already at" if before == version else f"migrated from {before or 0} to"
@@ -151,7 +80,7 @@ def run_migrate(cfg: Config, args: argparse.Namespace) -> int:
                 print("\n".join(lines))
         return RET_OK
 
-    return _run("migrate", cfg, body)
+    return run_command("migrate", cfg, body)
 
 
 async def _legacy_outbox(conn: psycopg.AsyncConnection[Any], cfg: Config, adopt_table: str | None,
@@ -168,14 +97,14 @@ async def _legacy_outbox(conn: psycopg.AsyncConnection[Any], cfg: Config, adopt_
         try:
             routed: list[str] | None = load_catalog(cfg.catalog).all_types()
         except CatalogError as exc:
-            raise _Fail(RET_CONFIG, f"catalogue: {exc}") from None
+            raise CommandFailed(RET_CONFIG, f"catalogue: {exc}") from None
         report = await legacy.adopt(conn, cfg.schema, adopt_table, lock_timeout_s=args.legacy_lock_timeout,
                                     routed_types=routed)
         return report.lines()
     except legacy.LegacyError as exc:
-        raise _Fail(RET_FAIL, str(exc)) from None
+        raise CommandFailed(RET_FAIL, str(exc)) from None
     except psycopg.errors.LockNotAvailable:
-        raise _Fail(RET_UNAVAILABLE, "the legacy table stayed locked by other transactions for 10 s "
+        raise CommandFailed(RET_UNAVAILABLE, "the legacy table stayed locked by other transactions for 10 s "
                                      "(a long producer transaction?); nothing changed, try again") from None
 
 
@@ -200,9 +129,9 @@ def run_enqueue(cfg: Config, args: argparse.Namespace) -> int:
         return RET_USAGE
 
     async def body() -> int:
-        async with await _connect(cfg) as conn:
+        async with await connect(cfg) as conn:
             if await schema_version(conn, cfg.schema) is None:
-                raise _not_migrated(cfg)
+                raise not_migrated(cfg)
             row_id, created = await enqueue(
                 conn,
                 command_type=args.type,
@@ -216,7 +145,7 @@ def run_enqueue(cfg: Config, args: argparse.Namespace) -> int:
         print(f"{row_id} {'created' if created else 'exists (same tenant and request id)'}")
         return RET_OK
 
-    return _run("enqueue", cfg, body)
+    return run_command("enqueue", cfg, body)
 
 
 # -- status -----------------------------------------------------------------------------------------
@@ -286,7 +215,7 @@ def format_status(stats: QueueStats, waiting: tuple[int, int] = (0, 0)) -> str:
 
 def run_status(cfg: Config, args: argparse.Namespace) -> int:
     async def body() -> int:
-        store = await _open_store(cfg)
+        store = await open_store(cfg)
         try:
             stats = await store.stats()
             waiting = await store.waiting_for_key()
@@ -302,31 +231,23 @@ def run_status(cfg: Config, args: argparse.Namespace) -> int:
             print(summary_line(replicas))
         return RET_OK
 
-    return _run("status", cfg, body)
+    return run_command("status", cfg, body)
 
 
 # -- requeue ----------------------------------------------------------------------------------------
 
 
-def _uuid(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
-
-
 def add_requeue_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--id", dest="ids", action="append", type=_uuid, metavar="ID", help="a FAILED row's id (repeatable)"
-    )
+    which.add_argument("--id", dest="ids", action="append", type=uuid_arg, metavar="ID",
+                       help="a FAILED row's id (repeatable)")
     which.add_argument("--error-code", metavar="CODE", help="every FAILED row with this error code")
     which.add_argument("--all-failed", action="store_true", help="every FAILED row")
 
 
 def run_requeue(cfg: Config, args: argparse.Namespace) -> int:
     async def body() -> int:
-        store = await _open_store(cfg)
+        store = await open_store(cfg)
         try:
             n = await store.requeue(
                 ids=args.ids or (), error_code=args.error_code, all_failed=bool(args.all_failed)
@@ -336,7 +257,7 @@ def run_requeue(cfg: Config, args: argparse.Namespace) -> int:
         print(f"requeued {n} FAILED row{'s' if n != 1 else ''} (PENDING now, attempts reset)")
         return RET_OK
 
-    return _run("requeue", cfg, body)
+    return run_command("requeue", cfg, body)
 
 
 # -- prune ------------------------------------------------------------------------------------------
@@ -391,7 +312,7 @@ def run_prune(cfg: Config, args: argparse.Namespace) -> int:
             print(f"gxsubmit prune: {total} rows deleted so far", file=sys.stderr, flush=True)
 
     async def body() -> int:
-        store = await _open_store(cfg)
+        store = await open_store(cfg)
         try:
             n, cutoff = await store.prune(args.older_than, batch=args.batch, dry_run=args.dry_run,
                                           progress=progress)
@@ -403,7 +324,7 @@ def run_prune(cfg: Config, args: argparse.Namespace) -> int:
               "(FAILED and unfinished rows are never pruned)")
         return RET_OK
 
-    return _run("prune", cfg, body, bounded=False)
+    return run_command("prune", cfg, body, bounded=False)
 
 
 # -- record-expiry ----------------------------------------------------------------------------------
@@ -426,7 +347,7 @@ def _certificate(path: str, msp_id: str) -> tuple[str, datetime, str, str]:
     try:
         pem, cert = load_certificate(Path(path))
     except WalletError as exc:  # "<path>: <reason>", never the file's content
-        raise _Fail(RET_USAGE, str(exc)) from None
+        raise CommandFailed(RET_USAGE, str(exc)) from None
     return (certificate_fingerprint(cert), cert.not_valid_after_utc, cert.subject.rfc4514_string(),
             creator_fingerprint(serialize_identity(msp_id, pem)))
 
@@ -435,7 +356,7 @@ def run_record_expiry(cfg: Config, args: argparse.Namespace) -> int:
     async def body() -> int:
         # every file is checked before any write
         certs = [(path, *_certificate(path, cfg.msp_id)) for path in args.certificates]
-        store = await _open_store(cfg)
+        store = await open_store(cfg)
         try:
             for path, fingerprint, not_after, subject, creator_fp in certs:
                 n = (await store.record_creator_expiry(fingerprint, not_after)
@@ -449,4 +370,4 @@ def run_record_expiry(cfg: Config, args: argparse.Namespace) -> int:
               "ledger does not know its old one (docs/operations.md, Rotate wallet credentials).")
         return RET_OK
 
-    return _run("record-expiry", cfg, body)
+    return run_command("record-expiry", cfg, body)

@@ -22,8 +22,9 @@ from typing import Any
 import psycopg
 
 from gxsubmit.config import Config
-from gxsubmit.exitcodes import RET_CONFIG, RET_FAIL, RET_OK, RET_UNAVAILABLE
-from gxsubmit.outbox import SchemaNotMigrated, _compose
+from gxsubmit.exitcodes import RET_FAIL, RET_OK
+from gxsubmit.opcommand import connect, run_command, uuid_arg
+from gxsubmit.outbox import _compose
 
 __all__ = ["Candidate", "add_arguments", "run"]
 
@@ -44,16 +45,9 @@ class Candidate:
     request_id: str
 
 
-def _uuid(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--id", dest="ids", action="append", type=_uuid, metavar="ID",
+    which.add_argument("--id", dest="ids", action="append", type=uuid_arg, metavar="ID",
                        help="an unfinished row's id (repeatable)")
     which.add_argument("--request-id", dest="request_ids", action="append", metavar="REQUEST_ID",
                        help="an unfinished row's request id, with --tenant (repeatable)")
@@ -176,17 +170,13 @@ async def cancel(cfg: Config, store: _Store, resolver: _Resolver, *, ids: Sequen
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    """Entry point of ``gxsubmit cancel``: 0 when every named unfinished row was cancelled, else 1."""
-    from gxsubmit.admin import _first_line  # one-line database errors, as the other admin commands
+    """Entry point of ``gxsubmit cancel``: 0 when every named unfinished row was cancelled, else 1.
+
+    Connects and reports failures as the other operator commands do (``opcommand``): the database CA,
+    no prepared statements behind a pooler, one line per failure."""
 
     async def body() -> int:
-        if not cfg.database_url:
-            print("gxsubmit cancel: no database URL: set GXSUBMIT_DATABASE_URL or --database-url",
-                  file=sys.stderr)
-            return RET_CONFIG
-        async with await psycopg.AsyncConnection.connect(
-                cfg.database_url, autocommit=True, connect_timeout=max(2, round(cfg.connect_timeout)),
-                application_name="gxsubmit:cancel") as conn:
+        async with await connect(cfg) as conn:
             resolver = _Resolver(cfg)
             try:
                 cancelled, refused = await cancel(
@@ -200,18 +190,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print(f"cancelled {len(cancelled)} row{plural} (FAILED, error code CANCELLED)")
         return RET_FAIL if refused else RET_OK
 
-    try:
-        return asyncio.run(asyncio.wait_for(body(), timeout=max(60.0, 4 * cfg.connect_timeout)))
-    except (SchemaNotMigrated, psycopg.errors.UndefinedTable):
-        print(f"gxsubmit cancel: schema {cfg.schema!r} has no outbox table; run 'gxsubmit migrate' first",
-              file=sys.stderr)
-        return RET_FAIL
-    except TimeoutError:
-        print("gxsubmit cancel: no answer in time", file=sys.stderr)
-        return RET_UNAVAILABLE
-    except psycopg.OperationalError as exc:
-        print(f"gxsubmit cancel: database unavailable: {_first_line(exc)}", file=sys.stderr)
-        return RET_UNAVAILABLE
-    except psycopg.Error as exc:
-        print(f"gxsubmit cancel: database error: {_first_line(exc)}", file=sys.stderr)
-        return RET_FAIL
+    async def bounded() -> int:
+        # resolving a row may wait on the gateway: longer than the other commands' bound
+        return await asyncio.wait_for(body(), timeout=max(60.0, 4 * cfg.connect_timeout))
+
+    return run_command("cancel", cfg, bounded, bounded=False)

@@ -20,7 +20,7 @@ from typing import Any
 
 from gxsubmit.secrets import redact
 
-__all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_config_arguments", "load_config"]
+__all__ = ["SETTINGS", "Config", "ConfigError", "Setting", "add_config_arguments", "conninfo", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -311,6 +311,23 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 _URL_SETTINGS = ("database_url", "listen_url")
 
 
+def conninfo(url: str, ca: Path | None) -> str:
+    """``url`` with the PostgreSQL CA file as ``sslrootcert``; ``sslmode`` defaults to verify-full then.
+
+    Here rather than in :mod:`gxsubmit.dbroute`, which reads a :class:`Config`: the settings own what
+    their URLs mean. psycopg is imported on use, so reading the settings (``--help``) does not load it.
+    """
+    if ca is None or not url:
+        return url
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    extra: dict[str, Any] = {"sslrootcert": str(ca)}
+    if "sslmode" not in params:
+        extra["sslmode"] = "verify-full"
+    return make_conninfo(url, **extra)
+
+
 @dataclass(frozen=True)
 class Config:
     """Effective settings of one process (see ``SETTINGS`` for meaning and defaults)."""
@@ -410,15 +427,11 @@ class Config:
     @property
     def database_conninfo(self) -> str:
         """The database URL with the PostgreSQL CA file applied (what every connection uses)."""
-        from gxsubmit.dbroute import conninfo
-
         return conninfo(self.database_url, self.database_ca)
 
     @property
     def listen_conninfo(self) -> str:
         """The LISTEN connection's URL: the direct one if given, else the database URL."""
-        from gxsubmit.dbroute import conninfo
-
         return conninfo(self.listen_url or self.database_url, self.database_ca)
 
     @property

@@ -2,7 +2,7 @@
 
 Why a link and not the store directly: the original died (and restart-stormed) on every
 PostgreSQL blip. Here a lost connection only pauses the work that needs the database: the
-link reconnects with jittered backoff, callers that must not lose a write (record_tx, completions)
+link reconnects with jittered backoff, callers that must not lose a write (status marks, outcomes)
 wait for it and retry — safe because every completion is fenced by the lease token and the tx id
 is fixed by the stored nonce — and callers that can skip a beat (claim, renew) just fail fast.
 """

@@ -16,18 +16,16 @@ import re
 import socket
 from functools import cache
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 if TYPE_CHECKING:
     from gxsubmit.config import Config
 
 __all__ = [
-    "CONNECT_ARGS", "PoolInfo", "behind_proxy", "ca_setting", "conninfo", "pool_mode", "tls_preflight",
-    "tls_problem",
+    "CONNECT_ARGS", "PoolInfo", "behind_proxy", "ca_setting", "pool_mode", "tls_preflight", "tls_problem",
 ]
 
 #: Keyword arguments for every ``psycopg.(Async)Connection.connect`` of gxsubmit: never prepare a
@@ -35,17 +33,6 @@ __all__ = [
 #: on another server connection ("prepared statement _pg3_0 does not exist / already exists"). Unnamed
 #: statements are planned for their actual parameters each time, which the claim wants anyway.
 CONNECT_ARGS: dict[str, Any] = {"prepare_threshold": None}
-
-
-def conninfo(url: str, ca: Path | None) -> str:
-    """``url`` with the PostgreSQL CA file as ``sslrootcert``; ``sslmode`` defaults to verify-full then."""
-    if ca is None or not url:
-        return url
-    params = conninfo_to_dict(url)
-    extra: dict[str, Any] = {"sslrootcert": str(ca)}
-    if "sslmode" not in params:
-        extra["sslmode"] = "verify-full"
-    return make_conninfo(url, **extra)
 
 
 def _local_endpoint(conn: psycopg.AsyncConnection[Any]) -> tuple[str | None, int | None]:

@@ -386,11 +386,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     """``gxsubmit fleet``: the registered replicas, one line each (live and gone; --all adds stopped)."""
-    from gxsubmit.admin import _connect, _run  # one-line errors like the other operator commands
     from gxsubmit.exitcodes import RET_OK
+    from gxsubmit.opcommand import connect, run_command  # one-line errors like the other operator commands
 
     async def body() -> int:
-        conn = await _connect(cfg)
+        conn = await connect(cfg)
         try:
             replicas = await read_fleet(conn, cfg.schema)
         finally:
@@ -403,4 +403,4 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return RET_OK
 
-    return _run("fleet", cfg, body)
+    return run_command("fleet", cfg, body)

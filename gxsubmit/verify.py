@@ -195,9 +195,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _read(cfg: Config, window: float) -> tuple[list[Replica], Flow]:
-    from gxsubmit.admin import _open_store
+    from gxsubmit.opcommand import open_store
 
-    store = await _open_store(cfg)
+    store = await open_store(cfg)
     try:
         conn = await store.connection()
         replicas = await read_fleet(conn, cfg.schema)
@@ -213,8 +213,8 @@ async def _read(cfg: Config, window: float) -> tuple[list[Replica], Flow]:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from gxsubmit.admin import _run
     from gxsubmit.exitcodes import RET_FAIL, RET_OK, RET_USAGE
+    from gxsubmit.opcommand import run_command
 
     if args.replicas is not None and args.replicas < 1:
         print("gxsubmit verify: --replicas must be at least 1", file=sys.stderr)
@@ -233,4 +233,4 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             print(report(checks))
         return RET_OK if ok else RET_FAIL
 
-    return _run("verify", cfg, body)
+    return run_command("verify", cfg, body)

@@ -69,9 +69,25 @@ def _resolve(node: ast.ImportFrom, current: str, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def imports_of(name: str, path: Path, known: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(gxsubmit modules, outside packages) that ``path`` imports anywhere, lazy imports included."""
+def _type_checking_only(tree: ast.Module) -> set[int]:
+    """ids of the import nodes inside ``if TYPE_CHECKING:`` blocks (never run: no edge at run time)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+                (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+                or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def imports_of(name: str, path: Path, known: set[str], *,
+               runtime_only: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(gxsubmit modules, outside packages) that ``path`` imports anywhere, lazy imports included.
+
+    ``runtime_only`` leaves out the imports under ``if TYPE_CHECKING:`` (the import graph's cycles).
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    skip = _type_checking_only(tree) if runtime_only else set()
     internal: set[str] = set()
     external: set[str] = set()
 
@@ -86,6 +102,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> tuple[tuple[str, ...],
             external.add(top)
 
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name)
@@ -96,6 +114,51 @@ def imports_of(name: str, path: Path, known: set[str]) -> tuple[tuple[str, ...],
                 add(sub if sub in known else base)
     short = sorted(_short(m) for m in internal)
     return tuple(short), tuple(sorted(external))
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Which gxsubmit modules each module imports when it runs (short names; function-level imports
+    included, ``TYPE_CHECKING`` ones not; importing ``a.b`` counts as an edge to ``a.b`` only, not to
+    the package ``a`` that Python loads first)."""
+    modules = tree_modules(root)
+    known = set(modules)
+    return {_short(name): set(imports_of(name, path, known, runtime_only=True)[0])
+            for name, path in modules.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (each a cycle or several), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm; the graph is a few hundred nodes, recursion is fine
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph.get(v, ()):
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
 
 
 def _short(module: str) -> str:

@@ -2,19 +2,25 @@
 
 ``pg_url`` is the server (``GXSUBMIT_TEST_DATABASE_URL`` or an embedded one started for the session).
 ``schema`` is a fresh, migrated, randomly named schema per test, dropped afterwards, so tests running
-at the same time (several people share the machine server) never see each other's rows.
+at the same time (several people share the machine server) never see each other's rows. ``conn`` and
+``store`` are an autocommit connection and a worker's store on it; ``lschema`` holds the services' own
+Prisma outbox table instead (the legacy adoption's tests).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import legacy_prisma
+import psycopg
 import pytest
 from dbutil import drop_schema, migrate_schema, new_schema_name, url_with_search_path
+from psycopg import sql
 
+from gxsubmit.outbox import OutboxStore
 from gxsubmit.pgembed import EmbeddedPostgres
 
 T = TypeVar("T")
@@ -65,6 +71,34 @@ def schema(pg_url: str) -> Iterator[str]:
 @pytest.fixture
 def db_url_with_schema(pg_url: str, schema: str) -> str:
     return url_with_search_path(pg_url, schema)
+
+
+@pytest.fixture
+async def conn(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """An autocommit connection to the server (statements name their schema)."""
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+async def store(pg_url: str, schema: str) -> AsyncIterator[OutboxStore]:
+    """The store of worker ``w1`` on this test's schema."""
+    s = await OutboxStore.connect(pg_url, schema=schema, worker_id="w1")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def lschema(pg_url: str) -> Iterator[str]:
+    """A schema of its own holding the services' tables, as Prisma's migrations create them."""
+    name = new_schema_name()
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        legacy_prisma.create(c, name)
+    try:
+        yield name
+    finally:
+        drop_schema(pg_url, name)
 
 
 @pytest.fixture(scope="session")

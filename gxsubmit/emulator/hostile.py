@@ -32,9 +32,8 @@ __all__ = ["HostilePeer", "add_gateway_servicer"]
 #: grpcio's (and Fabric's) 100 MB message cap.
 _PAD_RANGE = (256 * 1024, 4 * 1024 * 1024)
 _UNKNOWN_CODES = (26, 100, 253, 4242, 2**31 - 1)
-_BLOCK_KINDS = (
-    "garbage", "truncated", "oversized", "jump", "backwards", "duplicates", "unknown_codes", "status"
-)
+#: The ways any answer can be broken (:meth:`HostilePeer._broken`); each kind of answer adds its own.
+_BROKEN = ("garbage", "truncated", "oversized")
 
 
 def _bytes_or_message(answer: Any) -> bytes:
@@ -84,41 +83,44 @@ class HostilePeer:
         # field 2047, length-delimited: an unknown field every parser must skip
         return data + b"\xfa\x7f" + _varint(size) + b"\x00" * size
 
-    # -- unary answers ----------------------------------------------------------------------
+    def _pick(self, answer: str, data: bytes, *own: str) -> tuple[str, bytes | None]:
+        """Choose how to lie in an ``answer`` (a way of :data:`_BROKEN` or one of its ``own``) and count
+        it: (the kind, ``data`` broken that way, or None for an own kind the caller makes)."""
+        kind = self.rng.choice((*_BROKEN, *own))
+        self._count(f"{answer}_{kind}")
+        return kind, self._broken(kind, data)
 
-    def commit_status(self, honest: gateway_pb2.CommitStatusResponse) -> bytes:
-        data = honest.SerializeToString()
-        kind = self.rng.choice(("garbage", "truncated", "oversized", "block0", "block_max"))
-        self._count(f"commit_status_{kind}")
+    def _broken(self, kind: str, data: bytes) -> bytes | None:
+        """``data`` broken the ways every answer can be (garbage, truncated, oversized); None for
+        another kind, which the caller makes itself."""
         if kind == "garbage":
             return self._garbage()
         if kind == "truncated":
             return self._truncated(data)
         if kind == "oversized":
             return self._padded(data)
+        return None
+
+    # -- unary answers ----------------------------------------------------------------------
+
+    def commit_status(self, honest: gateway_pb2.CommitStatusResponse) -> bytes:
+        kind, broken = self._pick("commit_status", honest.SerializeToString(), "block0", "block_max")
+        if broken is not None:
+            return broken
         block = 0 if kind == "block0" else 2**64 - 1
         return bytes(
             gateway_pb2.CommitStatusResponse(result=honest.result, block_number=block).SerializeToString()
         )
 
     def evaluate(self, honest: gateway_pb2.EvaluateResponse) -> bytes:
-        data = honest.SerializeToString()
-        kind = self.rng.choice(("garbage", "truncated", "oversized"))
-        self._count(f"evaluate_{kind}")
-        if kind == "garbage":
-            return self._garbage()
-        return self._truncated(data) if kind == "truncated" else self._padded(data)
+        _, broken = self._pick("evaluate", honest.SerializeToString())
+        assert broken is not None
+        return broken
 
     def endorse(self, honest: gateway_pb2.EndorseResponse) -> bytes:
-        data = honest.SerializeToString()
-        kind = self.rng.choice(("garbage", "truncated", "oversized", "other_tx", "empty"))
-        self._count(f"endorse_{kind}")
-        if kind == "garbage":
-            return self._garbage()
-        if kind == "truncated":
-            return self._truncated(data)
-        if kind == "oversized":
-            return self._padded(data)
+        kind, broken = self._pick("endorse", honest.SerializeToString(), "other_tx", "empty")
+        if broken is not None:
+            return broken
         if kind == "empty":
             return b""
         # a prepared transaction whose channel header names another tx id (contradicts the proposal)
@@ -135,14 +137,10 @@ class HostilePeer:
         """What to send instead of block ``number``: (messages, whether the honest block follows them).
         A message that breaks the stream (garbage, a jump, a status) ends the client's stream: the
         honest block is then sent again on its next seek."""
-        kind = self.rng.choice(_BLOCK_KINDS)
-        self._count(f"deliver_{kind}")
-        if kind == "garbage":
-            return [self._garbage()], False
-        if kind == "truncated":
-            return [self._truncated(honest)], False
-        if kind == "oversized":
-            return [self._padded(honest)], False  # the padded block is the block
+        kind, broken = self._pick("deliver", honest,
+                                  "jump", "backwards", "duplicates", "unknown_codes", "status")
+        if broken is not None:
+            return [broken], False  # an oversized (padded) block is the block
         if kind == "status":
             status = self.rng.choice((400, 403, 404, 500, 503, 777))
             return [events_pb2.DeliverResponse(status=status).SerializeToString()], False

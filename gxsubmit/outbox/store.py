@@ -9,7 +9,6 @@ from __future__ import annotations
 import operator
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -36,11 +35,27 @@ def _pairs(items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> dict[str, list[uuid.
     return {"ids": [i for i, _ in items], "tokens": [t for _, t in items]}
 
 
+def _ended(id: uuid.UUID, token: uuid.UUID, error_code: str, error: str) -> dict[str, Any]:
+    """The parameters every try that ends in an error writes: the fenced row and the error, cut to size."""
+    return {"id": id, "token": token, "error_code": truncate_error(error_code, ERROR_CODE_MAX_BYTES),
+            "error": truncate_error(error)}
+
+
+def _arrays(items: Sequence[Any], **columns: str) -> dict[str, list[Any]]:
+    """The array parameters of a batched statement: ``param="attribute"`` read from every item."""
+    return {param: list(map(operator.attrgetter(attr), items)) for param, attr in columns.items()}
+
+
 class OutboxStore(StoreHousekeeping):
     """The store of one worker process: claims, leases and every fenced state change of a row, on
     :class:`~gxsubmit.outbox.connection.StoreConnection`'s one connection (see there for concurrency);
     the statements of the supervisor and the admin commands are in :class:`StoreHousekeeping`.
     """
+
+    async def _fenced(self, name: str, items: Sequence[Any], params: dict[str, Any]) -> set[uuid.UUID]:
+        """A batched update of ``items`` fenced by each row's lease token: the ids whose lease held
+        (nothing to send for no items)."""
+        return await self._held(name, params) if items else set()
 
     @classmethod
     async def connect(
@@ -120,64 +135,30 @@ class OutboxStore(StoreHousekeeping):
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_s: float) -> set[uuid.UUID]:
         """Extend the leases still held; return their ids (the others were lost)."""
-        if not leases:
-            return set()
-        return await self._held("renew", {**_pairs(leases), "lease_s": float(lease_s)})
-
-    async def record_tx(
-        self,
-        id: uuid.UUID,
-        token: uuid.UUID,
-        *,
-        nonce: bytes,
-        tx_id: str,
-        creator_fingerprint: str,
-        creator_not_after: datetime | None = None,
-    ) -> bool:
-        """Durably store the attempt's nonce and tx id. Must succeed before the first Endorse."""
-        params = {
-            "id": id,
-            "token": token,
-            "nonce": nonce,
-            "tx_id": tx_id,
-            "creator_fingerprint": creator_fingerprint,
-            "creator_not_after": creator_not_after,
-        }
-        return bool(await self._rows("record_tx", params))
+        return await self._fenced("renew", leases, {**_pairs(leases), "lease_s": float(lease_s)})
 
     async def record_tx_many(self, items: Sequence[TxRecord]) -> set[uuid.UUID]:
-        """Batched :meth:`record_tx`: one statement for many rows; returns the ids whose lease held."""
-        if not items:
-            return set()
-        params = {
-            "ids": [r.id for r in items],
-            "tokens": [r.token for r in items],
-            "nonces": [r.nonce for r in items],
-            "tx_ids": [r.tx_id for r in items],
-            "fps": [r.creator_fingerprint for r in items],
-            "not_afters": [r.creator_not_after for r in items],
-        }
-        return await self._held("record_tx_many", params)
+        """Store each row's nonce and tx id (fenced by its lease); returns the ids whose lease held.
+
+        Not the worker's path (its one write-ahead is :meth:`mark_submitted_tx`): kept for
+        ``bench/legacy_outbox.py``, which replays the original worker's two writes (this, then
+        :meth:`mark_submitted`), and for the tests of a row that holds a stored nonce.
+        """
+        return await self._fenced("record_tx_many", items, _arrays(
+            items, ids="id", tokens="token", nonces="nonce", tx_ids="tx_id", fps="creator_fingerprint",
+            not_afters="creator_not_after"))
 
     async def mark_submitted(self, items: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
-        if not items:
-            return set()
-        return await self._held("mark_submitted", _pairs(items))
+        """SUBMITTED without writing a tx id. Not the worker's path (:meth:`mark_submitted_tx` is): kept
+        for the benchmarks that replay the original worker (``bench/original_worker.py``,
+        ``bench/legacy_outbox.py``), and for tests that need a SUBMITTED row."""
+        return await self._fenced("mark_submitted", items, _pairs(items))
 
     async def mark_submitted_tx(self, items: Sequence[SubmittedTx]) -> set[uuid.UUID]:
         """SUBMITTED, with the tx id, nonce generation and creator of the envelope (before Submit)."""
-        if not items:
-            return set()
-        params = {
-            "ids": [r.id for r in items],
-            "tokens": [r.token for r in items],
-            "tx_ids": [r.tx_id for r in items],
-            "gens": [r.generation for r in items],
-            "fps": [r.creator_fingerprint for r in items],
-            "not_afters": [r.creator_not_after for r in items],
-            "nonces": [r.nonce for r in items],
-        }
-        return await self._held("mark_submitted_tx", params)
+        return await self._fenced("mark_submitted_tx", items, _arrays(
+            items, ids="id", tokens="token", tx_ids="tx_id", gens="generation", fps="creator_fingerprint",
+            not_afters="creator_not_after", nonces="nonce"))
 
     async def txid_key(self) -> bytes:
         """The schema's key for derived nonces (migration 0008)."""
@@ -197,16 +178,9 @@ class OutboxStore(StoreHousekeeping):
         return bytes(rows[0][0]) if rows else None
 
     async def mark_committed(self, items: Sequence[Committed]) -> set[uuid.UUID]:
-        if not items:
-            return set()
-        params = {
-            "ids": [c.id for c in items],
-            "tokens": [c.token for c in items],
-            "tx_ids": [c.tx_id for c in items],
-            "blocks": [c.block for c in items],
-            "codes": [c.validation_code for c in items],
-        }
-        return await self._held("mark_committed", params)
+        """COMMITTED with the block and validation code, and the next row of each order key woken."""
+        return await self._fenced("mark_committed", items, _arrays(
+            items, ids="id", tokens="token", tx_ids="tx_id", blocks="block", codes="validation_code"))
 
     async def retry_later(
         self,
@@ -223,16 +197,8 @@ class OutboxStore(StoreHousekeeping):
         """Back to PENDING after ``delay_s``. Keeps the nonce (same tx id next time) unless burnt.
         ``counts=False`` gives the claim's counted attempt back (an outage must not use up attempts).
         ``generation``: the nonce generation of the next attempt (never lowered)."""
-        params = {
-            "id": id,
-            "token": token,
-            "error_code": truncate_error(error_code, ERROR_CODE_MAX_BYTES),
-            "error": truncate_error(error),
-            "delay_s": max(0.0, float(delay_s)),
-            "burn": burn_nonce,
-            "counts": counts,
-            "generation": generation,
-        }
+        params = {**_ended(id, token, error_code, error), "delay_s": max(0.0, float(delay_s)),
+                  "burn": burn_nonce, "counts": counts, "generation": generation}
         return bool(await self._rows("retry_later", params))
 
     async def mark_failed(
@@ -246,14 +212,7 @@ class OutboxStore(StoreHousekeeping):
         validation_code: str | None = None,
     ) -> bool:
         """Terminal failure (dead letter). ``validation_code`` only for a definite commit outcome."""
-        params = {
-            "id": id,
-            "token": token,
-            "error_code": truncate_error(error_code, ERROR_CODE_MAX_BYTES),
-            "error": truncate_error(error),
-            "tx_id": tx_id,
-            "validation_code": validation_code,
-        }
+        params = {**_ended(id, token, error_code, error), "tx_id": tx_id, "validation_code": validation_code}
         return bool(await self._rows("mark_failed", params))
 
     async def release(self, leases: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> int:

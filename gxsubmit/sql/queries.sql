@@ -200,18 +200,9 @@ SELECT CASE WHEN count(*) < cardinality(%(ids)b::uuid[])
             THEN coalesce(array_agg(held.id), ARRAY[]::uuid[]) END
   FROM held
 
--- name: record_tx
-UPDATE {schema}.outbox_commands AS c
-   SET tx_nonce = %(nonce)s,
-       fabric_tx_id = %(tx_id)s,
-       creator_fingerprint = %(creator_fingerprint)s,
-       creator_not_after = %(creator_not_after)s,
-       updated_at = now()
- WHERE c.id = %(id)s AND c.lease_token = %(token)s AND c.status IN ('CLAIMED', 'SUBMITTED')
-RETURNING c.id
-
 -- name: record_tx_many
--- Batched record_tx: one statement for a burst of claimed rows, each fenced by its lease token.
+-- Each row's stored nonce and tx id, fenced by its lease token (the benchmarks' replay of the original
+-- worker; the worker itself writes mark_submitted_tx).
 WITH held AS (
     UPDATE {schema}.outbox_commands AS c
        SET tx_nonce = u.nonce,

@@ -51,6 +51,39 @@ class _BeatOnly(Exception):
     """A watcher pass that was due for the fleet heartbeat only (statistics are not due yet)."""
 
 
+class _Schedule:
+    """When the watcher's next pass runs: statistics at the interval the last refresh chose, the fleet
+    heartbeat in between, and while the database fails a retry delay that doubles up to
+    ``DB_RETRY_CAP``. Apart from the loop so that these decisions are tested with a fake clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.delay = DB_RETRY_FIRST  # the wait after the next failure
+        self.next_stats = 0.0  # monotonic time statistics are due; 0: at the next pass (start, failure)
+        self._retry_in = DB_RETRY_FIRST
+
+    def stats_due(self) -> bool:
+        return self._clock() >= self.next_stats
+
+    def refreshed(self, interval: float) -> None:
+        """The statistics were read: the next in ``interval`` s, and a failure starts the backoff over."""
+        self.delay = DB_RETRY_FIRST
+        self.next_stats = self._clock() + interval
+
+    def failed(self) -> None:
+        """A pass failed: retry after the current delay (statistics first), the one after twice later."""
+        self._retry_in, self.delay = self.delay, min(self.delay * 2, DB_RETRY_CAP)
+        self.next_stats = 0.0
+
+    def sleep(self, beat_due_in: Callable[[], float] | None) -> float:
+        """Seconds to wait after a pass: the retry delay after a failure; else until statistics are due,
+        or the fleet heartbeat (``beat_due_in``) if sooner."""
+        if not self.next_stats:
+            return self._retry_in
+        wait = max(0.0, self.next_stats - self._clock())
+        return wait if beat_due_in is None else min(wait, beat_due_in())
+
+
 class OutboxWatcher:
     """The supervisor's own database work, on a thread with its own event loop.
 
@@ -167,33 +200,25 @@ class OutboxWatcher:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
-        delay = DB_RETRY_FIRST
-        next_stats = 0.0
+        schedule = _Schedule()
         fleet = self._fleet
         while not self._stop.is_set():
-            wait = STATS_INTERVAL
             try:
                 async with self._lock:
                     store = await self._connect()
                     if fleet is not None and fleet.due_in() <= 0:
                         await self._bounded(fleet.beat(await store.connection()))
-                    if time.monotonic() < next_stats:  # woken for the heartbeat only
+                    if not schedule.stats_due():  # woken for the heartbeat only
                         raise _BeatOnly
                     stats, n = await self._refresh(store)
-                wait = self._took(stats, n)
-                delay = DB_RETRY_FIRST
-                next_stats = time.monotonic() + wait
+                schedule.refreshed(self._took(stats, n))
             except _BeatOnly:
                 pass
             except Exception as exc:  # any DB failure: drop the connection, back off, retry
                 self._failed(exc)
                 await self._close()
-                wait, delay = delay, min(delay * 2, DB_RETRY_CAP)
-                next_stats = 0.0
-            if next_stats:  # the database answered: sleep until statistics or the heartbeat are due
-                wait = max(0.0, next_stats - time.monotonic())
-                if fleet is not None:
-                    wait = min(wait, fleet.due_in())
+                schedule.failed()
+            wait = schedule.sleep(fleet.due_in if fleet is not None else None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
         if fleet is not None and self._store is not None:

@@ -92,3 +92,6 @@ def test_a_wrong_ca_or_host_name_stops_start_up_in_one_line(
     assert len(errors) == 1 and "database TLS" in errors[0] and setting in errors[0], lines
     migrated = gxsubmit(["migrate"], env)
     assert migrated.returncode == RET_CONFIG and setting in migrated.stderr, migrated.stderr
+    # every operator command connects as the workers do (cancel used the bare URL: no CA, no verify)
+    cancelled = gxsubmit(["cancel", "--id", "00000000-0000-0000-0000-000000000001"], env)
+    assert cancelled.returncode == RET_CONFIG and setting in cancelled.stderr, cancelled.stderr

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import legacy_prisma as lp
 import psycopg
 import pytest
 from audit import args_key, audit_exactly_once, outbox_rows
-from dbutil import drop_schema, new_schema_name, url_with_search_path
+from dbutil import url_with_search_path
 from harness import EmulatorProc, ServiceProc, audit, clean_env, service_settings
 from psycopg import sql
 from waiting import wait_for
@@ -24,18 +23,6 @@ from waiting import wait_for
 from gxsubmit.catalog import load_catalog
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def lschema(pg_url: str) -> Iterator[str]:
-    name = new_schema_name()
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-        lp.create(conn, name)
-    try:
-        yield name
-    finally:
-        drop_schema(pg_url, name)
 
 
 def migrate(url: str, schema: str, *args: str) -> str:

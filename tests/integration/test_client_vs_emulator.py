@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,16 +89,16 @@ async def client(env: Env) -> AsyncIterator[GatewayClient]:
         await c.close()
 
 
+def _proposal(ident: SigningIdentity, function: str, args: list[str], *, channel: str = CHANNEL,
+              endorsing_orgs: Sequence[str] = (), nonce: bytes | None = None) -> Proposal:
+    """A proposal to the test chaincode (a fresh nonce unless given)."""
+    return build_proposal(ident, channel=channel, chaincode=CHAINCODE, function=function, args=args,
+                          nonce=nonce or new_nonce(), endorsing_orgs=endorsing_orgs)
+
+
 def _mint(ident: SigningIdentity, user: str, amount: str = "10", nonce: bytes | None = None) -> Proposal:
-    return build_proposal(
-        ident,
-        channel=CHANNEL,
-        chaincode=CHAINCODE,
-        function="TokenomicsContract:Mint",
-        args=[user, amount, "test"],
-        nonce=nonce or new_nonce(),
-        endorsing_orgs=ORGS,
-    )
+    return _proposal(ident, "TokenomicsContract:Mint", [user, amount, "test"], endorsing_orgs=ORGS,
+                     nonce=nonce)
 
 
 def _user() -> str:
@@ -116,15 +116,7 @@ async def test_submit_flow_evaluate_and_events(env: Env, client: GatewayClient) 
     res = await client.commit_status(su, channel=CHANNEL, tx_id=p.tx_id)
     assert (res.code, res.code_name, res.valid) == (0, "VALID", True) and res.block_number >= 0
 
-    q = build_proposal(
-        su,
-        channel=CHANNEL,
-        chaincode=CHAINCODE,
-        function="TokenomicsContract:GetBalance",
-        args=[user],
-        nonce=new_nonce(),
-        endorsing_orgs=ORGS,
-    )
+    q = _proposal(su, "TokenomicsContract:GetBalance", [user], endorsing_orgs=ORGS)
     assert json.loads(await client.evaluate(q))["balance"] == "25"
 
     # events from the commit block: our tx is there; resuming after it skips it
@@ -202,15 +194,7 @@ async def test_role_denied_is_permanent_with_details(env: Env, client: GatewayCl
 
 async def test_chaincode_error_is_permanent(env: Env, client: GatewayClient) -> None:
     su = env.identity("org1-super-admin")
-    bad = build_proposal(
-        su,
-        channel=CHANNEL,
-        chaincode=CHAINCODE,
-        function="TokenomicsContract:Mint",
-        args=["only-one"],
-        nonce=new_nonce(),
-        endorsing_orgs=ORGS,
-    )
+    bad = _proposal(su, "TokenomicsContract:Mint", ["only-one"], endorsing_orgs=ORGS)
     with pytest.raises(FabricError) as info:
         await client.endorse(bad)
     assert (info.value.error_class, info.value.error_code) == (ErrorClass.PERMANENT, "CHAINCODE_ERROR")
@@ -320,14 +304,7 @@ async def test_mvcc_is_conflict_and_policy_failure_permanent(env: Env, client: G
 async def test_outage_is_transient_for_evaluate(env: Env, client: GatewayClient) -> None:
     su = env.identity("org1-super-admin")
     env.emulator.faults.outage(30.0)
-    q = build_proposal(
-        su,
-        channel=CHANNEL,
-        chaincode=CHAINCODE,
-        function="TokenomicsContract:GetBalance",
-        args=["x"],
-        nonce=new_nonce(),
-    )
+    q = _proposal(su, "TokenomicsContract:GetBalance", ["x"])
     with pytest.raises(FabricError) as info:
         await client.evaluate(q)
     assert (info.value.error_class, info.value.error_code) == (ErrorClass.TRANSIENT, "GATEWAY_UNAVAILABLE")
@@ -335,14 +312,7 @@ async def test_outage_is_transient_for_evaluate(env: Env, client: GatewayClient)
 
 async def test_wrong_channel_is_permanent(env: Env, client: GatewayClient) -> None:
     su = env.identity("org1-super-admin")
-    p = build_proposal(
-        su,
-        channel="nochannel",
-        chaincode=CHAINCODE,
-        function="TokenomicsContract:Mint",
-        args=["u", "1", ""],
-        nonce=new_nonce(),
-    )
+    p = _proposal(su, "TokenomicsContract:Mint", ["u", "1", ""], channel="nochannel")
     with pytest.raises(FabricError) as info:
         await client.endorse(p)
     assert info.value.error_class is ErrorClass.PERMANENT and "nochannel" in str(info.value)
@@ -381,14 +351,7 @@ async def test_tls_name_mismatch_and_client_certificate(env: Env) -> None:
     try:
         await good.wait_ready(5.0)
         su = env.identity("org1-super-admin")
-        q = build_proposal(
-            su,
-            channel=CHANNEL,
-            chaincode=CHAINCODE,
-            function="TokenomicsContract:GetBalance",
-            args=["nobody"],
-            nonce=new_nonce(),
-        )
+        q = _proposal(su, "TokenomicsContract:GetBalance", ["nobody"])
         assert json.loads(await good.evaluate(q))["balance"] == "0"
     finally:
         await good.close()

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from gxsubmit.outbox import OutboxStore, enqueue
-
-
-@pytest.fixture
-async def conn(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
-async def store(pg_url: str, schema: str) -> AsyncIterator[OutboxStore]:
-    s = await OutboxStore.connect(pg_url, schema=schema, worker_id="w1")
-    yield s
-    await s.close()
 
 
 async def row(conn: psycopg.AsyncConnection[Any], schema: str, rid: uuid.UUID) -> dict[str, Any]:

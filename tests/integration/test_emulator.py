@@ -591,38 +591,32 @@ def test_cpu_per_committed_transaction(start_emulator: Any, wallet: Path) -> Non
     assert per_tx_ms > 0
 
 
-def test_cli_serves_until_sigterm_and_reports_cpu(tmp_path: Path, wallet: Path) -> None:
-    ready = tmp_path / "port"
-    ledger = tmp_path / "cli-ledger.jsonl"
+def start_cli(wallet: Path, ready: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
+    """``python -m gxsubmit.emulator.cli`` on a free port with ``args``: (process, port) once it is ready."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gxsubmit.emulator.cli",
-            "--listen",
-            "127.0.0.1:0",
-            "--wallet",
-            str(wallet),
-            "--ledger",
-            str(ledger),
-            "--insecure",
-            "--block-time",
-            "0.05",
-            "--ready-file",
-            str(ready),
-            "--outage-after",
-            "30",
-            "--outage-for",
-            "5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        [sys.executable, "-m", "gxsubmit.emulator.cli", "--listen", "127.0.0.1:0", "--wallet", str(wallet),
+         "--insecure", "--ready-file", str(ready), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=30)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        port = int(ready.read_text())
+        return proc, int(ready.read_text())
+    except BaseException:
+        stop_cli(proc)
+        raise
+
+
+def stop_cli(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM, as systemd stops it; (stdout, stderr) once it has exited."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=30)
+
+
+def test_cli_serves_until_sigterm_and_reports_cpu(tmp_path: Path, wallet: Path) -> None:
+    ledger = tmp_path / "cli-ledger.jsonl"
+    proc, port = start_cli(wallet, tmp_path / "port", "--ledger", str(ledger), "--block-time", "0.05",
+                           "--outage-after", "30", "--outage-for", "5")
+    try:
         gw = RawGateway(port)
         try:
             me = ident(wallet)
@@ -630,8 +624,7 @@ def test_cli_serves_until_sigterm_and_reports_cpu(tmp_path: Path, wallet: Path) 
         finally:
             gw.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out, err = stop_cli(proc)
     assert proc.returncode == 0, err
     assert f"emulator listening on 127.0.0.1:{port}" in out
     assert "committed=1 valid=1" in out and "cpu_per_committed_tx=" in out
@@ -639,33 +632,10 @@ def test_cli_serves_until_sigterm_and_reports_cpu(tmp_path: Path, wallet: Path) 
 
 
 def test_cli_outage_flags(tmp_path: Path, wallet: Path) -> None:
-    ready = tmp_path / "port"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gxsubmit.emulator.cli",
-            "--listen",
-            "127.0.0.1:0",
-            "--wallet",
-            str(wallet),
-            "--ledger",
-            str(tmp_path / "l.jsonl"),
-            "--insecure",
-            "--ready-file",
-            str(ready),
-            "--outage-after",
-            "0",
-            "--outage-for",
-            "600",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, port = start_cli(wallet, tmp_path / "port", "--ledger", str(tmp_path / "l.jsonl"),
+                           "--outage-after", "0", "--outage-for", "600")
     try:
-        wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=30)
-        gw = RawGateway(int(ready.read_text()))
+        gw = RawGateway(port)
         me = ident(wallet)
         try:
             wait_for(
@@ -678,6 +648,5 @@ def test_cli_outage_flags(tmp_path: Path, wallet: Path) -> None:
         finally:
             gw.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        stop_cli(proc)
     assert proc.returncode == 0

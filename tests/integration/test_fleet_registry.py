@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,6 @@ from gxsubmit.fleet import FleetReporter, read_fleet
 Conn = psycopg.AsyncConnection[Any]
 RUNNING = {"org1-partner-api": {"state": "running", "db_ok": True, "gateway_ok": True, "in_flight": 2,
                                 "committed": 3, "restarts": 0}}
-
-
-@pytest.fixture
-async def conn(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    c = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
-    yield c
-    await c.close()
 
 
 @pytest.fixture

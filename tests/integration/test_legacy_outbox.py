@@ -10,14 +10,13 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import legacy_prisma as lp
 import psycopg
 import pytest
-from dbutil import drop_schema, new_schema_name, run_sync, url_with_search_path
+from dbutil import run_sync, url_with_search_path
 from psycopg import sql
 from waiting import wait_for
 
@@ -41,19 +40,6 @@ UPDATE {t} SET status = 'COMMITTED', "submittedAt" = now(), "fabricTxId" = %s, "
        error = NULL, "errorCode" = NULL, "lockedBy" = NULL, "lockedAt" = NULL, "updatedAt" = now()
  WHERE id = %s AND status = 'LOCKED' AND "lockedBy" = 'old-worker'
 """
-
-
-@pytest.fixture
-def lschema(pg_url: str) -> Iterator[str]:
-    """A schema of its own holding the services' tables, as Prisma's migrations create them."""
-    name = new_schema_name()
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-        lp.create(conn, name)
-    try:
-        yield name
-    finally:
-        drop_schema(pg_url, name)
 
 
 def table(s: str) -> str:

@@ -23,7 +23,7 @@ from hypothesis.stateful import (
 )
 from psycopg import sql
 
-from gxsubmit.outbox import Committed, OutboxStore, enqueue
+from gxsubmit.outbox import Committed, OutboxStore, SubmittedTx, enqueue
 
 TYPES = ["MINT", "CREATE_USER"]
 
@@ -243,7 +243,7 @@ class LeaseMachine(RuleBasedStateMachine):
             self.done.add(rid)
 
     @precondition(lambda self: bool(self.stale))
-    @rule(data=st.data(), action=st.sampled_from(["commit", "retry", "fail", "release", "renew", "record"]))
+    @rule(data=st.data(), action=st.sampled_from(["commit", "retry", "fail", "release", "renew", "submit"]))
     def stale_holder_is_fenced(self, data: st.DataObject, action: str) -> None:
         w, rid, tok = data.draw(st.sampled_from(self.stale))
         self._finish(w, rid, tok, action, expect=False)
@@ -261,7 +261,7 @@ class LeaseMachine(RuleBasedStateMachine):
         elif action == "renew":
             ok = self.run(s.renew([(rid, tok)], 300.0)) == {rid}
         else:
-            ok = self.run(s.record_tx(rid, tok, nonce=bytes(24), tx_id="t", creator_fingerprint="f"))
+            ok = self.run(s.mark_submitted_tx([SubmittedTx(rid, tok, "t", 0, "f", nonce=bytes(24))])) == {rid}
         assert ok is expect, (action, expect)
 
     @invariant()

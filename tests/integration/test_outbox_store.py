@@ -21,24 +21,12 @@ from gxsubmit.outbox import (
     OutboxListener,
     OutboxStore,
     SchemaNotMigrated,
+    SubmittedTx,
     TxRecord,
     _compose,
     enqueue,
     truncate_error,
 )
-
-
-@pytest.fixture
-async def conn(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as c:
-        yield c
-
-
-@pytest.fixture
-async def store(pg_url: str, schema: str) -> AsyncIterator[OutboxStore]:
-    s = await OutboxStore.connect(pg_url, schema=schema, worker_id="w1")
-    yield s
-    await s.close()
 
 
 @pytest.fixture
@@ -56,6 +44,13 @@ async def row(conn: psycopg.AsyncConnection[Any], schema: str, id: uuid.UUID) ->
     r = await cur.fetchone()
     assert r is not None
     return r
+
+
+async def submit_tx(store: OutboxStore, id: uuid.UUID, token: uuid.UUID, *, nonce: bytes, tx_id: str,
+                    fp: str = "fp", not_after: datetime | None = None) -> bool:
+    """The worker's write-ahead of one row (``mark_submitted_tx``): SUBMITTED with its tx id, stored nonce
+    and creator. True when the lease held."""
+    return await store.mark_submitted_tx([SubmittedTx(id, token, tx_id, 0, fp, not_after, nonce)]) == {id}
 
 
 async def expire(conn: psycopg.AsyncConnection[Any], schema: str, id: uuid.UUID) -> None:
@@ -201,19 +196,18 @@ async def test_a_new_creator_recorded_without_its_expiry_clears_the_old_expiry(
     (rid,) = await add(conn, schema, 1)
     (a,) = await store.claim(["MINT"], 1, 30.0)
     t1, t2 = datetime(2030, 1, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC)
-    assert await store.record_tx(rid, a.lease_token, nonce=b"1" * 24, tx_id="tx1", creator_fingerprint="fpA",
-                                 creator_not_after=t1)
-    assert await store.record_tx(rid, a.lease_token, nonce=b"2" * 24, tx_id="tx2", creator_fingerprint="fpA",
-                                 creator_not_after=t1)  # same certificate, new nonce: kept
+    assert await submit_tx(store, rid, a.lease_token, nonce=b"1" * 24, tx_id="tx1", fp="fpA", not_after=t1)
+    assert await submit_tx(store, rid, a.lease_token, nonce=b"2" * 24, tx_id="tx2", fp="fpA",
+                           not_after=t1)  # same certificate, new nonce: kept
     assert (await row(conn, schema, rid))["creator_not_after"] == t1
-    assert await store.record_tx(rid, a.lease_token, nonce=b"3" * 24, tx_id="tx3", creator_fingerprint="fpB",
-                                 creator_not_after=t2)  # this release: the new certificate's expiry
+    assert await submit_tx(store, rid, a.lease_token, nonce=b"3" * 24, tx_id="tx3", fp="fpB",
+                           not_after=t2)  # this release: the new certificate's expiry
     assert (await row(conn, schema, rid))["creator_not_after"] == t2
     await conn.execute(
         sql.SQL("UPDATE {}.outbox_commands SET tx_nonce = %s, fabric_tx_id = 'tx4', "
                 "creator_fingerprint = 'fpC' WHERE id = %s").format(sql.Identifier(schema)),
         [b"4" * 24, rid],
-    )  # what the previous release's record_tx does
+    )  # what a release before 0004 wrote: the new creator, no expiry
     r = await row(conn, schema, rid)
     assert (r["creator_fingerprint"], r["creator_not_after"]) == ("fpC", None)
 
@@ -223,8 +217,7 @@ async def test_expired_lease_is_taken_over_and_old_holder_is_fenced(
 ) -> None:
     (rid,) = await add(conn, schema, 1)
     (a,) = await store.claim(["MINT"], 10, 30.0)
-    assert await store.record_tx(rid, a.lease_token, nonce=b"n" * 24, tx_id="tx1", creator_fingerprint="fp")
-    assert await store.mark_submitted([(rid, a.lease_token)]) == {rid}
+    assert await submit_tx(store, rid, a.lease_token, nonce=b"n" * 24, tx_id="tx1")
     assert await store2.claim(["MINT"], 10, 30.0) == []
     await expire(conn, schema, rid)
     (b,) = await store2.claim(["MINT"], 10, 30.0)
@@ -238,7 +231,7 @@ async def test_expired_lease_is_taken_over_and_old_holder_is_fenced(
     )
     old = a.lease_token
     assert await store.renew([(rid, old)], 30.0) == set()
-    assert not await store.record_tx(rid, old, nonce=b"x" * 24, tx_id="tx2", creator_fingerprint="fp")
+    assert not await submit_tx(store, rid, old, nonce=b"x" * 24, tx_id="tx2")
     assert await store.mark_submitted([(rid, old)]) == set()
     assert await store.mark_committed([Committed(rid, old, "tx1", 5, "VALID")]) == set()
     assert not await store.retry_later(rid, old, error_code="E", error="e", delay_s=0)
@@ -322,9 +315,7 @@ async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
     (rid,) = await add(conn, schema, 1)
     (a,) = await store.claim(["MINT"], 1, 30.0)
     until = datetime(2031, 1, 1, tzinfo=UTC)
-    await store.record_tx(rid, a.lease_token, nonce=b"a" * 24, tx_id="txa", creator_fingerprint="fp",
-                          creator_not_after=until)
-    await store.mark_submitted([(rid, a.lease_token)])
+    assert await submit_tx(store, rid, a.lease_token, nonce=b"a" * 24, tx_id="txa", not_after=until)
     assert await store.retry_later(
         rid, a.lease_token, error_code="GATEWAY_UNAVAILABLE", error="down", delay_s=3600
     )
@@ -358,7 +349,7 @@ async def test_retry_later_waits_keeps_nonce_and_burns_on_request(
 async def test_failed_is_terminal_until_requeued(conn: Any, schema: str, store: OutboxStore) -> None:
     (rid,) = await add(conn, schema, 1)
     (a,) = await store.claim(["MINT"], 1, 30.0)
-    await store.record_tx(rid, a.lease_token, nonce=b"k" * 24, tx_id="txk", creator_fingerprint="fp")
+    assert await submit_tx(store, rid, a.lease_token, nonce=b"k" * 24, tx_id="txk")
     assert await store.mark_failed(rid, a.lease_token, error_code="CHAINCODE_ERROR", error="nope")
     assert await store.claim(["MINT"], 1, 30.0) == []
     await expire(conn, schema, rid)  # no lease to expire: still not claimable
@@ -381,10 +372,8 @@ async def test_requeue_burns_the_nonce_only_after_an_invalid_commit(
     ids = await add(conn, schema, 3)
     claimed = await store.claim(["MINT"], 3, 30.0)
     for c in claimed:
-        await store.record_tx(
-            c.id, c.lease_token, nonce=bytes(24), tx_id=f"tx-{c.seq}", creator_fingerprint="fp",
-            creator_not_after=datetime(2031, 1, 1, tzinfo=UTC),
-        )
+        assert await submit_tx(store, c.id, c.lease_token, nonce=bytes(24), tx_id=f"tx-{c.seq}",
+                               not_after=datetime(2031, 1, 1, tzinfo=UTC))
     x, y, z = claimed
     await store.mark_failed(
         x.id,
@@ -420,9 +409,7 @@ async def test_release_hands_back_without_burning_an_attempt(
 ) -> None:
     await add(conn, schema, 2)
     got = await store.claim(["MINT"], 2, 300.0)
-    await store.record_tx(
-        got[0].id, got[0].lease_token, nonce=b"r" * 24, tx_id="txr", creator_fingerprint="f"
-    )
+    assert await submit_tx(store, got[0].id, got[0].lease_token, nonce=b"r" * 24, tx_id="txr", fp="f")
     assert await store.release([(c.id, c.lease_token) for c in got]) == 2
     again = await store2.claim(["MINT"], 2, 300.0)  # immediately, by another worker
     assert [c.id for c in again] == [c.id for c in got]

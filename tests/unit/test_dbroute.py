@@ -6,8 +6,8 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from gxsubmit.config import Config
-from gxsubmit.dbroute import CONNECT_ARGS, conninfo, tls_problem
+from gxsubmit.config import Config, conninfo
+from gxsubmit.dbroute import CONNECT_ARGS, tls_problem
 
 
 def test_every_connection_turns_off_server_side_prepared_statements() -> None:

@@ -20,113 +20,62 @@ T, C, P, D, IN = (
 ENDORSE_ABORT = "failed to endorse transaction, see attached details for more info"
 
 
-@pytest.mark.parametrize(
-    ("stage", "code", "text", "cls", "error_code"),
-    [
-        ("evaluate", "UNAVAILABLE", "", T, "GATEWAY_UNAVAILABLE"),
-        ("evaluate", "DEADLINE_EXCEEDED", "evaluate timeout expired", T, "DEADLINE_EXCEEDED"),
-        ("evaluate", "ABORTED", "failed to evaluate transaction | peer unreachable", T, "EVALUATE_ABORTED"),
-        (
-            "evaluate",
-            "UNKNOWN",
-            "evaluate call to endorser returned error: chaincode response 500, boom",
-            P,
-            "CHAINCODE_ERROR",
-        ),
-        ("evaluate", "FAILED_PRECONDITION", "no suitable peers", P, "PRECONDITION_FAILED"),
-        ("evaluate", "INVALID_ARGUMENT", "failed to unpack transaction proposal", P, "BAD_REQUEST"),
-        ("evaluate", "PERMISSION_DENIED", "", P, "ACCESS_DENIED"),
-        ("endorse", "UNAVAILABLE", "", T, "GATEWAY_UNAVAILABLE"),
-        ("endorse", "DEADLINE_EXCEEDED", "", T, "DEADLINE_EXCEEDED"),
-        (
-            "endorse",
-            "ABORTED",
-            f"{ENDORSE_ABORT} | rpc error: code = Unknown desc = duplicate transaction found "
-            "[abc]. Creator [0a07]",
-            D,
-            "DUPLICATE_TXID",
-        ),
-        (
-            "endorse",
-            "ABORTED",
-            f"{ENDORSE_ABORT} | chaincode response 500, insufficient balance",
-            P,
-            "CHAINCODE_ERROR",
-        ),
-        (
-            "endorse",
-            "ABORTED",
-            f"{ENDORSE_ABORT} | chaincode response 500, access denied: caller does not have "
-            "gxc_role gx_super_admin",
-            P,
-            "ROLE_DENIED",
-        ),
-        (
-            "endorse",
-            "ABORTED",
-            f"{ENDORSE_ABORT} | chaincode response 403, Unauthorized: role gx_admin required",
-            P,
-            "ROLE_DENIED",
-        ),
-        (
-            "endorse",
-            "ABORTED",
-            f"{ENDORSE_ABORT} | access denied: channel [gxchannel] creator org unknown",
-            P,
-            "ACCESS_DENIED",
-        ),
-        (
-            "endorse",
-            "ABORTED",
-            "failed to collect enough transaction endorsements | ProposalResponsePayloads do not match",
-            C,
-            "ENDORSEMENT_MISMATCH",
-        ),
-        (
-            "endorse",
-            "ABORTED",
-            f"{ENDORSE_ABORT} | request unauthorized due to incorrect timestamp",
-            T,
-            "CLOCK_SKEW",
-        ),
-        ("endorse", "ABORTED", f"{ENDORSE_ABORT} | failed to connect to peer0", T, "ENDORSE_ABORTED"),
-        ("endorse", "FAILED_PRECONDITION", "specify endorsing organizations", P, "PRECONDITION_FAILED"),
-        ("endorse", "INVALID_ARGUMENT", "", P, "BAD_REQUEST"),
-        ("endorse", "ABORTED", f"{ENDORSE_ABORT} | channel 'nochannel' not found", P, "NOT_FOUND"),
-        (
-            "endorse",
-            "ABORTED",
-            f"{ENDORSE_ABORT} | make sure the chaincode x has been successfully defined on "
-            "channel c and try again: chaincode x not found",
-            P,
-            "NOT_FOUND",
-        ),
-        (
-            "submit",
-            "UNAVAILABLE",
-            "no orderers could successfully process transaction",
-            IN,
-            "GATEWAY_UNAVAILABLE",
-        ),
-        ("submit", "DEADLINE_EXCEEDED", "", IN, "DEADLINE_EXCEEDED"),
-        ("submit", "CANCELLED", "", IN, "CANCELLED"),
-        ("submit", "UNKNOWN", "", IN, "SUBMIT_UNKNOWN"),
-        (
-            "submit",
-            "ABORTED",
-            "received unsuccessful response from orderer: status=FORBIDDEN",
-            P,
-            "ORDERER_REJECTED",
-        ),
-        ("submit", "INVALID_ARGUMENT", "prepared transaction must be signed", P, "BAD_REQUEST"),
-        ("commit_status", "DEADLINE_EXCEEDED", "", IN, "DEADLINE_EXCEEDED"),
-        ("commit_status", "UNAVAILABLE", "", IN, "GATEWAY_UNAVAILABLE"),
-        ("commit_status", "ABORTED", "ledger error", IN, "COMMIT_STATUS_ABORTED"),
-        ("commit_status", "PERMISSION_DENIED", "", P, "ACCESS_DENIED"),
-        ("events", "UNAVAILABLE", "", T, "GATEWAY_UNAVAILABLE"),
-        ("events", "INVALID_ARGUMENT", "newest is not supported", P, "BAD_REQUEST"),
-    ],
-)
+def peers(answer: str) -> str:
+    """An endorse failure as the gateway words it: its message, then the peers' answers."""
+    return f"{ENDORSE_ABORT} | {answer}"
+
+
+#: Texts too long for a row of the table.
+DUPLICATE = peers("rpc error: code = Unknown desc = duplicate transaction found [abc]. Creator [0a07]")
+NO_ROLE = peers("chaincode response 500, access denied: caller does not have gxc_role gx_super_admin")
+ROLE_403 = peers("chaincode response 403, Unauthorized: role gx_admin required")
+CHANNEL_DENIED = peers("access denied: channel [gxchannel] creator org unknown")
+NO_CHAINCODE = peers("make sure the chaincode x has been successfully defined on channel c and try again: "
+                     "chaincode x not found")
+FORBIDDEN = "received unsuccessful response from orderer: status=FORBIDDEN"
+NO_ORDERER = "no orderers could successfully process transaction"
+MISMATCH = "failed to collect enough transaction endorsements | ProposalResponsePayloads do not match"
+EVALUATE_500 = "evaluate call to endorser returned error: chaincode response 500, boom"
+
+#: (stage, gRPC code, gateway text, class, error code): one row per case.
+TABLE = [
+    ("evaluate", "UNAVAILABLE", "", T, "GATEWAY_UNAVAILABLE"),
+    ("evaluate", "DEADLINE_EXCEEDED", "evaluate timeout expired", T, "DEADLINE_EXCEEDED"),
+    ("evaluate", "ABORTED", "failed to evaluate transaction | peer unreachable", T, "EVALUATE_ABORTED"),
+    ("evaluate", "UNKNOWN", EVALUATE_500, P, "CHAINCODE_ERROR"),
+    ("evaluate", "FAILED_PRECONDITION", "no suitable peers", P, "PRECONDITION_FAILED"),
+    ("evaluate", "INVALID_ARGUMENT", "failed to unpack transaction proposal", P, "BAD_REQUEST"),
+    ("evaluate", "PERMISSION_DENIED", "", P, "ACCESS_DENIED"),
+    ("endorse", "UNAVAILABLE", "", T, "GATEWAY_UNAVAILABLE"),
+    ("endorse", "DEADLINE_EXCEEDED", "", T, "DEADLINE_EXCEEDED"),
+    ("endorse", "ABORTED", DUPLICATE, D, "DUPLICATE_TXID"),
+    ("endorse", "ABORTED", peers("chaincode response 500, insufficient balance"), P, "CHAINCODE_ERROR"),
+    ("endorse", "ABORTED", NO_ROLE, P, "ROLE_DENIED"),
+    ("endorse", "ABORTED", ROLE_403, P, "ROLE_DENIED"),
+    ("endorse", "ABORTED", CHANNEL_DENIED, P, "ACCESS_DENIED"),
+    ("endorse", "ABORTED", MISMATCH, C, "ENDORSEMENT_MISMATCH"),
+    ("endorse", "ABORTED", peers("request unauthorized due to incorrect timestamp"), T, "CLOCK_SKEW"),
+    ("endorse", "ABORTED", peers("failed to connect to peer0"), T, "ENDORSE_ABORTED"),
+    ("endorse", "FAILED_PRECONDITION", "specify endorsing organizations", P, "PRECONDITION_FAILED"),
+    ("endorse", "INVALID_ARGUMENT", "", P, "BAD_REQUEST"),
+    ("endorse", "ABORTED", peers("channel 'nochannel' not found"), P, "NOT_FOUND"),
+    ("endorse", "ABORTED", NO_CHAINCODE, P, "NOT_FOUND"),
+    ("submit", "UNAVAILABLE", NO_ORDERER, IN, "GATEWAY_UNAVAILABLE"),
+    ("submit", "DEADLINE_EXCEEDED", "", IN, "DEADLINE_EXCEEDED"),
+    ("submit", "CANCELLED", "", IN, "CANCELLED"),
+    ("submit", "UNKNOWN", "", IN, "SUBMIT_UNKNOWN"),
+    ("submit", "ABORTED", FORBIDDEN, P, "ORDERER_REJECTED"),
+    ("submit", "INVALID_ARGUMENT", "prepared transaction must be signed", P, "BAD_REQUEST"),
+    ("commit_status", "DEADLINE_EXCEEDED", "", IN, "DEADLINE_EXCEEDED"),
+    ("commit_status", "UNAVAILABLE", "", IN, "GATEWAY_UNAVAILABLE"),
+    ("commit_status", "ABORTED", "ledger error", IN, "COMMIT_STATUS_ABORTED"),
+    ("commit_status", "PERMISSION_DENIED", "", P, "ACCESS_DENIED"),
+    ("events", "UNAVAILABLE", "", T, "GATEWAY_UNAVAILABLE"),
+    ("events", "INVALID_ARGUMENT", "newest is not supported", P, "BAD_REQUEST"),
+]
+
+
+@pytest.mark.parametrize(("stage", "code", "text", "cls", "error_code"), TABLE)
 def test_classification_table(stage: str, code: str, text: str, cls: ErrorClass, error_code: str) -> None:
     assert classify(stage, code, text) == (cls, error_code)
 
@@ -179,37 +128,21 @@ def _status_bin(code: grpc.StatusCode, message: str, details: list[gateway_pb2.E
     return data
 
 
-def test_details_decoded_from_status_trailer() -> None:
-    details = [
-        gateway_pb2.ErrorDetail(
-            address="peer0:7051", msp_id="Org1MSP", message="duplicate transaction found [t1]. Creator [0a]"
-        )
-    ]
-    err = _FakeCallError(
-        grpc.StatusCode.ABORTED,
-        ENDORSE_ABORT,
-        (("grpc-status-details-bin", _status_bin(grpc.StatusCode.ABORTED, ENDORSE_ABORT, details)),),
-    )
+@pytest.mark.parametrize(("call_text", "trailer_text", "peer_message", "cls", "error_code"), [
+    (ENDORSE_ABORT, ENDORSE_ABORT, "duplicate transaction found [t1]. Creator [0a]", D, "DUPLICATE_TXID"),
+    # grpc_status.from_call refuses a trailer whose message disagrees: the peers' messages are still shown
+    ("other text", "x", "chaincode response 500, no", P, "CHAINCODE_ERROR"),
+])
+def test_details_decoded_from_status_trailer(
+    call_text: str, trailer_text: str, peer_message: str, cls: ErrorClass, error_code: str
+) -> None:
+    detail = gateway_pb2.ErrorDetail(address="peer0:7051", msp_id="Org1MSP", message=peer_message)
+    trailer = _status_bin(grpc.StatusCode.ABORTED, trailer_text, [detail])
+    err = _FakeCallError(grpc.StatusCode.ABORTED, call_text, (("grpc-status-details-bin", trailer),))
     fe = from_rpc_error("endorse", err, tx_id="t1")
-    assert fe.error_class is ErrorClass.DUPLICATE and fe.error_code == "DUPLICATE_TXID"
-    assert fe.grpc_code == "ABORTED" and fe.tx_id == "t1"
-    assert fe.details == (
-        ErrorDetail("peer0:7051", "Org1MSP", "duplicate transaction found [t1]. Creator [0a]"),
-    )
-    assert "peer0:7051 (Org1MSP): duplicate transaction found" in str(fe)
-
-
-def test_details_kept_when_status_message_disagrees() -> None:
-    # grpc_status.from_call refuses a mismatching trailer; we still show the peers' messages
-    details = [gateway_pb2.ErrorDetail(address="p", msp_id="M", message="chaincode response 500, no")]
-    err = _FakeCallError(
-        grpc.StatusCode.ABORTED,
-        "other text",
-        (("grpc-status-details-bin", _status_bin(grpc.StatusCode.ABORTED, "x", details)),),
-    )
-    fe = from_rpc_error("endorse", err)
-    assert fe.details == (ErrorDetail("p", "M", "chaincode response 500, no"),)
-    assert fe.error_code == "CHAINCODE_ERROR"
+    assert fe.details == (ErrorDetail("peer0:7051", "Org1MSP", peer_message),)
+    assert (fe.error_class, fe.error_code, fe.grpc_code, fe.tx_id) == (cls, error_code, "ABORTED", "t1")
+    assert f"peer0:7051 (Org1MSP): {peer_message}" in str(fe)
 
 
 def test_no_trailer_no_details() -> None:

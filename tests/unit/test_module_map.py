@@ -1,5 +1,6 @@
-"""The docs a maintainer navigates by stay true: the module map matches the tree, and every reference
-to a section of docs/design.md (from code, SQL, tests or other docs) lands on a heading that exists.
+"""The docs a maintainer navigates by stay true: the module map matches the tree, every reference to a
+section of docs/design.md (from code, SQL, tests or other docs) lands on a heading that exists, and the
+import graph the map shows has no cycle.
 
 When the map test fails, ``python scripts/module_map.py --write`` regenerates the table (keeping the
 jobs written by hand) and marks a new module's job TODO; write that job, then the test passes.
@@ -26,11 +27,11 @@ _SKIP_DIRS = {".git", ".venv", ".venv-checkov", "node_modules", "__pycache__", "
 _TEXT_SUFFIXES = {".py", ".sql", ".md", ".toml", ".cfg", ".sh", ".yaml", ".yml", ".json", ".txt", ""}
 
 
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("module_map", ROOT / "scripts" / "module_map.py")
+def _load_script(name: str = "module_map") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("module_map", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -114,6 +115,50 @@ def test_the_map_generator_reports_a_new_module(tmp_path: Path) -> None:
     assert "in the map but not in the tree: gone" in problems
     assert "out of date: a" in problems and "| `a` | does a | `b` | `psycopg` |" in problems
     assert "no job written for b" in problems
+
+
+def test_gxsubmit_modules_import_no_cycle() -> None:
+    """No gxsubmit module imports, directly or through others, one that imports it back.
+
+    Every import counts, function-level (lazy) ones too: a lazy import hides a cycle from Python but
+    not from the reader, who can no longer read the modules bottom-up. Imports under
+    ``if TYPE_CHECKING:`` are left out: they never run, and a helper class naming the class it serves in
+    an annotation (``supervisor.health`` -> ``supervisor.arbiter``) is a reference for the type checker,
+    not a dependency. Importing ``a.b`` is an edge to ``a.b`` only (not to the package ``a``).
+    """
+    script = _load_script()
+    cycles = script.import_cycles(script.import_graph(ROOT))
+    shown = "; ".join(" <-> ".join(c) for c in cycles)
+    assert not cycles, f"import cycles among gxsubmit modules (move the shared part to one side): {shown}"
+
+
+def test_the_cycle_check_sees_lazy_imports_and_skips_type_checking(tmp_path: Path) -> None:
+    script = _load_script()
+    pkg = tmp_path / "gxsubmit"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from gxsubmit.b import g\n")
+    (pkg / "b.py").write_text("from gxsubmit import c\n")
+    (pkg / "c.py").write_text("import gxsubmit.a\n")
+    (pkg / "d.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from gxsubmit.e import E\n")
+    (pkg / "e.py").write_text("from gxsubmit import d\n")
+    assert script.import_cycles(script.import_graph(tmp_path)) == [["a", "b", "c"]]
+
+
+def test_code_figures_measures_a_tree(tmp_path: Path) -> None:
+    """scripts/code_figures.py (the size figures of a clean-up) on a tree small enough to count by hand."""
+    figures = _load_script("code_figures")
+    pkg = tmp_path / "gxsubmit"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from gxsubmit import b\n\n\nclass A:\n    def f(self):\n        return 1\n")
+    (pkg / "b.py").write_text("def g():\n    from gxsubmit import a\n")
+    fig = figures.figures(tmp_path)
+    assert (fig["modules"], fig["module_lines"]) == (3, 8)
+    assert [(s.name, s.lines) for s in fig["largest_classes"]] == [("a.A", 3)]
+    assert [(s.name, s.lines) for s in fig["longest_functions"]] == [("a.A.f", 2), ("b.g", 2)]
+    assert fig["cycles"] == [["a", "b"]]
+    assert "import cycles (run-time imports, lazy ones included): 1" in figures.render(tmp_path, fig)
 
 
 def test_every_design_reference_resolves() -> None:
