@@ -5,7 +5,9 @@ reconnects once the route heals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -32,15 +34,27 @@ def test_tcp_settings_are_added_unless_the_url_sets_them() -> None:
     assert "tcp_user_timeout" not in tcp_params(Config(db_tcp_user_timeout=0.0))
 
 
-def test_a_blackholed_link_fails_within_the_deadline_and_heals(pg_url: str, schema: str) -> None:
+@contextlib.contextmanager
+def _proxied(pg_url: str) -> Iterator[tuple[FaultProxy, str]]:
+    """A fault proxy in front of the test database, and the URL through it."""
     info = psycopg.conninfo.conninfo_to_dict(pg_url)
     with FaultProxy(f"{info.get('host') or '127.0.0.1'}:{info.get('port') or 5432}", name="db") as proxy:
         info.update(host="127.0.0.1", port=str(proxy.port))
-        url = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+        yield proxy, psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
+def _link(url: str, schema: str, connect_timeout: float) -> DbLink:
+    """A link with a 1 s statement deadline, as a worker's (quick reconnects for the test)."""
+    return DbLink(lambda: OutboxStore.connect(url, schema=schema, worker_id="t",
+                                              connect_timeout=connect_timeout),
+                  base_delay=0.05, max_delay=0.5, deadline=1.0)
+
+
+def test_a_blackholed_link_fails_within_the_deadline_and_heals(pg_url: str, schema: str) -> None:
+    with _proxied(pg_url) as (proxy, url):
 
         async def main() -> None:
-            link = DbLink(lambda: OutboxStore.connect(url, schema=schema, worker_id="t", connect_timeout=2),
-                          base_delay=0.05, max_delay=0.5, deadline=1.0)
+            link = _link(url, schema, 2)
             assert await link.open(asyncio.Event())
             await link.once(lambda st: st.ping())
             proxy.blackhole()
@@ -61,14 +75,10 @@ def test_a_blackholed_link_fails_within_the_deadline_and_heals(pg_url: str, sche
 def test_a_queue_of_statements_on_a_slow_link_is_not_a_dead_link(pg_url: str, schema: str) -> None:
     """The deadline counts from a statement's own turn on the connection: 30 statements at a 100 ms
     round trip take 3 s together, three times the deadline, and every one of them answers."""
-    info = psycopg.conninfo.conninfo_to_dict(pg_url)
-    with FaultProxy(f"{info.get('host') or '127.0.0.1'}:{info.get('port') or 5432}", name="db") as proxy:
-        info.update(host="127.0.0.1", port=str(proxy.port))
-        url = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+    with _proxied(pg_url) as (proxy, url):
 
         async def main() -> None:
-            link = DbLink(lambda: OutboxStore.connect(url, schema=schema, worker_id="t", connect_timeout=5),
-                          base_delay=0.05, max_delay=0.5, deadline=1.0)
+            link = _link(url, schema, 5)
             assert await link.open(asyncio.Event())
             proxy.delay(100.0)
             loop = asyncio.get_running_loop()
