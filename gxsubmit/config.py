@@ -209,6 +209,8 @@ SETTINGS: tuple[Setting, ...] = (
     _S("listen_url", _database_url, _const(""), "PostgreSQL URL for LISTEN only, not through a transaction "
        "pooler (default: the database URL; without one behind a pooler, workers poll every "
        "pooled_poll_interval)"),
+    _S("listen_url_file", _opt_path, _const(None), "file holding the LISTEN URL (as database_url_file; not "
+       "together with the URL itself)"),
     _S("database_ca", _opt_path, _const(None), "CA file for TLS to PostgreSQL (sslrootcert; sslmode "
        "defaults to verify-full when given)"),
     _S("gateway", _host_port, _const("localhost:7051"), "Fabric Gateway peer HOST:PORT",
@@ -336,6 +338,7 @@ class Config:
     database_url_file: Path | None = None
     schema: str = "public"
     listen_url: str = ""
+    listen_url_file: Path | None = None
     database_ca: Path | None = None
     gateway: str = "localhost:7051"
     wallet: Path = Path("./fabric-wallet")
@@ -448,11 +451,11 @@ class Config:
 
     def to_env(self) -> dict[str, str]:
         """Every setting as ``GXSUBMIT_*`` variables, for child processes (a URL read from
-        ``database_url_file`` travels as the file's name: children read it themselves)."""
+        ``database_url_file`` or ``listen_url_file`` travels as the file's name: children read it)."""
         out: dict[str, str] = {}
         for s in SETTINGS:
             value = getattr(self, s.name)
-            if s.name == "database_url" and self.database_url_file is not None:
+            if s.name in _URL_SETTINGS and getattr(self, f"{s.name}_file") is not None:
                 value = ""
             if value is None:
                 out[s.env] = ""
@@ -494,15 +497,15 @@ def _parse(s: Setting, raw: str, source: str, parse: Callable[[str], Any]) -> An
         raise ConfigError(f"invalid setting {source}={redact(shown)!r}: expected {exc}") from None
 
 
-def _read_database_url(path: Path) -> str:
-    """The URL in ``path`` (surrounding whitespace and a trailing newline dropped)."""
-    source = f"GXSUBMIT_DATABASE_URL_FILE={str(path)!r}"
+def _read_url(name: str, path: Path) -> str:
+    """The URL of setting ``name`` in ``path`` (surrounding whitespace and a trailing newline dropped)."""
+    source = f"{_BY_NAME[name + '_file'].env}={str(path)!r}"
     try:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise ConfigError(f"invalid setting {source}: cannot read it ({why})") from None
-    url = _parse(_BY_NAME["database_url"], raw, source, _database_url)
+    url = _parse(_BY_NAME[name], raw, source, _database_url)
     if not url:
         raise ConfigError(f"invalid setting {source}: the file is empty")
     return str(url)
@@ -540,11 +543,14 @@ def load_config(
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    if values.get("database_url_file") is not None and "database_url" not in overrides:
-        if values["database_url"]:
-            raise ConfigError(
-                "GXSUBMIT_DATABASE_URL_FILE and GXSUBMIT_DATABASE_URL (or DATABASE_URL, --database-url): "
-                "give one, not both"
-            )
-        values["database_url"] = _read_database_url(values["database_url_file"])
+    for name in _URL_SETTINGS:
+        path = values.get(f"{name}_file")
+        if path is None or name in overrides:
+            continue
+        if values[name]:
+            s = _BY_NAME[name]
+            also = "".join(f" or {env}" for env, _ in s.legacy_env)
+            twin = _BY_NAME[name + "_file"].env
+            raise ConfigError(f"{twin} and {s.env} ({s.flag}{also}): give one, not both")
+        values[name] = _read_url(name, path)
     return Config(**values)

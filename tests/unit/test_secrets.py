@@ -111,6 +111,25 @@ def test_database_url_file_errors_are_one_line_without_content(tmp_path: Path) -
         load_config(environ={"GXSUBMIT_DATABASE_URL_FILE": str(good), "GXSUBMIT_DATABASE_URL": "postgresql://x/y"})
 
 
+@pytest.mark.parametrize("name", ["database_url", "listen_url"])
+def test_each_url_has_a_file_twin_and_children_get_only_its_name(tmp_path: Path, name: str) -> None:
+    dsn = f"postgresql://gx:{PW}@db.example:5432/gx"
+    f = tmp_path / "dsn"
+    f.write_text(dsn + "\n")
+    var = f"GXSUBMIT_{name.upper()}_FILE"
+    other = {} if name == "database_url" else {"GXSUBMIT_DATABASE_URL": "postgresql://h/db"}
+    cfg = load_config(environ={var: str(f), **other})
+    assert getattr(cfg, name) == dsn
+    env = cfg.to_env()
+    assert PW not in "".join(env.values()) and env[var] == str(f)
+    assert getattr(load_config(environ=env), name) == dsn
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(environ={var: str(f), f"GXSUBMIT_{name.upper()}": "postgresql://x/y", **other})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=f"{var}.*empty"):
+        load_config(environ={var: str(tmp_path / "empty"), **other})
+
+
 def test_worker_command_line_carries_no_database_url() -> None:
     from gxsubmit.supervisor import Supervisor
 
