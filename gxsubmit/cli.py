@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from gxsubmit import __version__
 from gxsubmit.config import ConfigError, add_config_arguments, load_config
 from gxsubmit.exitcodes import RET_CONFIG, RET_USAGE
+from gxsubmit.secrets import no_core_dumps
 
 __all__ = ["main"]
 
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_USAGE
     name = args_list[0]
     cmd = COMMANDS[name]
+    # Every command reads the database URL, a wallet's keys or both: no core file may hold them.
+    no_core_dumps()
     try:
         parser, module = _command_parser(name, cmd)
         args = parser.parse_args(args_list[1:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,18 @@ def test_core_dumps_are_off_after_harden() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     lines = out.stdout.split()
     assert out.stdout.splitlines() == ["(0, 0)", "0"], out.stdout + out.stderr + str(lines)
+
+
+@pytest.mark.parametrize("command", ["check", "cancel", "migrate", "emulator"])
+def test_every_command_turns_core_dumps_off_before_it_reads_anything(command: str) -> None:
+    """Operator commands read the database URL and (check, cancel) the wallet's keys too: the same
+    hardening as the supervisor and the workers, before the arguments are even parsed."""
+    code = (
+        "import resource, sys\n"
+        "from gxsubmit import cli\n"
+        f"try:\n    cli.main([{command!r}, '--no-such-flag'])\nexcept SystemExit:\n    pass\n"
+        "print(resource.getrlimit(resource.RLIMIT_CORE), file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GXSUBMIT_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stderr.strip().splitlines()[-1] == "(0, 0)", out.stderr
