@@ -149,10 +149,13 @@ class Pipeline:
         crashes = self.settings.max_worker_crashes
         if crashes is not None and cmd.submitted_before:
             crashes *= 2  # as release_crashed: its next try finds a committed copy instead (queries.sql)
-        if crashes is not None and cmd.crashed_claims >= crashes:
-            # taken over from expired leases this often: its holders died or hung (migration 0009)
-            await out.fail_early(job, "WORKER_CRASH", f"its worker died or hung in {cmd.crashed_claims} "
-                                                      "claims of this row")
+        # A row gets here at the limit only through takeovers from expired leases (the supervisor's
+        # release_crashed ends it at the limit itself, after a run alone). An expired lease is weaker
+        # evidence than a death the supervisor saw: the holder may have been cut off from the database
+        # or frozen, not killed by the row (the 30-minute soak dead-lettered 7 rows so), hence twice.
+        if crashes is not None and cmd.crashed_claims >= 2 * crashes:
+            await out.fail_early(job, "WORKER_CRASH", f"its holders died, hung or were cut off in "
+                                                      f"{cmd.crashed_claims} claims of this row")
             return
         if isinstance(cmd.payload, BadPayload):
             await out.fail_early(job, cmd.payload.code, cmd.payload.reason)

@@ -10,6 +10,8 @@ Prisma outbox table instead (the legacy adoption's tests).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,9 +28,29 @@ from gxsubmit.pgembed import EmbeddedPostgres
 T = TypeVar("T")
 
 TEST_URL_ENV = "GXSUBMIT_TEST_DATABASE_URL"
+_OWN_BASETEMP = pytest.StashKey[Path]()
 
 #: Suites of real processes (a supervisor with its workers and a gateway, an image build): minutes.
 SLOW_SUITES = frozenset({"acceptance", "deploy"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, the session's temporary directories go under a directory of its own, not pytest's
+    /tmp/pytest-of-root: every pytest session started beside this one (another checkout, another CI
+    job) makes that one private again (0700), and an embedded PostgreSQL under it runs as another user
+    and loses its data directory (tests/integration/test_parallel_sessions.py). ``--basetemp`` wins."""
+    if os.geteuid() != 0 or config.option.basetemp:
+        return
+    config.option.basetemp = tempfile.mkdtemp(prefix="gxsubmit-tests-")
+    config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's own directory goes when everything passed; after a failure it stays to be read."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

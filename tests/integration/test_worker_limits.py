@@ -177,3 +177,22 @@ def test_a_row_in_doubt_past_its_limit_ends_and_a_requeue_resolves_it_once(h: Ha
     wait_for(lambda: h.rows()[rid]["status"] == "COMMITTED", 60, 0.2, "the requeued row commits")
     assert h.rows()[rid]["fabric_tx_id"] == tx_id  # the same transaction, not a second one
     h.audit([rid, after])
+
+
+def test_lease_takeovers_dead_letter_a_row_only_at_twice_the_crash_limit(h: Harness) -> None:
+    """Found by the 30-minute soak (seed 2028): 7 rows ended WORKER_CRASH whose third counted claim was
+    a takeover from an expired lease, the holder cut off from the database or frozen by the faults,
+    not killed by the row. A takeover is weaker evidence than a death the supervisor saw (which still
+    dead-letters at the limit, with the row run alone first): it ends a row only at twice the limit."""
+    ids = h.enqueue([_user("taken-over-3"), _user("taken-over-6")])
+    with psycopg.connect(h.url, autocommit=True) as conn:
+        for rid, crashes in zip(ids, (3, 6), strict=True):
+            # what the claim SQL leaves after that many takeovers of an expired CLAIMED lease
+            conn.execute(sql.SQL("UPDATE {}.outbox_commands SET crashed_claims = %s WHERE id = %s").format(
+                sql.Identifier(h.schema)), (crashes, rid))
+    h.spawn("org1-partner-api", max_worker_crashes=3)
+    wait_for(lambda: h.all_final(ids), 60, 0.1, "both rows final")
+    rows = h.rows()
+    assert rows[ids[0]]["status"] == "COMMITTED", rows[ids[0]]
+    assert (rows[ids[1]]["status"], rows[ids[1]]["error_code"]) == ("FAILED", "WORKER_CRASH"), rows[ids[1]]
+    h.audit([ids[0]])
