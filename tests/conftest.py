@@ -37,9 +37,10 @@ SLOW_SUITES = frozenset({"acceptance", "deploy"})
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """As root, the session's temporary directories go under a directory of its own, not pytest's
-    /tmp/pytest-of-root: every pytest session started beside this one (another checkout, another CI
-    job) makes that one private again (0700), and an embedded PostgreSQL under it runs as another user
-    and loses its data directory (tests/integration/test_parallel_sessions.py). ``--basetemp`` wins."""
+    per-user one (pytest-of-root in the temp directory): every pytest session started beside this one
+    (another checkout, another CI job) makes that one private again (0700), and an embedded PostgreSQL
+    under it runs as another user and loses its data directory
+    (tests/integration/test_parallel_sessions.py). ``--basetemp`` wins."""
     if os.geteuid() != 0 or config.option.basetemp:
         return
     config.option.basetemp = tempfile.mkdtemp(prefix="gxsubmit-tests-")

@@ -1,9 +1,10 @@
 """Two test sessions at once on one machine (two checkouts, two CI jobs of one runner) as root.
 
-pytest makes its per-user directory /tmp/pytest-of-root private (mode 0700) at every session start;
-an embedded PostgreSQL under it runs as an unprivileged user and lost its data directory when another
-session started: "could not access directory ... Permission denied" on its next start (seen in a CI
-run beside other suites). The suite's temporary directories live elsewhere (tests/conftest.py).
+pytest makes its per-user directory (pytest-of-root in the temp directory) private (mode 0700) at every
+session start; an embedded PostgreSQL under it runs as an unprivileged user and lost its data directory
+when another session started: "could not access directory ... Permission denied" on its next start
+(seen in a CI run beside other suites). The suite's temporary directories live elsewhere
+(tests/conftest.py).
 """
 
 from __future__ import annotations
