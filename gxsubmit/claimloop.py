@@ -31,6 +31,8 @@ log = logging.getLogger("gxsubmit.worker")
 
 _MIN_CLAIM_GAP_S = 0.005  # coalesce NOTIFY bursts into one claim
 _SLOT_WAIT_S = 0.02  # with a backlog, wait this long for more free slots before a small claim
+_TAKEOVER_SLACK_S = 0.05  # claim this long after a foreign lease runs out (the clocks of worker and server)
+_TAKEOVER_MIN_WAIT_S = 0.25
 #: A claim only counts as having seen a put-back row when it ran this long after the row's due time.
 _RETRY_CLOCK_SKEW_S = 0.05
 #: How often a busy worker asks whether rows that crashed a worker wait to be run alone (migration 0009).
@@ -140,7 +142,21 @@ class Claimer:
                 due = self.pipeline.outcomes.next_retry_in(time.monotonic(), claimed_mono)
                 if due is not None:
                     timeout = min(timeout, due)
+                if not rows:
+                    takeover = await self._next_takeover()
+                    if takeover is not None:
+                        timeout = min(timeout, takeover)
                 await self._wait_wake(timeout)
+
+    async def _next_takeover(self) -> float | None:
+        """Idle: when another holder's lease on a row of ours runs out (its holder died, hung or was cut
+        off), claim then, not at the next poll or NOTIFY (none comes for an expired lease)."""
+        try:
+            left = await self.db.once(lambda st: st.next_takeover(self._types))
+        except Exception:  # the next claim reports database trouble
+            return None
+        # an expired lease another claim holds this instant: look again soon, not in a tight loop
+        return None if left is None else max(left + _TAKEOVER_SLACK_S, _TAKEOVER_MIN_WAIT_S)
 
     async def _probe_idle_gateway(self) -> None:
         """Half-open with nothing to send: probe with a read so a healed link closes the breaker."""

@@ -128,6 +128,11 @@ class OutboxStore(StoreHousekeeping):
         payloads = _decode_payloads([r[6] for r in rows], max_payload_bytes)
         return [_claimed(r, p) for r, p in zip(rows, payloads, strict=True)]
 
+    async def next_takeover(self, types: Sequence[str]) -> float | None:
+        """Seconds until another holder's earliest lease on a row of ``types`` runs out (None: none)."""
+        rows = await self._rows("next_takeover", {"types": list(types), "worker_id": self.worker_id})
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
     async def suspects_due(self, types: Sequence[str]) -> bool:
         """Whether a row of ``types`` waits to be claimed alone (:meth:`claim_suspect`)."""
         rows = await self._rows("suspects_due", {"types": list(types)})

@@ -185,6 +185,16 @@ SELECT EXISTS (
      WHERE o.status = 'PENDING' AND o.run_alone
        AND o.next_attempt_at <= now() AND o.command_type = ANY(%(types)s::text[]))
 
+-- name: next_takeover
+-- Seconds until the earliest lease of another holder among these types runs out (NULL: none held): an
+-- idle worker claims again then, so a dead replica's rows pass on at the lease's end, not at the next
+-- poll (30 s by default) or NOTIFY. Walks outbox_commands_lease_idx in expiry order.
+SELECT extract(epoch FROM min(o.lease_expires_at) - now())::float8
+  FROM {schema}.outbox_commands AS o
+ WHERE o.status IN ('CLAIMED', 'SUBMITTED')
+   AND o.command_type = ANY(%(types)s::text[])
+   AND o.locked_by IS DISTINCT FROM %(worker_id)s
+
 -- name: renew
 -- The fenced batch updates (renew, record_tx_many, mark_submitted, mark_committed) return one row:
 -- NULL when every lease held (the caller has those ids already), else the ids whose lease held.

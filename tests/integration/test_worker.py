@@ -693,3 +693,19 @@ def test_lost_tx_id_of_a_long_expired_certificate_is_submitted_anew(h: Harness) 
     assert len(ledger) == 1
     assert "a new tx id is drawn if the ledger still lacks it after" in rows[valid]["error"]
     assert "expiry is not recorded" in rows[unknown]["error"]
+
+
+def test_an_idle_worker_takes_a_dead_holders_rows_over_when_their_lease_runs_out(h: Harness) -> None:
+    """No NOTIFY comes for an expired lease: an idle worker used to take such rows over only at its next
+    poll (30 s by default, 300 s here), so a dead replica's rows waited for it. It now claims again
+    when the earliest lease of another holder runs out."""
+    ids = h.enqueue([_user("orphan")])
+    with psycopg.connect(h.url, autocommit=True) as conn:
+        conn.execute(sql.SQL(
+            "UPDATE {}.outbox_commands SET status = 'CLAIMED', locked_by = 'gone:org1-partner-api:1', "
+            "locked_at = now(), lease_token = gen_random_uuid(), "
+            "lease_expires_at = now() + interval '4 seconds' WHERE id = %s").format(sql.Identifier(h.schema)),
+            (ids[0],))
+    h.spawn("org1-partner-api", poll_interval=300.0)
+    wait_for(lambda: h.all_final(ids), 30, 0.1, "the orphaned row committed well before the 300 s poll")
+    h.audit(ids)
