@@ -4,14 +4,13 @@ every probe, and the supervisor keeps its workers (nothing restarts, the service
 from __future__ import annotations
 
 import contextlib
-import resource
 import socket
 import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
 from harness import EmulatorProc, ServiceProc, service_settings
+from tooling import sockets_available
 from waiting import wait_for
 
 
@@ -27,14 +26,7 @@ def _get(port: int, path: str, timeout: float = 10.0) -> int:
 def test_idle_connections_and_a_metrics_flood_against_the_supervisor(
     pg_url: str, schema: str, wallet: Path, tmp_path: Path, procs: list[Any], emulator: EmulatorProc
 ) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 2300
-    if soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want) if hard > 0 else want, hard))
-    n = min(2000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 300)
-    if n < 1000:
-        pytest.skip("file descriptor limit too low for 1,000 client sockets")
+    n = sockets_available(2000, spare=300, least=1000)
     svc = ServiceProc("http", tmp_path, service_settings(pg_url, schema, wallet, emulator))
     procs.append(svc)
     svc.start()

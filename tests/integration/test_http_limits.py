@@ -5,7 +5,6 @@ and error text on /readyz and /status is short and sanitized."""
 from __future__ import annotations
 
 import contextlib
-import resource
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from tooling import sockets_available
 from waiting import wait_for
 
 from gxsubmit.httpserver import HttpLimits, HttpServer
@@ -71,15 +71,6 @@ def _get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-def _fd_budget(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need + 200:
-        new = need + 200 if hard == resource.RLIM_INFINITY else min(hard, need + 200)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return max(0, min(need, soft - 200))
-
 
 def _server_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name.startswith("http"))
@@ -87,9 +78,7 @@ def _server_threads() -> int:
 
 @pytest.mark.slow  # about 10 s: kept out of the quick subset
 def test_two_thousand_idle_connections_never_stop_the_probe() -> None:
-    n = _fd_budget(2000)
-    if n < 1000:
-        pytest.skip(f"file descriptor limit too low for the test ({n} sockets)")
+    n = sockets_available(2000, spare=200, least=1000)
     probe, render = _Probe(), _Renderer()
     with _server(probe, render, max_connections=64, header_timeout=30.0) as srv:
         threads_before = _server_threads()
