@@ -33,6 +33,8 @@ _MIN_CLAIM_GAP_S = 0.005  # coalesce NOTIFY bursts into one claim
 _SLOT_WAIT_S = 0.02  # with a backlog, wait this long for more free slots before a small claim
 _TAKEOVER_SLACK_S = 0.05  # claim this long after a foreign lease runs out (the clocks of worker and server)
 _TAKEOVER_MIN_WAIT_S = 0.25
+#: Idle with the gateway shown down: probe it this often (the breaker bounds a real outage).
+_GATEWAY_RECHECK_S = 2.0
 #: A claim only counts as having seen a put-back row when it ran this long after the row's due time.
 _RETRY_CLOCK_SKEW_S = 0.05
 #: How often a busy worker asks whether rows that crashed a worker wait to be run alone (migration 0009).
@@ -134,7 +136,7 @@ class Claimer:
             claim_fail.reset()
             for cmd in rows:
                 self._start(cmd)
-            if not rows and state is BreakerState.HALF_OPEN:
+            if not rows and (state is BreakerState.HALF_OPEN or not self.parts.health.ok):
                 await self._probe_idle_gateway()
             backlog = len(rows) >= limit
             if not backlog:
@@ -146,6 +148,8 @@ class Claimer:
                     takeover = await self._next_takeover()
                     if takeover is not None:
                         timeout = min(timeout, takeover)
+                    if not self.parts.health.ok:  # idle and shown unready: ask the gateway again soon
+                        timeout = min(timeout, _GATEWAY_RECHECK_S)
                 await self._wait_wake(timeout)
 
     async def _next_takeover(self) -> float | None:
@@ -159,12 +163,14 @@ class Claimer:
         return None if left is None else max(left + _TAKEOVER_SLACK_S, _TAKEOVER_MIN_WAIT_S)
 
     async def _probe_idle_gateway(self) -> None:
-        """Half-open with nothing to send: probe with a read so a healed link closes the breaker."""
+        """Nothing to send, and half-open or the last call failed: probe with a read so a healed link
+        closes the breaker and /readyz turns back."""
         parts = self.parts
         channels = parts.channels
         if not channels:
             return
-        outcome = await probe_idle_gateway(parts.gateway, parts.ring.current, channels[0], self.breaker)
+        outcome = await probe_idle_gateway(parts.gateway, parts.ring.current, channels[0], self.breaker,
+                                           after_failure=not parts.health.ok)
         if outcome is not False:
             parts.health.note_probe(None if outcome is True else outcome)
             parts.status.write()

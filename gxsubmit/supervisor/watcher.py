@@ -36,9 +36,11 @@ STATS_INTERVAL = 15.0
 #: ... and while rows are moving, so the outbox gauges stay current.
 STATS_INTERVAL_BUSY = 3.0
 _UNFINISHED = ("PENDING", "CLAIMED", "SUBMITTED")
-#: Database reconnect backoff of the supervisor's own connection.
+#: Database reconnect backoff of the supervisor's own connection. The cap is the workers' (dblink): its
+#: statistics are part of /readyz, so a longer cap kept a replica unready up to that long after its
+#: database came back (30 s before, where the workers were ready again within 10 s).
 DB_RETRY_FIRST = 1.0
-DB_RETRY_CAP = 30.0
+DB_RETRY_CAP = 10.0
 
 
 def _has_unroutable(stats: QueueStats, routed: Sequence[str]) -> bool:

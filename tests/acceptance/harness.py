@@ -151,7 +151,10 @@ class ServiceProc:
             assert self.proc is not None and self.proc.poll() is None, self.tail()
             return self.readyz()[0] == 200
 
-        wait_for(ready, timeout, interval=0.1, what=f"{self.name} ready")
+        try:
+            wait_for(ready, timeout, interval=0.1, what=f"{self.name} ready")
+        except AssertionError as exc:  # say why it is not ready: the readiness body and the log's end
+            raise AssertionError(f"{exc}\n/readyz: {self.readyz()}\n{self.tail()}") from None
 
     def logs(self) -> list[dict[str, Any]]:
         out = []

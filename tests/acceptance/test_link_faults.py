@@ -198,3 +198,29 @@ def test_a_far_database_with_hundreds_of_first_jobs_is_not_taken_for_a_dead_link
     rows = outbox_rows(pg_url, schema)
     report = audit_exactly_once(emu.ledger, _expected(rows), rows)
     assert report.ok, str(report)
+
+
+def test_a_worker_whose_last_gateway_call_timed_out_is_ready_again_with_no_command_to_send(
+    pg_url: str, schema: str, wallet: Path, tmp_path: Path, procs: list[Any]
+) -> None:
+    """One gateway call past its deadline marks the gateway down for /readyz until the next answer;
+    below the breaker's threshold the breaker stays closed, and its half-open probe never ran. A worker
+    with nothing more to send (here: the row failed at once with one attempt; in a blackhole it is the
+    other replica that took the rows) then stayed unready for good, with a working gateway."""
+    emu = EmulatorProc(wallet=wallet, workdir=tmp_path,
+                       extra=("--block-time", "0.3", "--latency", "Endorse=2:2"))
+    procs.append(emu)
+    emu.start()
+    settings = service_settings(pg_url, schema, wallet, emu, GXSUBMIT_IDENTITIES="org1-partner-api",
+                                GXSUBMIT_ENDORSE_TIMEOUT="0.5", GXSUBMIT_MAX_ATTEMPTS="1")
+    svc = _start(procs, tmp_path, "svc", settings)
+    svc.wait_ready()
+    enqueue_many(pg_url, schema, users(1, "slow"), "slow")
+    wait_for(lambda: counts(pg_url, schema)["FAILED"] == 1, 60, interval=0.2,
+             what=f"the row failed on its one attempt: {counts(pg_url, schema)}")
+    # The worker's status has the failure (so /readyz is computed from a worker that saw the timeout);
+    # the 503 in between may be too short to catch now, before the fix it lasted for good:
+    # "gateway unavailable: ... endorse DEADLINE_EXCEEDED".
+    wait_for(lambda: (svc.status().get("workers", {}).get("org1-partner-api") or {}).get("failed") == 1, 30,
+             interval=0.1, what="the failure in the worker's status")
+    svc.wait_ready(30)
