@@ -282,6 +282,16 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             add(f"wan: p50 at 150 ms round trip ({what})", None if bound is None else p50 <= bound,
                 f"{fmt_num(p50)} ms", f"<= block time + 4 round trips ({fmt_num(bound)} ms)")
+        pair = next((c for c in wan.get("configs", []) if "blackhole_unready_s" in c), None)
+        if pair is not None:
+            unready, took, bound = (pair.get("blackhole_unready_s"), pair.get("blackhole_takeover_s"),
+                                    pair.get("blackhole_target_s"))
+            add("wan: far database link blackholed, far /readyz 503",
+                None if unready is None else unready <= 15, f"{fmt_num(unready)} s", "<= 15 s")
+            held = pair.get("far_held_at_blackhole")
+            add(f"wan: far database link blackholed, its {held} rows committed by the near replica",
+                None if took is None or bound is None else took <= bound,
+                f"{fmt_num(took)} s", f"<= lease + one block ({fmt_num(bound)} s)")
     soak = _get(results, "soak")
     if soak:
         ok = (soak.get("lost") == 0 and soak.get("duplicated") == 0 and soak.get("stuck") == 0

@@ -9,8 +9,10 @@ throughput figure), a backlog of twice the capacity at 0 and 150 ms (the capacit
 never waits for the next row), and an open arrival of OPEN_RATE rows/s, below the capacity at every
 round trip (the latency a command sees: created -> committed with no queue in front of it).
 Then two replicas on one database, one near (direct links) and one far
-(150 ms): who does the work, and what happens when the near one is SIGKILLed (how long until the far
-one has committed every row the near one held, and its rate alone).
+(150 ms): who does the work; what happens when the far one's database link is blackholed (its /readyz,
+how long until the near one has committed every row the far one held, and its readiness once the link
+heals); and when the near one is SIGKILLed (how long until the far one has committed every row the near
+one held, and its rate alone).
 """
 
 from __future__ import annotations
@@ -96,6 +98,46 @@ def _rate(url: str, schema: str, a: Any, b: Any) -> float | None:
     return int(n) / s if s > 0 else None
 
 
+def _readyz(sup: SupervisorProc) -> int:
+    with contextlib.suppress(OSError):
+        return sup.http("/readyz", timeout=2.0)[0]
+    return 0
+
+
+async def _blackhole_far(url: str, schema: str, far: SupervisorProc, dbp: FaultProxy, lease: float,
+                         prog: Progress) -> dict[str, Any]:
+    """Blackhole the far replica's database link while both run: how long until its /readyz says 503,
+    until the near one has committed every row the far one held (the target: lease + one block), and
+    until the far one is ready again once the link heals."""
+    held = _held_by(url, schema, "wan-far")
+    dbp.blackhole()
+    cut, t0 = await db_now(url), time.monotonic()
+    out: dict[str, Any] = {"far_held_at_blackhole": len(held), "blackhole_target_s": lease + SPEC.block_time}
+    unready = None
+    done, last = 0, None
+    while time.monotonic() - t0 < 3 * lease + 30:
+        if unready is None and _readyz(far) == 503:
+            unready = round(time.monotonic() - t0, 2)
+        done, last = _finished_at(url, schema, held)
+        prog.tick(lambda: f"far blackholed; near committed {done}/{len(held)} of its rows")  # noqa: B023
+        if done == len(held) and unready is not None:
+            break
+        await asyncio.sleep(0.2)
+    out["blackhole_unready_s"] = unready
+    out["blackhole_rows_committed_by_near"] = done
+    whole = last is not None and done == len(held)
+    out["blackhole_takeover_s"] = round((last - cut).total_seconds(), 2) if whole else None
+    dbp.blackhole(False)
+    t1 = time.monotonic()
+    ready = False
+    while not ready and time.monotonic() - t1 < 120:
+        ready = _readyz(far) == 200
+        if not ready:
+            await asyncio.sleep(0.2)
+    out["far_ready_after_heal_s"] = round(time.monotonic() - t1, 2) if ready else None
+    return out
+
+
 def two_replicas(ctx: Context, emu: Any, dbp: FaultProxy, gwp: FaultProxy, limit: int) -> dict[str, Any]:
     identities = [i for i, _, _ in WORKLOAD]
     dbp.delay(FAR_MS, FAR_MS * JITTER)
@@ -123,6 +165,7 @@ def two_replicas(ctx: Context, emu: Any, dbp: FaultProxy, gwp: FaultProxy, limit
             total = (n1 - n0) + (f1 - f0)
             out["far_share"] = round((f1 - f0) / total, 3) if total else None
             out["commands_per_s"] = _rate(ctx.db.url, schema, a, b)
+            out.update(await _blackhole_far(ctx.db.url, schema, far, dbp, lease, prog))
             _kill_tree(near)
             killed = await db_now(ctx.db.url)
             await asyncio.sleep(0.5)  # statements the dead replica had sent are answered by now
@@ -156,7 +199,11 @@ def two_replicas(ctx: Context, emu: Any, dbp: FaultProxy, gwp: FaultProxy, limit
         near.stop()
         far.stop()
         ctx.db.drop_schema(schema)
-    out["note"] = (f"far share {out.get('far_share')}, near killed: its {out.get('near_held_at_kill')} rows "
+    out["note"] = (f"far share {out.get('far_share')}; far blackholed: /readyz 503 after "
+                   f"{out.get('blackhole_unready_s')} s, its {out.get('far_held_at_blackhole')} rows done by "
+                   f"near in {out.get('blackhole_takeover_s')} s (target lease + block "
+                   f"{out.get('blackhole_target_s')} s), ready {out.get('far_ready_after_heal_s')} s after "
+                   f"the heal; near killed: its {out.get('near_held_at_kill')} rows "
                    f"done by far in {out.get('takeover_s')} s (lease {lease:g} s)")
     return out
 
@@ -223,5 +270,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "targets": {
             "throughput_150ms_vs_0ms": ">= 0.8 (same settings)",
             "p50_150ms": "<= block time + 4 round trips (2,600 ms), open arrival",
+            "blackholed_database_link": "/readyz 503 within 15 s; the rows it held committed by the other "
+                                        "replica within lease + one block",
         },
     }

@@ -185,3 +185,16 @@ def test_block_rate_counts_whole_block_periods() -> None:
     assert block_rate(blocks) == pytest.approx(100 / 2.2)
     assert block_rate(list(reversed(blocks))) == pytest.approx(100 / 2.2)
     assert block_rate(blocks[:1]) is None
+
+
+def test_wan_blackhole_figures_are_judged_against_readiness_and_lease_plus_block() -> None:
+    pair = {"config": "near + far (150 ms)", "blackhole_unready_s": 9.0, "blackhole_takeover_s": 13.5,
+            "blackhole_target_s": 12.0, "far_held_at_blackhole": 300}
+    targets = {t["name"]: t for t in evaluate_targets({"wan": {"configs": [pair]}})}
+    assert targets["wan: far database link blackholed, far /readyz 503"]["verdict"] == "PASS"
+    late = targets["wan: far database link blackholed, its 300 rows committed by the near replica"]
+    assert late["verdict"] == "MISS" and late["measured"] == "13.5 s"
+    pair["blackhole_takeover_s"] = None  # not every held row committed: no figure, no pass
+    targets = {t["name"]: t for t in evaluate_targets({"wan": {"configs": [pair]}})}
+    name = "wan: far database link blackholed, its 300 rows committed by the near replica"
+    assert targets[name]["verdict"] != "PASS"
