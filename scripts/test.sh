@@ -44,4 +44,11 @@ then
   export GXSUBMIT_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/test"
 fi
 echo "test database: ${GXSUBMIT_TEST_DATABASE_URL:-embedded PostgreSQL}"
-exec .venv/bin/python -m pytest "$@"
+# Most tests wait on real processes (a supervisor, a gateway, a block): two pytest-xdist workers keep
+# the machine busy (tests that share a machine-wide thing run in one worker: tests/conftest.py
+# XDIST_GROUPS). GXSUBMIT_TEST_WORKERS=0 runs everything in this process (one test's output, a debugger).
+WORKERS=${GXSUBMIT_TEST_WORKERS:-2}
+if [ "$WORKERS" = 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup "$@"

@@ -32,6 +32,10 @@ _OWN_BASETEMP = pytest.StashKey[Path]()
 
 #: Suites of real processes (a supervisor with its workers and a gateway, an image build): minutes.
 SLOW_SUITES = frozenset({"acceptance", "deploy"})
+#: Tests that share one thing of the machine's run in one pytest-xdist worker (scripts/test.sh runs the
+#: suite on several): the deploy suite builds the image once per worker and shares podman's storage; the
+#: pooler tests count the pooled statements (application_name 'gxsubmit') of the whole server.
+XDIST_GROUPS = {"deploy": "image", "test_behind_pgbouncer.py": "pooler", "test_pooler.py": "pooler"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -55,7 +59,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test of the slow suites is ``slow``, so ``-m "not slow"`` is the quick local subset."""
+    """Every test of the slow suites is ``slow``, so ``-m "not slow"`` is the quick local subset; the
+    tests of :data:`XDIST_GROUPS` get their group."""
     here = Path(__file__).parent
     for item in items:
         try:
@@ -64,6 +69,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if suite in SLOW_SUITES:
             item.add_marker(pytest.mark.slow)
+        group = XDIST_GROUPS.get(suite) or XDIST_GROUPS.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
