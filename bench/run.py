@@ -260,8 +260,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             far, base = sized[150], cap[0]
             rate, base_rate = far.get("commands_per_s"), base.get("commands_per_s")
             r = rate / base_rate if rate and base_rate else None
-            add(f"wan: 150 ms at the in-flight docs/operations.md recommends there ({far.get('max_in_flight')}) "
-                f"vs 0 ms at the default ({base.get('max_in_flight')})",
+            add("wan: 150 ms at the in-flight docs/operations.md recommends there "
+                f"({far.get('max_in_flight')}) vs 0 ms at the default ({base.get('max_in_flight')})",
                 None if r is None else r >= 0.8,
                 f"{fmt_num(r)} ({fmt_num(rate)} vs {fmt_num(base_rate)} cmd/s)", ">= 0.8")
         if 150 in sized:
