@@ -85,6 +85,7 @@ class FaultProxy:
         self._conns: set[_Conn] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._flowing: asyncio.Event | None = None
+        self._stopping = False
         self.port = 0
 
     @staticmethod
@@ -193,14 +194,23 @@ class FaultProxy:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def _stop(self) -> None:
+        """Abort every connection and let its tasks end by themselves: a handler task that ends
+        cancelled makes asyncio's stream callback log an ERROR with a traceback (one per connection,
+        in the output of the very test that failed and stopped the proxy)."""
         if self._server is not None:
             self._server.close()
+        self._stopping = True
         self._reset_all()
+        assert self._flowing is not None
+        self._flowing.set()  # held bytes go to the aborted sockets, held connections see _stopping
         tasks = [*self._handlers, *(t for c in list(self._conns) for t in c.tasks)]
-        for task in tasks:
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=2.0)
+        for task in pending:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5.0)
+        if pending:
+            await asyncio.wait(pending, timeout=3.0)
 
     def _set_flowing(self, on: bool) -> None:
         assert self._flowing is not None
@@ -234,6 +244,9 @@ class FaultProxy:
         try:
             assert self._flowing is not None
             await self._flowing.wait()  # a blackhole swallows the connection attempt too
+            if self._stopping:
+                _abort(writer)
+                return
             try:
                 up_reader, up_writer = await asyncio.open_connection(*self._upstream, limit=_CHUNK)
             except OSError:

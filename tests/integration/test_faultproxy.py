@@ -176,3 +176,26 @@ def test_a_postgresql_session_through_the_proxy(pg_url: str) -> None:
             p.blackhole(False)
             t.join(30)
             assert result == [(7,)]
+
+
+def test_stopping_with_open_and_blackholed_connections_logs_no_error(
+    echo: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A test that fails stops its proxy with connections still open (often blackholed): each used to
+    log an asyncio ERROR with a CancelledError traceback, which buried the real failure in its output."""
+    p = FaultProxy(echo, name="stop", seed=1).start()
+    socks = [_connect(p) for _ in range(3)]
+    for s in socks:
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+    wait_for(lambda: p.open_connections() == 3, 10, what="three connections through")
+    p.blackhole()
+    socks[0].sendall(b"held")
+    late = _connect(p)  # accepted, then held by the blackhole
+    wait_for(lambda: p.stats.accepted == 4, 10, what="the fourth connection accepted")
+    with caplog.at_level("ERROR"):
+        p.stop()
+    for s in [*socks, late]:
+        s.close()
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]
