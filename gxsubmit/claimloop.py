@@ -136,7 +136,7 @@ class Claimer:
             claim_fail.reset()
             for cmd in rows:
                 self._start(cmd)
-            if not rows and (state is BreakerState.HALF_OPEN or not self.parts.health.ok):
+            if not rows and not self.parts.health.ok:  # half-open, or a failure below the threshold
                 await self._probe_idle_gateway()
             backlog = len(rows) >= limit
             if not backlog:
@@ -163,14 +163,13 @@ class Claimer:
         return None if left is None else max(left + _TAKEOVER_SLACK_S, _TAKEOVER_MIN_WAIT_S)
 
     async def _probe_idle_gateway(self) -> None:
-        """Nothing to send, and half-open or the last call failed: probe with a read so a healed link
-        closes the breaker and /readyz turns back."""
+        """Nothing to send and the gateway shown down: probe with a read so a healed link closes the
+        breaker and /readyz turns back."""
         parts = self.parts
         channels = parts.channels
         if not channels:
             return
-        outcome = await probe_idle_gateway(parts.gateway, parts.ring.current, channels[0], self.breaker,
-                                           after_failure=not parts.health.ok)
+        outcome = await probe_idle_gateway(parts.gateway, parts.ring.current, channels[0], self.breaker)
         if outcome is not False:
             parts.health.note_probe(None if outcome is True else outcome)
             parts.status.write()

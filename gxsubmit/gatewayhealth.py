@@ -25,7 +25,8 @@ class GatewayHealth:
     def __init__(self, breaker: CircuitBreaker, metrics: WorkerMetrics) -> None:
         self.breaker = breaker
         self.metrics = metrics
-        #: False from a gateway outage until the next answer (the status file's gateway_ok)
+        #: False from a gateway outage until the next answer (the status file's gateway_ok); the breaker
+        #: only trips while it is False, so "breaker not closed" implies "not ok" (the idle probe's rule)
         self.ok = True
 
     def note(self, err: FabricError) -> None:

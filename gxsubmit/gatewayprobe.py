@@ -4,9 +4,10 @@ Why: the breaker closes only when a call through it succeeds, and a worker only 
 commands. A replica whose gateway link came back while no work was pending (the other replica took
 its rows meanwhile) kept its breaker open and its ``/readyz`` at 503 until a command arrived, possibly
 never. The same held for one timed-out call below the breaker's threshold: the breaker stayed closed
-and /readyz said "gateway unavailable" for good. This probe is a read that changes nothing: qscc
-``GetTransactionByID`` of a made-up transaction id, the same call ``gxsubmit check`` makes. Any answer
-from the gateway, even a refusal, means it is up.
+and /readyz said "gateway unavailable" for good. So the probe runs whenever an idle worker shows its
+gateway down, whatever the breaker's state (a breaker only trips on such failures). The probe is a read
+that changes nothing: qscc ``GetTransactionByID`` of a made-up transaction id, the same call ``gxsubmit
+check`` makes. Any answer from the gateway, even a refusal, means it is up.
 """
 
 from __future__ import annotations
@@ -21,18 +22,14 @@ PROBE_TX_ID = "0" * 64
 
 
 async def probe_idle_gateway(
-    gateway: GatewayClient, signer: SigningIdentity, channel: str, breaker: CircuitBreaker, *,
-    after_failure: bool = False,
+    gateway: GatewayClient, signer: SigningIdentity, channel: str, breaker: CircuitBreaker
 ) -> bool | FabricError:
-    """Take the half-open probe slot and ask the gateway: True if it answered, else its error.
+    """Ask the gateway, through the breaker: True if it answered, else its error.
 
-    ``after_failure``: the last call failed, so /readyz shows the gateway down; with the breaker still
-    closed (fewer failures than its threshold) nothing else would ever ask again while idle.
-
-    False without a call when no probe is due now (closed: none needed unless ``after_failure``; open:
-    still cooling down; half-open: another probe is out)."""
-    if breaker.is_closed and not after_failure:
-        return False
+    For a worker that shows its gateway down (its last call failed) and has nothing to send: the breaker
+    may still be closed (fewer failures than its threshold) or half-open (this takes the probe slot).
+    False without a call when the breaker allows none now (open: still cooling down; half-open: another
+    probe is out)."""
     if not breaker.allow():
         return False
     try:

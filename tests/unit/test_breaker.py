@@ -95,3 +95,31 @@ def test_rejects_bad_settings() -> None:
         CircuitBreaker(threshold=0)
     with pytest.raises(ValueError):
         CircuitBreaker(cooldown=5.0, max_cooldown=1.0)
+
+
+def test_an_open_or_half_open_breaker_always_shows_the_gateway_down() -> None:
+    """The idle worker probes whenever GatewayHealth.ok is False (claimloop): that covers a half-open
+    breaker only because the breaker trips on nothing but the failures that clear ``ok``, and only an
+    answer (which closes it) sets ``ok`` again."""
+    from gxsubmit.decisions import INFRA_ERROR_CODES
+    from gxsubmit.fabric import ErrorClass, FabricError
+    from gxsubmit.gatewayhealth import GatewayHealth
+    from gxsubmit.metrics import WorkerMetrics
+
+    b, clock = make(threshold=2, cooldown=1.0)
+    health = GatewayHealth(b, WorkerMetrics("unit-breaker"))
+    down = FabricError(stage="endorse", error_class=ErrorClass.TRANSIENT,
+                       error_code=sorted(INFRA_ERROR_CODES)[0], message="unreachable")
+    refused = FabricError(stage="endorse", error_class=ErrorClass.PERMANENT, error_code="CHAINCODE_ERROR",
+                          message="no")
+    seen: list[tuple[BreakerState, bool]] = []
+    for step in (down, down, "tick", down, "tick", refused, down):
+        if step == "tick":
+            clock.t += 5.0
+        else:
+            assert isinstance(step, FabricError)
+            health.note(step)
+        seen.append((state(b), health.ok))
+    assert (BreakerState.HALF_OPEN, False) in seen and (BreakerState.OPEN, False) in seen
+    assert all(not ok for st, ok in seen if st is not BreakerState.CLOSED), seen
+    assert seen[-2] == (BreakerState.CLOSED, True)  # an answer, even a refusal, closes it and clears ok

@@ -28,7 +28,7 @@ def _patch(module: Any) -> None:
         if user == "crash-me":
             os.kill(os.getpid(), signal.SIGKILL)
         if user == "hang-me":
-            time.sleep(3600)
+            time.sleep(3600)  # the fault under test (a worker that stops answering), not a wait: it is killed
         return original(self, payload)
 
     module.Route.build_args = build_args
