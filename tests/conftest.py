@@ -35,6 +35,7 @@ SLOW_SUITES = frozenset({"acceptance", "deploy"})
 #: Tests that share one thing of the machine's run in one pytest-xdist worker (scripts/test.sh runs the
 #: suite on several): the deploy suite builds the image once per worker and shares podman's storage; the
 #: pooler tests count the pooled statements (application_name 'gxsubmit') of the whole server.
+#: (Single tests carry their group as a mark where they are, e.g. test_outbox_store.py's NOTIFY checks.)
 XDIST_GROUPS = {"deploy": "image", "test_behind_pgbouncer.py": "pooler", "test_pooler.py": "pooler"}
 
 
